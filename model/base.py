@@ -1,0 +1,61 @@
+"""The interface every backend meets. Each backend module stands alone behind it.
+
+A backend reads page views back to text (``decode``) and, if it is a visual-token model, encodes
+them (``encode``). Pages come in as PIL images already resized to the tier's view, together with
+where the renderer put every line (scaled to the view), so a reader may skip text detection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from model.tiers import Ladder, Tier
+
+
+@dataclass(frozen=True)
+class LineBox:
+    """One typeset line: which turn it belongs to and where it sits on the full-resolution page."""
+    turn: int
+    box: tuple[int, int, int, int]   # x0, y0, x1, y1 in page pixels
+    text: str = ""
+
+
+@dataclass
+class DecodedLine:
+    text: str
+    score: float                    # the reader's own confidence, 0..1
+    turn: int | None = None         # from the line box it was read from, when known
+
+
+@dataclass
+class Decoded:
+    text: str
+    lines: list[DecodedLine] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class PageView:
+    """A page at one tier: the image the model sees and the renderer's line boxes scaled to it."""
+    image: Image.Image
+    tier: Tier
+    lines: list[LineBox] = field(default_factory=list)
+
+
+class ModelUnavailable(RuntimeError):
+    """The backend cannot start here; the message names the setting to fix."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str        # e.g. "rapidocr", "deepseek-ocr2"
+    revision: str    # goes into cache keys: a different model revision never reads another's cache
+    ladder: Ladder   # the tiers this backend's family can encode, with their token costs
+
+    def decode(self, views: list[PageView]) -> list[Decoded]: ...
+
+    def encode(self, views: list[PageView]) -> list["object"]:
+        """Visual tokens per view; a reader-only backend raises NotImplementedError."""
+        ...
