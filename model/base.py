@@ -19,7 +19,8 @@ class LineBox:
     """One typeset line: which turn it belongs to and where it sits on the full-resolution page."""
     turn: int
     box: tuple[int, int, int, int]   # x0, y0, x1, y1 in page pixels
-    text: str = ""
+    text: str = ""                   # exactly what was typeset on this line
+    kind: str = "text"               # "header" (speaker and time), "text" or "code"
 
 
 @dataclass
