@@ -1,0 +1,1 @@
+"""Sessions, turns, pages, tiers, the forgetting curve, compaction, context, recall, the store and its jobs."""

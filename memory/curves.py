@@ -1,0 +1,138 @@
+"""Forgetting curves: a page's age -> the tier it is kept at.
+
+A curve is data (JSON), validated on load:
+- ``{"kind": "step", "unit": "turns", "steps": [[0, "crops"], [200, "g1024"], ...]}``: from each age on, that tier.
+- ``{"kind": "exponential", "unit": "turns", "half_life": 400}``: retention 2^(-age/half_life).
+- ``{"kind": "power", "unit": "seconds", "scale": 3600, "exponent": 1.0}``: retention (1 + age/scale)^-exponent.
+For the continuous kinds, retention is the share of the sharpest tier's visual tokens a page may
+still cost: it gets the sharpest tier that costs no more than that, and is gone below the faintest.
+``unit`` is "turns" (turns appended since the page was sealed) or "seconds" (since its last turn).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from model.tiers import Ladder, Tier
+
+UNITS = ("turns", "seconds")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"kind": "step", "unit": "turns", "steps": [
+        [0, "crops"], [100, "g1024"], [300, "v768"], [800, "mosaic4"], [2000, "mosaic16"], [5000, "gone"]]},
+    "keep": {"kind": "step", "unit": "turns", "steps": [[0, "crops"]]},
+    "gentle": {"kind": "exponential", "unit": "turns", "half_life": 1000},
+    "exponential": {"kind": "exponential", "unit": "turns", "half_life": 300},
+    "aggressive": {"kind": "exponential", "unit": "turns", "half_life": 80},
+    "power": {"kind": "power", "unit": "turns", "scale": 50, "exponent": 1.0},
+    "daily": {"kind": "power", "unit": "seconds", "scale": 86400, "exponent": 1.0},
+}
+
+
+class CurveError(ValueError):
+    """The curve is not valid; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    spec: dict[str, Any]
+
+    @property
+    def unit(self) -> str:
+        return self.spec["unit"]
+
+    def retention(self, age: float) -> float:
+        kind = self.spec["kind"]
+        age = max(0.0, age)
+        if kind == "exponential":
+            return 2.0 ** (-age / self.spec["half_life"])
+        if kind == "power":
+            return (1.0 + age / self.spec["scale"]) ** (-self.spec["exponent"])
+        raise TypeError("a step curve has tiers, not a retention")
+
+    def tier(self, age: float, ladder: Ladder) -> Tier:
+        if self.spec["kind"] == "step":
+            name = self.spec["steps"][0][1]
+            for start, step_name in self.spec["steps"]:
+                if age >= start:
+                    name = step_name
+            return ladder[_ladder_name(name, ladder)]
+        budget = self.retention(age) * ladder.sharpest.tokens
+        for tier in ladder.tiers:
+            if tier.tokens <= budget + 1e-9:
+                return tier
+        return ladder.tiers[-1]
+
+    def to_json(self) -> str:
+        return json.dumps(self.spec, sort_keys=True)
+
+
+def _ladder_name(name: str, ladder: Ladder) -> str:
+    # A step table names tiers of one ladder; on another ladder, fall back by position so a
+    # session keeps working when the operator switches families.
+    if name in ladder.names():
+        return name
+    return ladder.tiers[-1].name if name == "gone" else ladder.sharpest.name
+
+
+def _number(spec: dict, key: str, positive: bool = True) -> float:
+    value = spec.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise CurveError(f"{spec['kind']} curve needs a number {key!r}, got {value!r}")
+    if positive and value <= 0:
+        raise CurveError(f"{spec['kind']} curve needs {key!r} > 0, got {value}")
+    return float(value)
+
+
+def load(curve: str | dict | None, ladder: Ladder) -> Curve:
+    """A preset name, a JSON string or a dict -> a validated Curve. Raises CurveError saying what is wrong."""
+    if curve is None or curve == "":
+        curve = "default"
+    if isinstance(curve, str):
+        if curve in PRESETS:
+            curve = PRESETS[curve]
+        else:
+            try:
+                curve = json.loads(curve)
+            except json.JSONDecodeError:
+                raise CurveError(f"unknown curve preset {curve!r}; presets: {sorted(PRESETS)}, "
+                                 "or give a curve object") from None
+    if not isinstance(curve, dict):
+        raise CurveError("a curve is a preset name or an object with 'kind'")
+    spec = dict(curve)
+    kind = spec.get("kind")
+    spec.setdefault("unit", "turns")
+    if spec["unit"] not in UNITS:
+        raise CurveError(f"curve unit must be one of {UNITS}, got {spec['unit']!r}")
+    if kind == "step":
+        steps = spec.get("steps")
+        if not isinstance(steps, list) or not steps:
+            raise CurveError("step curve needs 'steps': a non-empty list of [age, tier] pairs")
+        last_age, last_index = -1.0, -1
+        for step in steps:
+            if not (isinstance(step, (list, tuple)) and len(step) == 2):
+                raise CurveError(f"each step is [age, tier], got {step!r}")
+            age, name = step
+            if not isinstance(age, (int, float)) or isinstance(age, bool) or age < 0:
+                raise CurveError(f"step age must be a number >= 0, got {age!r}")
+            if age <= last_age:
+                raise CurveError(f"step ages must increase, got {age} after {last_age}")
+            if not isinstance(name, str) or name not in ladder.names():
+                raise CurveError(f"unknown tier {name!r}; tiers of {ladder.family}: {ladder.names()}")
+            index = ladder.index(name)
+            if index < last_index:
+                raise CurveError(f"tiers may only fade with age: {name!r} at {age} is sharper than the step before")
+            last_age, last_index = age, index
+        if steps[0][0] != 0:
+            raise CurveError("the first step must start at age 0")
+        spec["steps"] = [[s[0], s[1]] for s in steps]
+    elif kind == "exponential":
+        _number(spec, "half_life")
+    elif kind == "power":
+        _number(spec, "scale")
+        _number(spec, "exponent")
+    else:
+        raise CurveError(f"curve kind must be 'step', 'exponential' or 'power', got {kind!r}")
+    return Curve(spec)

@@ -1,0 +1,97 @@
+"""Model work on a Redis Stream with a consumer group, so API processes stay fast and any number of
+workers (on any machine that reaches the Redis) share the load.
+
+A job is {kind, tenant, session, page, tier}. Results go into caches with set-if-absent writes, so a
+job done twice leaves one answer. A worker that dies mid-job leaves the entry pending; another
+worker claims it after ``claim_after_ms`` (XAUTOCLAIM).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Callable
+
+import redis
+
+from memory.store import JOBS
+
+GROUP = "workers"
+log = logging.getLogger("optimem.worker")
+
+
+def ensure_group(r: redis.Redis) -> None:
+    try:
+        r.xgroup_create(JOBS, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def enqueue(r: redis.Redis, kind: str, tenant: str, session: str, page: int, tier: str) -> None:
+    r.xadd(JOBS, {"kind": kind, "tenant": tenant, "session": session, "page": page, "tier": tier},
+           maxlen=1_000_000, approximate=True)
+
+
+def backlog(r: redis.Redis) -> int:
+    """Jobs not yet acknowledged: waiting plus in progress."""
+    try:
+        info = r.xinfo_groups(JOBS)
+    except redis.ResponseError:
+        return 0
+    for group in info:
+        name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+        if name == GROUP:
+            return int(group.get("lag") or 0) + int(group["pending"])
+    return 0
+
+
+Handler = Callable[[dict[str, str]], None]
+
+
+class Worker:
+    def __init__(self, r: redis.Redis, handle: Handler, name: str | None = None, claim_after_ms: int = 60_000):
+        self.r, self.handle = r, handle
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+        self.claim_after_ms = claim_after_ms
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        ensure_group(r)
+
+    def _entries(self, block_ms: int) -> list[tuple[bytes, dict]]:
+        claimed = self.r.xautoclaim(JOBS, GROUP, self.name, min_idle_time=self.claim_after_ms, count=8)
+        if claimed and claimed[1]:
+            return [entry for entry in claimed[1] if entry[1]]
+        got = self.r.xreadgroup(GROUP, self.name, {JOBS: ">"}, count=8, block=block_ms or None)
+        return [entry for _, entries in got or [] for entry in entries]
+
+    def run_once(self, block_ms: int = 1000) -> int:
+        done = 0
+        for entry_id, fields in self._entries(block_ms):
+            job = {a.decode(): b.decode() for a, b in fields.items()}
+            try:
+                self.handle(job)
+            except Exception:  # a bad job must not stop the worker; the cache stays empty and
+                log.exception("job %s failed: %s", entry_id, job)  # recall reads the page itself
+            self.r.xack(JOBS, GROUP, entry_id)
+            done += 1
+        return done
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except (redis.ConnectionError, redis.TimeoutError):
+                if self._stop.wait(1.0):
+                    break
+
+    def start(self) -> "Worker":
+        self._thread = threading.Thread(target=self.run_forever, name="optimem-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
