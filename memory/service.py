@@ -6,6 +6,9 @@ seals pages, assembles context and answers recall. Model work goes through the j
 from __future__ import annotations
 
 import base64
+import io
+import json
+import os
 import re
 import threading
 import time
@@ -106,7 +109,7 @@ class Memory:
 
     def create_session(self, tenant: str, session: str | None = None, curve: Any = None,
                        keep_source: bool = True) -> dict:
-        session = session or base64.b32encode(__import__("os").urandom(10)).decode().lower()
+        session = session or base64.b32encode(os.urandom(10)).decode().lower()
         k = self._keys(tenant, session)
         loaded = self.curve(curve if curve is not None else self.settings.curve)
         if not self.store.create_session(k, loaded.to_json(), keep_source):
@@ -117,7 +120,7 @@ class Memory:
         k = self._keys(tenant, session)
         meta = self.store.meta(k)
         unsealed_from, next_page = self.store.seal_state(k)
-        return {"id": session, "created": float(meta["created"]), "curve": curves.json.loads(meta["curve"]),
+        return {"id": session, "created": float(meta["created"]), "curve": json.loads(meta["curve"]),
                 "keep_source": meta["keep_source"] == "1", "turns": int(meta["next_turn"]),
                 "pages": next_page, "text_turns_from": unsealed_from, "family": self.ladder.family}
 
@@ -221,7 +224,7 @@ class Memory:
         return {
             "session": session,
             "family": self.ladder.family,
-            "curve": curves.json.loads(meta["curve"]),
+            "curve": json.loads(meta["curve"]),
             "turns": [{"index": t.index, "role": t.role, "content": t.content[t.start:], "time": t.time,
                        "tokens": t.tokens, "continued": t.start > 0} for t in built["turns"]],
             "pages": [self._page_json(p, prefix) for p in built["pages"]],
@@ -285,7 +288,6 @@ class Memory:
         pngs = [png for png in self.store.r.hmget(k.png, list(pages)) if png]
         if not pngs:
             raise NotFound(f"session {session!r} has no pages in {tier} group {group}")
-        import io
         out = io.BytesIO()
         reading.canvas(pngs, chosen).save(out, format="PNG")
         return out.getvalue()

@@ -1,0 +1,1 @@
+"""HTTP API: request/response shapes and their translation to the memory service."""

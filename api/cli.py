@@ -1,0 +1,89 @@
+"""The `optimem` command: serve, worker, demo, lab."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+    from memory.service import Memory
+    from memory.settings import Settings
+
+    memory = Memory(Settings.from_env(worker=not args.no_worker))
+    where = memory.settings.redis_url or f"embedded Redis under {memory.settings.data_dir}"
+    print(f"optimem: store = {where}; backend = {memory.settings.backend}; docs at http://{args.host}:{args.port}/docs",
+          file=sys.stderr)
+    uvicorn.run(create_app(memory), host=args.host, port=args.port, log_level=args.log_level)
+
+
+def worker(args: argparse.Namespace) -> None:
+    from memory.service import Memory
+    from memory.settings import Settings
+
+    settings = Settings.from_env(worker=False)
+    if not settings.redis_url:
+        print("optimem worker: OPTIMEM_REDIS_URL is not set; using the embedded Redis under "
+              f"{settings.data_dir} (only useful on the machine that serves)", file=sys.stderr)
+    memory = Memory(settings).open()
+    from memory.jobs import Worker
+
+    w = Worker(memory.store.r, memory.handle_job)
+    print(f"optimem worker {w.name}: backend {settings.backend}, waiting for jobs", file=sys.stderr)
+    try:
+        w.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        memory.close(stop_server=False)
+
+
+def demo(args: argparse.Namespace) -> None:
+    from api.demo import run
+
+    run(url=args.url, turns=args.turns, out=args.out, curve=args.curve, wait=args.wait)
+
+
+def lab(args: argparse.Namespace) -> None:
+    from memory.lab import main as lab_main
+
+    lab_main(args.lab_args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="optimem", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the API (embedded Redis unless OPTIMEM_REDIS_URL is set)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-worker", action="store_true", help="don't run a model worker in-process")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser("worker", help="consume model jobs from the Redis stream")
+    p.set_defaults(func=worker)
+
+    p = sub.add_parser("demo", help="replay a real conversation through the service and show what happened")
+    p.add_argument("--url", help="a running optimem (default: in-process, embedded Redis)")
+    p.add_argument("--turns", type=int, default=600)
+    p.add_argument("--out", default="demo-pages", help="folder for the page images")
+    p.add_argument("--curve", default="default")
+    p.add_argument("--wait", type=float, default=600, help="seconds to wait for the reader to finish")
+    p.set_defaults(func=demo)
+
+    p = sub.add_parser("lab", help="forgetting-curve lab (optimem lab --help)", add_help=False)
+    p.add_argument("lab_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lab)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("OPTIMEM_LOG", "WARNING"))
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Real conversations to replay: the chitchat-dataset package (7,168 human chats) or a user's JSONL."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+
+def chitchat() -> dict:
+    import chitchat_dataset
+
+    return json.loads(Path(chitchat_dataset._PATH).read_text())
+
+
+def chitchat_turns(conversation: dict) -> list[dict]:
+    """One turn per utterance; the first speaker is 'user', the other 'assistant'."""
+    speakers: list[str] = []
+    turns = []
+    for group in conversation["messages"]:
+        for message in group:
+            if message["sender"] not in speakers:
+                speakers.append(message["sender"])
+            role = "user" if speakers.index(message["sender"]) == 0 else "assistant"
+            if message["text"].strip():
+                turns.append({"role": role, "content": message["text"], "time": message["timestamp"]})
+    return turns
+
+
+def longest(min_turns: int = 500) -> tuple[str, list[dict]]:
+    """The conversation with the most turns (deterministic)."""
+    data = chitchat()
+    best = max(sorted(data), key=lambda key: sum(len(g) for g in data[key]["messages"]))
+    return best, chitchat_turns(data[best])
+
+
+def conversations(limit: int | None = None, min_turns: int = 0) -> Iterator[tuple[str, list[dict]]]:
+    data = chitchat()
+    count = 0
+    for key in sorted(data):
+        turns = chitchat_turns(data[key])
+        if len(turns) >= min_turns:
+            yield key, turns
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+
+def jsonl_turns(path: Path) -> list[dict]:
+    """A user's own conversation: one {role, content, time?} object per line."""
+    turns = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                turns.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"{path}:{number}: not JSON ({exc.msg})") from None
+    return turns
