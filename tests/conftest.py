@@ -1,0 +1,42 @@
+"""Shared fixtures: one real embedded Redis for the run, a Memory per test in its own tenant."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from memory.redis_server import EmbeddedRedis
+from memory.service import Memory
+from memory.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("optimem-data")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def reader():
+    from model.rapidocr_backend import RapidOcrBackend
+
+    return RapidOcrBackend()
+
+
+def settings_for(server: EmbeddedRedis, tmp_path, **overrides) -> Settings:
+    values = dict(data_dir=tmp_path, redis_url=f"unix://{server.socket}", worker=False, recent_tokens=300)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def tenant(request) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", request.node.name)[:60]
+
+
+@pytest.fixture
+def memory(redis_server, reader, tmp_path):
+    m = Memory(settings_for(redis_server, tmp_path), backend=reader).open()
+    yield m
+    m.close()
