@@ -40,3 +40,16 @@ def memory(redis_server, reader, tmp_path):
     m = Memory(settings_for(redis_server, tmp_path), backend=reader).open()
     yield m
     m.close()
+
+
+@pytest.fixture
+def api(memory, tenant):
+    """The HTTP API over ``memory``, authenticated as this test's own tenant."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    memory.settings.api_keys = f"key-{tenant}:{tenant}"
+    with TestClient(create_app(memory)) as client:
+        client.headers["Authorization"] = f"Bearer key-{tenant}"
+        yield client
