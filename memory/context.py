@@ -26,8 +26,10 @@ def parse_time(value: str) -> float:
 
 
 def age_of(record: PageRecord, curve: Curve, turn_count: int, now: float | None = None) -> float:
+    # Age is the content's age (turns after the page's last turn), not the time since sealing, so a
+    # conversation imported in one call fades the same as one that arrived turn by turn.
     if curve.unit == "turns":
-        return float(turn_count - record.sealed_at_turn)
+        return float(turn_count - 1 - record.last_turn)
     return max(0.0, (now or time.time()) - parse_time(record.last_time))
 
 

@@ -6,7 +6,7 @@ A curve is data (JSON), validated on load:
 - ``{"kind": "power", "unit": "seconds", "scale": 3600, "exponent": 1.0}``: retention (1 + age/scale)^-exponent.
 For the continuous kinds, retention is the share of the sharpest tier's visual tokens a page may
 still cost: it gets the sharpest tier that costs no more than that, and is gone below the faintest.
-``unit`` is "turns" (turns appended since the page was sealed) or "seconds" (since its last turn).
+``unit`` is "turns" (turns appended after the page's last turn) or "seconds" (since its last turn).
 """
 from __future__ import annotations
 

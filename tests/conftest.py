@@ -1,6 +1,7 @@
 """Shared fixtures: one real embedded Redis for the run, a Memory per test in its own tenant."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -32,7 +33,8 @@ def settings_for(server: EmbeddedRedis, tmp_path, **overrides) -> Settings:
 
 @pytest.fixture
 def tenant(request) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", request.node.name)[:60]
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9]", "", request.node.name)[:40] + digest
 
 
 @pytest.fixture

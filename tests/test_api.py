@@ -110,8 +110,8 @@ def test_old_turns_are_sealed_into_pages_and_nothing_is_lost(api, memory, tenant
 
 def test_a_turn_longer_than_a_page_continues_on_the_next(api, memory, tenant, chat):
     make(api)
-    long_turn = {"role": "user", "content": " ".join(t["content"] for t in chat[:400])}
-    turns = [long_turn] + chat[400:430]
+    long_turn = {"role": "user", "content": " ".join(t["content"] for t in chat[:1000])}
+    turns = [long_turn] + chat[1000:1060]
     append(api, "s1", turns)
     k = SessionKeys(tenant, "s1")
     pages = memory.store.pages(k)
@@ -121,7 +121,7 @@ def test_a_turn_longer_than_a_page_continues_on_the_next(api, memory, tenant, ch
 
 
 def test_context_accounting_and_budget(api, chat):
-    make(api)
+    make(api, curve="keep")
     append(api, "s1", chat[:300])
     ctx = api.get("/v1/sessions/s1/context").json()
     a = ctx["accounting"]
@@ -161,10 +161,10 @@ def test_page_images_fade_by_resize(api, chat):
 
 
 def test_changing_the_curve_retiers_pages(api, chat):
-    make(api)
+    make(api, curve="keep")
     append(api, "s1", chat[:300])
     assert {p["tier"] for p in api.get("/v1/sessions/s1/context").json()["pages"]} == {"crops"}
-    steep = {"kind": "step", "steps": [[0, "v768"], [1, "mosaic16"]]}
+    steep = {"kind": "step", "steps": [[0, "v768"], [40, "mosaic16"]]}
     assert api.put("/v1/sessions/s1/curve", json={"curve": steep}).status_code == 200
     tiers = [p["tier"] for p in api.get("/v1/sessions/s1/context").json()["pages"]]
     assert tiers and set(tiers) <= {"v768", "mosaic16"} and "mosaic16" in tiers
