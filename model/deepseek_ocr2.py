@@ -1,0 +1,440 @@
+"""DeepSeek-OCR 2 through transformers: page views to visual tokens, and visual tokens back to text.
+
+The weights come from a local directory (``OPTIMEM_MODEL_PATH``) in the transformers layout, e.g. a
+copy of ``deepseek-community/DeepSeek-OCR-2``; nothing is ever downloaded. A view is encoded once
+(``encode``) and the visual tokens are cached by the memory layer; reading a page back
+(``decode_tokens``) feeds those cached tokens straight to the decoder (``mm_encoder_outputs``)
+without running the vision encoder again.
+
+How each tier is shown to the encoder (token counts from ``model.tiers.DEEPSEEK_OCR2``):
+  crops     1024 px global view + 2x2 local 768 px crops: 256 + 4 x 144 + 1 = 833 tokens
+  g1024     1024 px global view, no crops: 257
+  v768      768 px global view: 145
+  mosaic*   one 1024 px canvas holding 4 or 16 pages, no crops: 257 for the whole canvas
+Every count is checked against the tier; a mismatch raises instead of caching the wrong thing.
+
+Settings (constructor arguments win over the environment):
+  OPTIMEM_MODEL_PATH  the weights directory (required)
+  OPTIMEM_DEVICE      "" = CUDA, which must be there; "cpu" must be said explicitly (slow; for tests)
+  OPTIMEM_DTYPE       default bfloat16 on CUDA, float32 on CPU
+
+Decoding is greedy with the prompt ``<image>\\nFree OCR.`` and a windowed no-repeat n-gram guard
+(DeepSeek's own recipe: n=30 in a window of 90), so a faded page that sends the decoder into a loop
+ends instead of filling ``max_new_tokens`` with one phrase.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")        # weights are local; never reach for the Hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from transformers import LogitsProcessor  # noqa: E402
+
+from model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView  # noqa: E402
+from model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
+from model.visual_tokens import VisualTokens  # noqa: E402
+
+log = logging.getLogger(__name__)
+FREE_OCR = "<image>\nFree OCR."
+PAD_COLOUR = (255, 255, 255)   # blank page around a single mosaic cell
+
+
+class NoRepeatNGramWindow(LogitsProcessor):
+    """Never complete an n-gram already generated within the last ``window_size`` tokens (the
+    prompt, with its hundreds of identical image placeholders, is not looked at). This is the guard
+    of DeepSeek's OCR recipe; transformers' own ``no_repeat_ngram_size`` looks at the whole
+    sequence, prompt included, with no window. ``whitelist`` tokens may repeat (table cells, say).
+    """
+
+    def __init__(self, ngram_size: int, window_size: int, prompt_length: int,
+                 whitelist: Iterable[int] = ()):
+        if ngram_size < 2 or window_size < ngram_size:
+            raise ValueError(f"need 2 <= ngram_size <= window_size, got {ngram_size} and {window_size}")
+        self.n, self.window, self.prompt_length = ngram_size, window_size, prompt_length
+        self.whitelist = torch.tensor(sorted(set(whitelist)), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        gen = input_ids[:, self.prompt_length:]
+        length = gen.shape[1]
+        if length < self.n:
+            return scores
+        grams = gen[:, max(0, length - self.window):].unfold(1, self.n, 1)   # [batch, k, n]
+        prefix = gen[:, length - self.n + 1:]                                # [batch, n-1]
+        hit = (grams[:, :, :-1] == prefix[:, None, :]).all(-1)               # [batch, k]
+        # Mark each hit's last token; amax keeps a hit where one token has hits and misses. No host sync.
+        banned = torch.zeros(scores.shape, dtype=torch.int8, device=scores.device)
+        banned.scatter_reduce_(1, grams[:, :, -1], hit.to(torch.int8), reduce="amax")
+        if self.whitelist.numel():
+            banned[:, self.whitelist.to(scores.device)] = 0
+        return scores.masked_fill(banned.bool(), float("-inf"))
+
+
+class _ChosenProbability(LogitsProcessor):
+    """Records, per step, the probability of the token greedy decoding is about to pick (the last
+    processor in the list, so it sees the scores the pick is made from): the decoder's own confidence."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps.append(torch.softmax(scores.float(), dim=-1).max(dim=-1).values)
+        return scores
+
+
+class DeepseekOcr2Backend:
+    """DeepSeek-OCR 2 (transformers, local weights) behind ``model.base.Backend``.
+
+    ``encode`` returns one ``VisualTokens`` per view (on the CPU, ready to cache); ``decode`` reads
+    views to text; ``decode_tokens`` reads cached visual tokens to text without the vision encoder.
+
+    ``model_path``, ``device`` and ``dtype`` fall back to OPTIMEM_MODEL_PATH, OPTIMEM_DEVICE and
+    OPTIMEM_DTYPE. ``batch_size``: views per encoder call (views are grouped by tier);
+    ``decode_batch_size``: pages per generate call; ``max_new_tokens``: text tokens at most per page;
+    ``ngram_size``, ``ngram_window``, ``whitelist_token_ids``: the repetition guard; ``prompt``
+    holds one ``<image>``, which becomes as many placeholders as the view has visual tokens.
+    Construction fails with ``ModelUnavailable`` (naming the setting to fix) rather than half-work.
+    """
+
+    name = "deepseek-ocr2"
+    ladder = DEEPSEEK_OCR2
+
+    def __init__(self, model_path: str | os.PathLike | None = None, device: str | None = None,
+                 dtype: str | torch.dtype | None = None, *, batch_size: int = 8,
+                 decode_batch_size: int = 4, max_new_tokens: int = 2048, ngram_size: int = 30,
+                 ngram_window: int = 90, whitelist_token_ids: Sequence[int] = (), prompt: str = FREE_OCR):
+        path = weights_dir(model_path if model_path is not None else os.environ.get("OPTIMEM_MODEL_PATH", ""))
+        device_ = _pick_device(device if device is not None else os.environ.get("OPTIMEM_DEVICE", ""))
+        dtype_ = _pick_dtype(dtype if dtype is not None else os.environ.get("OPTIMEM_DTYPE", ""), device_)
+        self._configure(device_, dtype_, weights_revision(path), batch_size=batch_size,
+                        decode_batch_size=decode_batch_size, max_new_tokens=max_new_tokens,
+                        ngram_size=ngram_size, ngram_window=ngram_window,
+                        whitelist_token_ids=whitelist_token_ids, prompt=prompt)
+        self.path = path
+
+        try:
+            from transformers import DeepseekOcr2ForConditionalGeneration, DeepseekOcr2Processor
+        except ImportError as e:
+            raise ModelUnavailable(f"the deepseek-ocr2 backend needs transformers>=5.23 ({e})") from e
+        try:
+            processor = DeepseekOcr2Processor.from_pretrained(path, local_files_only=True)
+            model = self._load(DeepseekOcr2ForConditionalGeneration, path)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelUnavailable(f"OPTIMEM_MODEL_PATH={path} could not be loaded as a DeepSeek-OCR 2 "
+                                   f"checkpoint (transformers layout): {e}") from e
+        self._attach(model, processor)
+
+    @classmethod
+    def from_loaded(cls, model, processor, revision: str, **options) -> "DeepseekOcr2Backend":
+        """Wrap a model and processor already in memory (benchmarks with random weights), so they
+        run through the same encode and decode code as a checkpoint loaded from disk."""
+        self = cls.__new__(cls)
+        self._configure(model.device, model.dtype, revision, **options)
+        self.path = None
+        self._attach(model, processor)
+        return self
+
+    def _configure(self, device: torch.device, dtype: torch.dtype, revision: str, *, batch_size: int = 8,
+                   decode_batch_size: int = 4, max_new_tokens: int = 2048, ngram_size: int = 30,
+                   ngram_window: int = 90, whitelist_token_ids: Sequence[int] = (), prompt: str = FREE_OCR):
+        NoRepeatNGramWindow(ngram_size, ngram_window, 0)   # validate the guard's settings now
+        self.device, self.dtype, self.revision = device, dtype, revision
+        self.batch_size, self.decode_batch_size = max(1, batch_size), max(1, decode_batch_size)
+        self.max_new_tokens, self.prompt = max_new_tokens, prompt
+        self.ngram_size, self.ngram_window = ngram_size, ngram_window
+        self.whitelist_token_ids = tuple(whitelist_token_ids)
+        self._prompts: dict[int, torch.Tensor] = {}
+
+    def _attach(self, model, processor) -> None:
+        self.model, self.processor = model.eval(), processor
+        self.tokenizer = processor.tokenizer
+        self.image_token_id = int(model.config.image_token_id)
+        if processor.image_token_id != self.image_token_id:
+            raise ModelUnavailable(f"the tokenizer's image token ({processor.image_token_id}) is not the "
+                                   f"model's ({self.image_token_id})")
+
+    def _load(self, cls, path: Path):
+        kwargs = dict(local_files_only=True, dtype=self.dtype)
+        if self.device.type == "cuda" and _flash_attn_available():
+            # SAM's relative-position bias rules flash attention out for the vision side; the decoder takes it.
+            try:
+                return cls.from_pretrained(path, attn_implementation={
+                    "": "sdpa", "vision_config": "sdpa", "text_config": "flash_attention_2"}, **kwargs
+                ).to(self.device)
+            except Exception as e:  # a speed preference only: fall back to sdpa, say so
+                log.warning("flash_attention_2 for the decoder failed (%s); using sdpa", e)
+        return cls.from_pretrained(path, attn_implementation="sdpa", **kwargs).to(self.device)
+
+    # --- encode -------------------------------------------------------------------------------
+
+    def encode(self, views: list[PageView]) -> list[VisualTokens]:
+        """Visual tokens per view, each with exactly ``view.tier.canvas_tokens`` rows, on the CPU."""
+        out: list[VisualTokens | None] = [None] * len(views)
+        for tier, chunk in self._batches(views, self.batch_size):
+            for i, feats in zip(chunk, self._features([views[i] for i in chunk], tier)):
+                out[i] = VisualTokens(feats.to("cpu"), tier.name, self.revision)
+        return out  # type: ignore[return-value]
+
+    def _features(self, views: list[PageView], tier: Tier) -> list[torch.Tensor]:
+        """The encoder's output for views of one tier, on the model's device."""
+        images = [encoder_view(v.image, tier) for v in views]
+        if tier.crops:
+            kwargs = dict(crop_to_patches=True, min_patches=tier.crops, max_patches=tier.crops,
+                          size={"height": tier.px, "width": tier.px})
+        else:
+            # Without crops the processor sizes the one global view by ``tile_size``.
+            kwargs = dict(crop_to_patches=False, tile_size=tier.canvas_px or tier.px)
+        pixels = self.processor.image_processor(images, return_tensors="pt", **kwargs)
+        local = pixels.get("pixel_values_local")
+        with torch.inference_mode():
+            features = self.model.model.get_image_features(
+                pixel_values=pixels["pixel_values"].to(self.device, self.dtype),
+                pixel_values_local=None if local is None else local.to(self.device, self.dtype),
+                num_local_patches=[int(n) for n in pixels["num_local_patches"]],
+            ).pooler_output
+        for f in features:
+            if f.shape[0] != tier.canvas_tokens:
+                raise RuntimeError(f"tier {tier.name} should give {tier.canvas_tokens:g} visual tokens a view, "
+                                   f"the encoder gave {f.shape[0]}")
+        return list(features)
+
+    # --- decode -------------------------------------------------------------------------------
+
+    def decode(self, views: list[PageView]) -> list[Decoded]:
+        """Read views to text: encode, then decode from the fresh visual tokens."""
+        out: list[Decoded | None] = [None] * len(views)
+        for tier, chunk in self._batches(views, self.decode_batch_size):
+            start = time.perf_counter()
+            feats = self._features([views[i] for i in chunk], tier)
+            results = self._generate(feats, [views[i].lines for i in chunk])
+            seconds = (time.perf_counter() - start) / len(chunk)
+            for i, decoded in zip(chunk, results):
+                decoded.seconds = seconds
+                out[i] = decoded
+        return out  # type: ignore[return-value]
+
+    def decode_tokens(self, tokens: list[VisualTokens],
+                      lines: list[list[LineBox]] | None = None) -> list[Decoded]:
+        """Read cached visual tokens to text without running the vision encoder.
+
+        ``lines`` (the renderer's line boxes, per item) only serve to tell which turn each decoded
+        line came from; without them ``DecodedLine.turn`` stays None.
+        """
+        for t in tokens:
+            if t.revision != self.revision:
+                raise ValueError(f"visual tokens from model revision {t.revision!r} cannot be read by "
+                                 f"{self.revision!r}; encode the page again")
+        out: list[Decoded | None] = [None] * len(tokens)
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(tokens):
+            groups.setdefault(t.n_tokens, []).append(i)
+        for idx in groups.values():
+            for k in range(0, len(idx), self.decode_batch_size):
+                chunk = idx[k:k + self.decode_batch_size]
+                start = time.perf_counter()
+                results = self._generate([tokens[i].tensor for i in chunk],
+                                         [lines[i] if lines else [] for i in chunk])
+                seconds = (time.perf_counter() - start) / len(chunk)
+                for i, decoded in zip(chunk, results):
+                    decoded.seconds = seconds
+                    out[i] = decoded
+        return out  # type: ignore[return-value]
+
+    def prompt_ids(self, n_tokens: int) -> torch.Tensor:
+        """The prompt with ``n_tokens`` image placeholders, as the processor would build it."""
+        if n_tokens not in self._prompts:
+            text = self.prompt.replace(self.processor.image_token, self.processor.image_token * n_tokens, 1)
+            ids = self.tokenizer(text, return_tensors="pt").input_ids[0]
+            placeholders = int((ids == self.image_token_id).sum())
+            if placeholders != n_tokens:
+                raise RuntimeError(f"prompt has {placeholders} image placeholders, the view {n_tokens} tokens")
+            self._prompts[n_tokens] = ids
+        return self._prompts[n_tokens]
+
+    def generate_ids(self, features: list[torch.Tensor],
+                     min_new_tokens: int = 0) -> tuple[list[list[int]], list[list[float]]]:
+        """Greedy decode of same-sized visual tokens: the new token ids per view (up to, not
+        including, end of sequence) and the decoder's probability of each. ``min_new_tokens``
+        holds end of sequence off (benchmarks)."""
+        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        n = features[0].shape[0]
+        if any(f.shape[0] != n for f in features):
+            raise ValueError("one generate call takes visual tokens of one size")
+        prompt = self.prompt_ids(n)
+        input_ids = prompt.unsqueeze(0).expand(len(features), -1).to(self.device)
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos])}
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids)
+        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
+                                  min_new_tokens=min_new_tokens, eos_token_id=sorted(eos_ids), pad_token_id=pad)
+        probability = _ChosenProbability()
+        guard = NoRepeatNGramWindow(self.ngram_size, self.ngram_window, prompt.shape[0], self.whitelist_token_ids)
+        image = BaseModelOutputWithPooling(pooler_output=[f.to(self.device, self.dtype) for f in features])
+        with torch.inference_mode():
+            sequences = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), mm_encoder_outputs={"image": image},
+                generation_config=config, logits_processor=LogitsProcessorList([guard, probability]))
+        new = sequences[:, prompt.shape[0]:].tolist()
+        probs = torch.stack(probability.steps, dim=1).tolist() if probability.steps else [[] for _ in new]
+        ids_out, probs_out = [], []
+        for row, p in zip(new, probs):
+            end = next((k for k, t in enumerate(row) if t in eos_ids), len(row))
+            ids_out.append(row[:end])
+            probs_out.append(p[:end])
+        return ids_out, probs_out
+
+    def _generate(self, features: list[torch.Tensor], boxes: list[list[LineBox]]) -> list[Decoded]:
+        ids, probs = self.generate_ids(features)
+        return [self._decoded(i, p, b) for i, p, b in zip(ids, probs, boxes)]
+
+    def _decoded(self, ids: list[int], probs: list[float], boxes: list[LineBox]) -> Decoded:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        raw_lines = text.split("\n")
+        # Which line each token ends up on, by the newlines its own text holds.
+        per_line: list[list[float]] = [[] for _ in raw_lines]
+        line = 0
+        for piece, p in zip(self.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True), probs):
+            if piece and line < len(per_line):
+                per_line[line].append(p)
+            line += piece.count("\n")
+        page = sum(probs) / len(probs) if probs else 0.0
+        if line != len(raw_lines) - 1:   # token pieces and the whole text disagree: page score for all
+            per_line = [[page] for _ in raw_lines]
+        lines = [DecodedLine(t.strip(), sum(s) / len(s) if s else page)
+                 for t, s in zip(raw_lines, per_line) if t.strip()]
+        _attribute_turns(lines, boxes)
+        return Decoded(text.strip(), lines)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _batches(self, views: list[PageView], size: int) -> Iterable[tuple[Tier, list[int]]]:
+        """Indices of ``views`` grouped by tier (first-seen order), cut into batches of ``size``."""
+        groups: dict[str, list[int]] = {}
+        for i, v in enumerate(views):
+            if v.tier.gone:
+                raise ValueError("a gone page has no view to encode or read")
+            self.ladder[v.tier.name]   # a tier of another family fails here, by name
+            groups.setdefault(v.tier.name, []).append(i)
+        for idx in groups.values():
+            tier = views[idx[0]].tier
+            for k in range(0, len(idx), size):
+                yield tier, idx[k:k + size]
+
+
+def encoder_view(image: Image.Image, tier: Tier) -> Image.Image:
+    """The image the encoder sees for a view. A mosaic tier is a canvas of ``canvas_px`` holding
+    ``per_canvas`` pages; given a single page cell instead (to read one page), the cell is placed
+    on a blank canvas so the encoder sees it at the scale the mosaic keeps it at."""
+    image = image.convert("RGB")
+    if tier.per_canvas > 1 and tier.canvas_px and max(image.size) < tier.canvas_px:
+        canvas = Image.new("RGB", (tier.canvas_px, tier.canvas_px), PAD_COLOUR)
+        canvas.paste(image, (0, 0))
+        return canvas
+    return image
+
+
+def _attribute_turns(lines: list[DecodedLine], boxes: list[LineBox]) -> None:
+    """Tell which turn each decoded line came from, by its best fuzzy match among the typeset lines
+    (a line that matches none well continues the turn before it)."""
+    typeset = [(b.text, b.turn) for b in boxes if b.text]
+    if not typeset:
+        return
+    from rapidfuzz import fuzz, process
+
+    texts = [t for t, _ in typeset]
+    previous = None
+    for line in lines:
+        best = process.extractOne(line.text, texts, scorer=fuzz.ratio)
+        if best is not None and best[1] >= 60:
+            previous = typeset[best[2]][1]
+        line.turn = previous
+
+
+def weights_dir(path: str | os.PathLike) -> Path:
+    """The weights directory, checked: a missing setting or file names OPTIMEM_MODEL_PATH."""
+    if not str(path):
+        raise ModelUnavailable("OPTIMEM_MODEL_PATH is not set: point it at a local DeepSeek-OCR 2 checkpoint "
+                               "in the transformers layout (a copy of deepseek-community/DeepSeek-OCR-2); "
+                               "optimem never downloads weights")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ModelUnavailable(f"OPTIMEM_MODEL_PATH={p} is not a directory")
+    missing = [f for f in ("config.json", "tokenizer_config.json") if not (p / f).is_file()]
+    if not any(p.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    if not ((p / "processor_config.json").is_file() or (p / "preprocessor_config.json").is_file()):
+        missing.append("processor_config.json")
+    if missing:
+        raise ModelUnavailable(f"OPTIMEM_MODEL_PATH={p} lacks {', '.join(missing)}")
+    model_type = json.loads((p / "config.json").read_text()).get("model_type")
+    if model_type != "deepseek_ocr2":
+        raise ModelUnavailable(f"OPTIMEM_MODEL_PATH={p} holds a {model_type!r} model, not deepseek_ocr2 "
+                               "(the original deepseek-ai/DeepSeek-OCR-2 remote-code layout is not this one; "
+                               "use the transformers conversion deepseek-community/DeepSeek-OCR-2)")
+    return p
+
+
+def weights_revision(path: Path) -> str:
+    """A short hash naming these weights, the same across restarts and copies: config.json, each
+    safetensors file's name, size and header, and 1 MiB samples of its start, middle and end."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors.index.json"):
+        if (path / name).is_file():
+            h.update(name.encode() + b"\0" + (path / name).read_bytes())
+    for f in sorted(path.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            header = int.from_bytes(fh.read(8), "little")
+            h.update(fh.read(min(header, size)))
+            for offset in (0, size // 2, max(0, size - (1 << 20))):
+                fh.seek(offset)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def _pick_device(requested: str) -> torch.device:
+    hint = ("Set OPTIMEM_DEVICE=cpu to run it on the CPU anyway (very slow; meant for tests), or use "
+            "the CPU backend: OPTIMEM_BACKEND=rapidocr.")
+    if not requested:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        raise ModelUnavailable(f"the deepseek-ocr2 backend needs a CUDA GPU and none is visible. {hint}")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as e:
+        raise ModelUnavailable(f"OPTIMEM_DEVICE={requested!r} is not a torch device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable(f"OPTIMEM_DEVICE={requested} but no CUDA GPU is visible. {hint}")
+    return device
+
+
+def _pick_dtype(requested: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(requested, torch.dtype):
+        return requested
+    if not requested:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, requested.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ModelUnavailable(f"OPTIMEM_DTYPE={requested!r} is not a torch floating-point dtype")
+    return dtype
+
+
+def _flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,170 @@
+"""Read pages back through a vLLM server running DeepSeek-OCR (2): decode only.
+
+vLLM takes images, not precomputed visual tokens, so this reader sends each view as a PNG data URL
+to the server's OpenAI-compatible ``/v1/chat/completions`` with the prompt "Free OCR.", greedy
+(temperature 0). The repetition guard is vLLM's own ``NGramPerReqLogitsProcessor``, steered per
+request through ``vllm_xargs`` as in vLLM's DeepSeek-OCR recipe; it only acts if the server was
+started with it, e.g.::
+
+    vllm serve deepseek-ai/DeepSeek-OCR-2 --logits_processors \\
+        vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor \\
+        --no-enable-prefix-caching --mm-processor-cache-gb 0
+
+The recipe also sends ``skip_special_tokens: false`` to keep grounding tags (``<|ref|>``...); plain
+"Free OCR." text has none to keep, so this reader lets the server strip special tokens.
+
+Settings: ``OPTIMEM_VLLM_URL`` (the server, e.g. http://127.0.0.1:8000) and ``OPTIMEM_VLLM_MODEL``
+(the served model name; when unset, the server's first model from /v1/models).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from PIL import Image
+
+from model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView
+from model.tiers import DEEPSEEK_OCR2, Ladder, Tier
+
+PROMPT = "Free OCR."
+TABLE_CELL_TOKENS = (128821, 128822)   # <td>, </td>: may repeat (the recipe's whitelist)
+
+
+class VllmReader:
+    """A decode-only backend over a vLLM server. ``encode`` raises NotImplementedError."""
+
+    name = "vllm"
+
+    def __init__(self, url: str | None = None, model: str | None = None, *, ladder: Ladder = DEEPSEEK_OCR2,
+                 max_tokens: int = 4096, ngram_size: int = 30, window_size: int = 90,
+                 whitelist_token_ids: Sequence[int] = TABLE_CELL_TOKENS, concurrency: int = 8,
+                 timeout: float = 600.0, api_key: str | None = None):
+        url = url if url is not None else os.environ.get("OPTIMEM_VLLM_URL", "")
+        if not url:
+            raise ModelUnavailable("OPTIMEM_VLLM_URL is not set: point it at a vLLM server serving "
+                                   "DeepSeek-OCR 2, e.g. http://127.0.0.1:8000")
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self.ladder = ladder
+        self.max_tokens, self.concurrency = max_tokens, max(1, concurrency)
+        self.xargs = {"ngram_size": ngram_size, "window_size": window_size,
+                      "whitelist_token_ids": list(whitelist_token_ids)}
+        api_key = api_key if api_key is not None else os.environ.get("OPTIMEM_VLLM_API_KEY", "")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        self.model = model or os.environ.get("OPTIMEM_VLLM_MODEL", "") or self._served_model()
+        # The server gives no weights hash; its model name is what tells one reader's cache from another's.
+        self.revision = self.model
+
+    def _served_model(self) -> str:
+        try:
+            r = self._client.get("/v1/models")
+            r.raise_for_status()
+            return r.json()["data"][0]["id"]
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+            raise ModelUnavailable(f"OPTIMEM_VLLM_URL={self.url}: could not list its models ({e}); "
+                                   "is the server up? (or set OPTIMEM_VLLM_MODEL)") from None
+
+    def encode(self, views: list[PageView]) -> list[object]:
+        raise NotImplementedError("vLLM takes page images, not visual tokens; encode with the "
+                                  "deepseek-ocr2 backend")
+
+    def decode(self, views: list[PageView]) -> list[Decoded]:
+        for v in views:
+            if v.tier.gone:
+                raise ValueError("a gone page has no view to read")
+        if len(views) <= 1 or self.concurrency == 1:
+            return [self._read(v) for v in views]
+        with ThreadPoolExecutor(min(self.concurrency, len(views))) as pool:
+            return list(pool.map(self._read, views))
+
+    def request_body(self, view: PageView) -> dict:
+        """The chat completion request for one view, as sent."""
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": _data_url(_shown(view.image, view.tier))}},
+                {"type": "text", "text": PROMPT},
+            ]}],
+            "temperature": 0.0,
+            "max_tokens": self.max_tokens,
+            "skip_special_tokens": True,
+            "logprobs": True,
+            "vllm_xargs": self.xargs,
+        }
+
+    def _read(self, view: PageView) -> Decoded:
+        start = time.perf_counter()
+        try:
+            r = self._client.post("/v1/chat/completions", json=self.request_body(view))
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"vLLM server at {self.url} did not answer: {e}") from e
+        if r.status_code != 200:
+            raise RuntimeError(f"vLLM server at {self.url} answered {r.status_code}: {r.text[:500]}")
+        try:
+            choice = r.json()["choices"][0]
+        except (ValueError, KeyError, IndexError):
+            raise RuntimeError(f"vLLM server at {self.url} sent no completion: {r.text[:500]}") from None
+        text = choice["message"].get("content") or ""
+        lines = _lines(text, (choice.get("logprobs") or {}).get("content") or [])
+        _attribute_turns(lines, view.lines)
+        return Decoded(text.strip(), lines, time.perf_counter() - start)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _lines(text: str, logprobs: list[dict]) -> list[DecodedLine]:
+    """Lines of the text, each scored by the mean probability of its tokens (from the server's
+    logprobs; 1.0 when the server sent none)."""
+    raw = text.split("\n")
+    per_line: list[list[float]] = [[] for _ in raw]
+    line = 0
+    for item in logprobs:
+        piece = item.get("token") or ""
+        if piece and line < len(per_line):
+            per_line[line].append(math.exp(item.get("logprob", 0.0)))
+        line += piece.count("\n")
+    probs = [p for ps in per_line for p in ps]
+    page = sum(probs) / len(probs) if probs else 1.0
+    if logprobs and line != len(raw) - 1:   # token pieces and text disagree: the page score for all
+        per_line = [[page] for _ in raw]
+    return [DecodedLine(t.strip(), sum(s) / len(s) if s else page) for t, s in zip(raw, per_line) if t.strip()]
+
+
+def _attribute_turns(lines: list[DecodedLine], boxes: list[LineBox]) -> None:
+    """Tell which turn each decoded line came from, by its best fuzzy match among the typeset lines
+    (a line that matches none well continues the turn before it)."""
+    typeset = [(b.text, b.turn) for b in boxes if b.text]
+    if not typeset:
+        return
+    from rapidfuzz import fuzz, process
+
+    texts = [t for t, _ in typeset]
+    previous = None
+    for line in lines:
+        best = process.extractOne(line.text, texts, scorer=fuzz.ratio)
+        if best is not None and best[1] >= 60:
+            previous = typeset[best[2]][1]
+        line.turn = previous
+
+
+def _shown(image: Image.Image, tier: Tier) -> Image.Image:
+    """A single mosaic cell goes on a blank canvas, so the server sees it at the mosaic's scale."""
+    image = image.convert("RGB")
+    if tier.per_canvas > 1 and tier.canvas_px and max(image.size) < tier.canvas_px:
+        canvas = Image.new("RGB", (tier.canvas_px, tier.canvas_px), (255, 255, 255))
+        canvas.paste(image, (0, 0))
+        return canvas
+    return image
+
+
+def _data_url(image: Image.Image) -> str:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()

@@ -1,0 +1,321 @@
+"""DeepSeek-OCR 2 backend on a tiny random checkpoint (CPU), and the vLLM reader against a real
+local HTTP server. The tiny model proves token counts, caching and the decode path, not accuracy."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from model import backends
+from model.base import Backend, DecodedLine, LineBox, ModelUnavailable, PageView
+from model.deepseek_ocr2 import (
+    DeepseekOcr2Backend,
+    NoRepeatNGramWindow,
+    _attribute_turns,
+    encoder_view,
+    weights_revision,
+)
+from model.tiers import DEEPSEEK_OCR2 as LADDER
+from model.visual_tokens import CorruptTokens, VisualTokens
+from model.vllm_reader import VllmReader
+from tests.tiny_deepseek import tiny_deepseek_dir  # noqa: F401  (session fixture)
+
+NEW_TOKENS = 24
+
+
+def page(px: int, text: str = "hello world 123") -> Image.Image:
+    im = Image.new("RGB", (px, px), "white")
+    draw = ImageDraw.Draw(im)
+    for row in range(0, px - 20, 24):
+        draw.text((8, 8 + row), f"{text} {row}", fill="black")
+    return im
+
+
+def view(tier: str, text: str = "hello world 123") -> PageView:
+    t = LADDER[tier]
+    return PageView(page(t.canvas_px or t.px, text), t)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_deepseek_dir):
+    """Loaded the way a user loads it: by name, from the environment, on an explicit CPU."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPTIMEM_MODEL_PATH", str(tiny_deepseek_dir))
+        mp.setenv("OPTIMEM_DEVICE", "cpu")
+        mp.setenv("OPTIMEM_DTYPE", "bfloat16")
+        b = backends.load("deepseek-ocr2")
+    b.max_new_tokens = NEW_TOKENS   # random weights loop; keep the tests short
+    return b
+
+
+def test_backend_meets_the_interface(backend):
+    assert isinstance(backend, Backend)
+    assert backend.name == "deepseek-ocr2" and backend.ladder is LADDER
+    assert backend.dtype == torch.bfloat16 and backend.device.type == "cpu"
+
+
+def test_each_tier_costs_its_ladder_tokens(backend):
+    tiers = ["crops", "g1024", "v768", "mosaic4", "mosaic16"]
+    tokens = backend.encode([view(t) for t in tiers])
+    assert [(vt.tier, tuple(vt.tensor.shape)) for vt in tokens] == [
+        ("crops", (833, 32)), ("g1024", (257, 32)), ("v768", (145, 32)), ("mosaic4", (257, 32)),
+        ("mosaic16", (257, 32))]
+    assert all(vt.tensor.dtype == torch.bfloat16 and vt.revision == backend.revision for vt in tokens)
+    assert [vt.n_tokens for vt in tokens] == [LADDER[t].canvas_tokens for t in tiers]
+
+
+def test_encode_batches_by_tier_and_keeps_the_callers_order(backend):
+    backend.batch_size = 2
+    try:
+        order = ["v768", "g1024", "v768", "v768", "g1024"]
+        assert [vt.tier for vt in backend.encode([view(t) for t in order])] == order
+    finally:
+        backend.batch_size = 8
+
+
+def test_a_single_mosaic_cell_is_read_at_mosaic_scale(backend):
+    tier = LADDER["mosaic4"]
+    cell = page(tier.px)
+    shown = encoder_view(cell, tier)
+    assert shown.size == (tier.canvas_px, tier.canvas_px)
+    assert shown.crop((0, 0, tier.px, tier.px)).tobytes() == cell.tobytes()
+    assert backend.encode([PageView(cell, tier)])[0].n_tokens == 257
+
+
+def test_visual_tokens_round_trip_bf16_exactly(backend):
+    vt = backend.encode([view("v768")])[0]
+    back = VisualTokens.from_bytes(vt.to_bytes())
+    assert back.tensor.dtype == torch.bfloat16 and back.tensor.shape == vt.tensor.shape
+    assert back.tensor.view(torch.uint8).numpy().tobytes() == vt.tensor.view(torch.uint8).numpy().tobytes()
+    assert (back.tier, back.revision) == ("v768", backend.revision)
+
+
+def test_corrupt_visual_tokens_are_caught():
+    data = bytearray(VisualTokens(torch.randn(145, 32).to(torch.bfloat16), "v768", "r1").to_bytes())
+    flipped = bytearray(data)
+    flipped[-3] ^= 0x01                     # one bit in the tensor data
+    with pytest.raises(CorruptTokens, match="checksum"):
+        VisualTokens.from_bytes(bytes(flipped))
+    for bad in (bytes(data[: len(data) // 2]), b"", b"not safetensors at all"):
+        with pytest.raises(CorruptTokens):
+            VisualTokens.from_bytes(bad)
+
+
+def test_decode_from_cached_tokens_equals_decode_from_pixels(backend):
+    """Cached tokens (through bytes) give the decoder the same input as transformers' own pixel path."""
+    from transformers import GenerationConfig
+
+    views = [view("g1024", "alpha"), view("g1024", "omega")]
+    cached = [VisualTokens.from_bytes(vt.to_bytes()) for vt in backend.encode(views)]
+    ids_cached, _ = backend.generate_ids([vt.tensor for vt in cached])
+
+    pixels = backend.processor.image_processor([v.image for v in views], return_tensors="pt",
+                                               crop_to_patches=False, tile_size=1024)
+    prompt = backend.prompt_ids(257)
+    config = GenerationConfig(do_sample=False, max_new_tokens=NEW_TOKENS,
+                              pad_token_id=backend.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        out = backend.model.generate(input_ids=prompt.expand(2, -1), attention_mask=torch.ones(2, prompt.shape[0]),
+                                     pixel_values=pixels["pixel_values"].to(torch.bfloat16),
+                                     generation_config=config)
+    ids_pixels = out[:, prompt.shape[0]:].tolist()
+    for a, b in zip(ids_cached, ids_pixels):   # ours stops at end of sequence; the reference does not
+        assert a == b[: len(a)] and len(a) > 0
+
+    by_pixels = backend.decode(views)
+    by_tokens = backend.decode_tokens(cached)
+    assert [d.text for d in by_tokens] == [d.text for d in by_pixels]
+    assert all(0.0 < line.score <= 1.0 for d in by_tokens for line in d.lines)
+
+
+def test_crop_tier_decodes_from_cache_like_from_pixels(backend):
+    v = view("crops")
+    cached = VisualTokens.from_bytes(backend.encode([v])[0].to_bytes())
+    assert backend.decode_tokens([cached])[0].text == backend.decode([v])[0].text
+
+
+def test_tokens_of_another_revision_are_refused(backend):
+    vt = backend.encode([view("v768")])[0]
+    vt.revision = "someone-else"
+    with pytest.raises(ValueError, match="revision"):
+        backend.decode_tokens([vt])
+
+
+def test_ngram_guard_bans_what_would_repeat_an_ngram_in_the_window():
+    prompt = [7, 7, 7]                             # the prompt is never looked at
+    loop = [10, 11, 12, 13] * 3                    # generated: a loop of period 4
+    ids = torch.tensor([prompt + loop])
+    guard = NoRepeatNGramWindow(ngram_size=4, window_size=20, prompt_length=3)
+    scores = guard(ids, torch.zeros(1, 20))
+    # prefix (11, 12, 13) was followed by 10 before: 10 is banned, nothing else
+    assert torch.isinf(scores[0, 10]) and torch.isfinite(scores[0]).sum() == 19
+    assert torch.isfinite(NoRepeatNGramWindow(4, 20, 3, whitelist=[10])(ids, torch.zeros(1, 20))).all()
+    # the earlier occurrence slid out of a small window: nothing banned
+    spaced = torch.tensor([prompt + [11, 12, 13, 10] + [20] * 8 + [11, 12, 13]])
+    assert torch.isfinite(NoRepeatNGramWindow(4, 8, 3)(spaced, torch.zeros(1, 21))).all()
+    assert torch.isinf(NoRepeatNGramWindow(4, 20, 3)(spaced, torch.zeros(1, 21))[0, 10])
+    with pytest.raises(ValueError):
+        NoRepeatNGramWindow(1, 10, 0)
+
+
+def repeats(ids: list[int], n: int, window: int) -> bool:
+    """Does any n-gram occur twice within ``window`` tokens?"""
+    for end in range(n, len(ids) + 1):
+        gram, start = ids[end - n:end], max(0, end - window)
+        if any(ids[i:i + n] == gram for i in range(start, end - n)):
+            return True
+    return False
+
+
+def test_ngram_guard_ends_a_decoding_loop(tiny_deepseek_dir):
+    """The random decoder loops; with the guard in the real generate loop, no 4-gram repeats."""
+    tokens = None
+    runs = {}
+    for label, n, window in (("guarded", 4, 40), ("unguarded", 64, 64)):   # 64 > new tokens: never fires
+        b = DeepseekOcr2Backend(tiny_deepseek_dir, device="cpu", dtype="bfloat16", max_new_tokens=40,
+                                ngram_size=n, ngram_window=window)
+        tokens = tokens or b.encode([view("v768")])[0]
+        runs[label] = b.generate_ids([tokens.tensor])[0][0]
+    assert repeats(runs["unguarded"], 4, 40), "the tiny model no longer loops; pick another seed"
+    assert not repeats(runs["guarded"], 4, 40)
+
+
+def test_decoded_lines_are_attributed_to_turns():
+    boxes = [LineBox(3, (0, 0, 1, 1), "#3 user 10:02"), LineBox(3, (0, 0, 1, 1), "what is the capital of France"),
+             LineBox(4, (0, 0, 1, 1), "#4 assistant 10:03"), LineBox(4, (0, 0, 1, 1), "Paris, since 987 or so")]
+    lines = [DecodedLine("what is the capita1 of France", 0.9), DecodedLine("Paris, since 987 or s0", 0.8),
+             DecodedLine("zzzz", 0.1)]
+    _attribute_turns(lines, boxes)
+    assert [line.turn for line in lines] == [3, 4, 4]
+
+
+def test_missing_weights_name_the_setting(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPTIMEM_MODEL_PATH", raising=False)
+    with pytest.raises(ModelUnavailable, match="OPTIMEM_MODEL_PATH is not set"):
+        DeepseekOcr2Backend(device="cpu")
+    with pytest.raises(ModelUnavailable, match="OPTIMEM_MODEL_PATH=.*not a directory"):
+        DeepseekOcr2Backend(tmp_path / "nowhere", device="cpu")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelUnavailable, match=r"OPTIMEM_MODEL_PATH=.*lacks .*\*\.safetensors"):
+        DeepseekOcr2Backend(tmp_path, device="cpu")
+
+
+def test_no_cuda_means_no_start_unless_cpu_is_asked_for(tiny_deepseek_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("OPTIMEM_DEVICE", raising=False)
+    with pytest.raises(ModelUnavailable, match="OPTIMEM_DEVICE=cpu") as err:
+        DeepseekOcr2Backend(tiny_deepseek_dir)
+    assert "OPTIMEM_BACKEND=rapidocr" in str(err.value)
+    with pytest.raises(ModelUnavailable, match="OPTIMEM_BACKEND=rapidocr"):
+        DeepseekOcr2Backend(tiny_deepseek_dir, device="cuda")
+
+
+def test_revision_survives_a_copy_and_changes_with_the_weights(tiny_deepseek_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_deepseek_dir, copy)
+    assert weights_revision(copy) == weights_revision(tiny_deepseek_dir)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert weights_revision(copy) != weights_revision(tiny_deepseek_dir)
+
+
+# --- vLLM reader -------------------------------------------------------------------------------
+
+class _Server:
+    """A real HTTP server on 127.0.0.1 that answers like vLLM's OpenAI API and records requests."""
+
+    def __init__(self, status: int = 200):
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body: dict):
+                raw = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "deepseek-ai/DeepSeek-OCR-2"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "body": body})
+                if status != 200:
+                    return self._send(status, {"error": {"message": "boom"}})
+                n = len(server.requests)
+                text = f"page {n} line one\npage {n} line two"
+                pieces = [f"page {n}", " line one", "\n", f"page {n}", " line two"]
+                self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                              "logprobs": {"content": [{"token": p, "logprob": -0.1}
+                                                                       for p in pieces]}}]})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def vllm_server():
+    s = _Server()
+    yield s
+    s.close()
+
+
+def test_vllm_reader_sends_the_recipe_request(vllm_server, monkeypatch):
+    monkeypatch.setenv("OPTIMEM_VLLM_URL", vllm_server.url + "/v1")
+    monkeypatch.delenv("OPTIMEM_VLLM_MODEL", raising=False)
+    reader = backends.load("vllm")
+    assert isinstance(reader, Backend) and reader.name == "vllm"
+    assert reader.model == reader.revision == "deepseek-ai/DeepSeek-OCR-2"   # asked the server
+    out = reader.decode([view("v768"), view("g1024")])
+    assert [d.text.splitlines()[1] for d in out] in (["page 1 line two", "page 2 line two"],
+                                                      ["page 2 line two", "page 1 line two"])
+    assert all(len(d.lines) == 2 and d.lines[0].score == pytest.approx(0.905, abs=1e-3) for d in out)
+    sizes = set()
+    for req in vllm_server.requests:
+        assert req["path"] == "/v1/chat/completions"
+        body = req["body"]
+        assert body["model"] == "deepseek-ai/DeepSeek-OCR-2" and body["temperature"] == 0
+        assert body["vllm_xargs"] == {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
+        image_part, text_part = body["messages"][0]["content"]
+        assert text_part == {"type": "text", "text": "Free OCR."}
+        url = image_part["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        sizes.add(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size)
+    assert sizes == {(768, 768), (1024, 1024)}
+    with pytest.raises(NotImplementedError):
+        reader.encode([view("v768")])
+
+
+def test_vllm_reader_errors_are_clear(monkeypatch):
+    monkeypatch.delenv("OPTIMEM_VLLM_URL", raising=False)
+    with pytest.raises(ModelUnavailable, match="OPTIMEM_VLLM_URL"):
+        VllmReader()
+    with pytest.raises(ModelUnavailable, match="OPTIMEM_VLLM_URL=http://127.0.0.1:9"):
+        VllmReader("http://127.0.0.1:9", timeout=2)
+    failing = _Server(status=500)
+    try:
+        reader = VllmReader(failing.url, model="m")
+        with pytest.raises(RuntimeError, match="500"):
+            reader.decode([view("v768")])
+    finally:
+        failing.close()
