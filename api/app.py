@@ -93,12 +93,14 @@ def create_app(memory: Memory | None = None) -> FastAPI:
         return await run(own.append, t, session, [turn.model_dump() for turn in body.turns])
 
     @app.get("/v1/sessions/{session}/context", tags=["context"], responses=ERRORS,
-             response_model=schemas.RawContext | schemas.OpenAIContext)
+             response_model=schemas.RawContext | schemas.OpenAIContext | schemas.EmbeddingsContext)
     async def get_context(request: Request, session: str,
-                          format: Literal["raw", "openai"] = Query("raw", description="raw JSON or OpenAI messages"),
+                          format: Literal["raw", "openai", "embeddings"] = Query(
+                              "raw", description="raw JSON, OpenAI messages with page images, or cached visual "
+                                                 "tokens for a DeepSeek-OCR-family decoder"),
                           budget: Optional[int] = Query(None, ge=0, description="Total token budget (text + visual)."),
-                          images: Literal["data", "url"] = Query("data", description="Image parts as data URLs "
-                                                                 "or as URLs served by optimem"),
+                          images: Literal["data", "url"] = Query("data", description="Images (or visual tokens) "
+                                                                 "inline, or as URLs served by optimem"),
                           t: str = Depends(tenant)):
         return await run(own.context, t, session, budget, format, images, str(request.base_url))
 
@@ -113,6 +115,14 @@ def create_app(memory: Memory | None = None) -> FastAPI:
              responses={**PNG, **ERRORS}, tags=["pages"])
     async def mosaic_image(session: str, tier: str, group: int, t: str = Depends(tenant)):
         return Response(await run(own.mosaic_image, t, session, tier, group), media_type="image/png")
+
+    @app.get("/v1/sessions/{session}/tokens/{unit}", response_class=Response, tags=["pages"],
+             responses={200: {"content": {"application/octet-stream": {}},
+                              "description": "safetensors: one tensor 'tokens' [n_tokens, hidden]; metadata "
+                                             "holds shape, dtype, tier, model revision and a sha256"}, **ERRORS})
+    async def visual_tokens(session: str, unit: str, tier: str = Query(description="Tier name"),
+                            t: str = Depends(tenant)):
+        return Response(await run(own.token_bytes, t, session, unit, tier), media_type="application/octet-stream")
 
     @app.post("/v1/sessions/{session}/recall", response_model=schemas.RecallOut, tags=["recall"], responses=ERRORS)
     async def recall(session: str, body: schemas.RecallIn, t: str = Depends(tenant)):

@@ -104,6 +104,28 @@ class OpenAIContext(BaseModel):
     accounting: Accounting
 
 
+class TokenImage(BaseModel):
+    unit: str = Field(description="Page number, or m<group> for a mosaic canvas shared by several pages.")
+    tier: str
+    n_tokens: int
+    hidden: int
+    dtype: str
+    revision: str = Field(description="Model revision that made the tokens; only it can read them.")
+    pages: list[int]
+    tokens_url: Optional[str] = Field(None, description="Where to GET the safetensors bytes (images=url).")
+    safetensors_base64: Optional[str] = Field(None, description="The safetensors bytes inline (images=data).")
+
+
+class EmbeddingsContext(BaseModel):
+    session: str
+    placeholder: str = Field(description="The decoder's image placeholder token.")
+    images: list[TokenImage]
+    layout: list[dict[str, Any]] = Field(description="Prompt in order: text segments and images; image i "
+                                                     "takes n_tokens placeholders, replaced by its tokens.")
+    turns: list[dict[str, Any]]
+    accounting: Accounting
+
+
 class RecallIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: Optional[str] = Field(None, description="What to look for (fuzzy match on decoded text).")

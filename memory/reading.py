@@ -32,12 +32,53 @@ def canvas(pngs: list[bytes], tier: Tier) -> Image.Image:
     return renderer.mosaic([renderer.view(png, tier.px) for png in pngs], tier.per_canvas, tier.canvas_px)
 
 
+def encodes(backend: Backend) -> bool:
+    """Whether the backend makes visual tokens (the CPU reader only reads)."""
+    return hasattr(backend, "decode_tokens")
+
+
+def token_unit(page: int, tier: Tier) -> str:
+    """What one cache entry covers: a page, or the mosaic canvas its group shares."""
+    return f"m{page // tier.per_canvas}" if tier.per_canvas > 1 else str(page)
+
+
+def visual_tokens(store: Store, k: SessionKeys, page: int, tier: Tier, backend: Backend, ladder: Ladder,
+                  ttl_s: int):
+    """Visual tokens of a page (or its mosaic canvas) at a tier: cached, or encoded now and cached.
+
+    A cache entry that fails its checksum, or was made by another model revision, is dropped and
+    recomputed from the page PNGs: never served.
+    """
+    from model.visual_tokens import CorruptTokens, VisualTokens
+
+    unit = token_unit(page, tier)
+    raw = store.cached_tokens(k, unit, tier.name, backend.revision)
+    if raw is not None:
+        try:
+            cached = VisualTokens.from_bytes(raw)
+            if cached.revision == backend.revision and cached.tier == tier.name:
+                return cached
+        except CorruptTokens:
+            pass
+        store.drop_tokens(k, unit, tier.name, backend.revision)
+    if tier.per_canvas > 1:
+        group = page // tier.per_canvas
+        members = range(group * tier.per_canvas, (group + 1) * tier.per_canvas)
+        pngs = [png for png in store.r.hmget(k.png, list(members)) if png]
+        view = PageView(canvas(pngs, tier), tier)
+    else:
+        view = page_view(store.png(k, page), line_boxes(store.lines(k, page)), tier, ladder.page_px)
+    tokens = backend.encode([view])[0]
+    store.cache_tokens(k, unit, tier.name, backend.revision, tokens.to_bytes(), ttl_s)
+    return tokens
+
+
 def reader_id(backend: Backend) -> str:
     return f"{backend.name}@{backend.revision}"
 
 
 def decode_page(store: Store, k: SessionKeys, page: int, tier: Tier, backend: Backend, ladder: Ladder,
-                cached_only: bool = False) -> dict | None:
+                cached_only: bool = False, ttl_s: int = 0) -> dict | None:
     """Decoded text of a page at a tier: from the cache, or read now and cached.
 
     Returns a dict {text, lines: [{text, score, turn}], seconds}; None for a gone page, or when
@@ -50,7 +91,12 @@ def decode_page(store: Store, k: SessionKeys, page: int, tier: Tier, backend: Ba
     if hit is not None or cached_only:
         return hit
     view = page_view(store.png(k, page), line_boxes(store.lines(k, page)), tier, ladder.page_px)
-    decoded: Decoded = backend.decode([view])[0]
+    if encodes(backend) and tier.per_canvas == 1:
+        # Read from the cached visual tokens: the encoder runs once per page and tier.
+        tokens = visual_tokens(store, k, page, tier, backend, ladder, ttl_s)
+        decoded: Decoded = backend.decode_tokens([tokens], [view.lines])[0]
+    else:
+        decoded = backend.decode([view])[0]
     result = {"text": decoded.text, "seconds": decoded.seconds,
               "lines": [asdict(line) for line in decoded.lines]}
     store.cache_decoded(k, page, tier.name, reader, result)

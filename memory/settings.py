@@ -16,6 +16,8 @@ def _env(name: str, default: str) -> str:
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("optimem")))
     redis_url: str = ""            # empty: the embedded Redis under data_dir
+    redis_maxmemory: str = "0"     # embedded Redis memory cap ("4gb"); past it, caches are evicted first
+    token_ttl: int = 7 * 86400     # seconds a cached visual-token entry lives (0: no expiry)
     backend: str = "rapidocr"      # rapidocr | deepseek-ocr2 | vllm
     family: str = "deepseek-ocr2"  # whose views and token costs pages are kept at
     model_path: str = ""           # local DeepSeek-OCR 2 weights (deepseek-ocr2 backend)

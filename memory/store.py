@@ -17,7 +17,8 @@ Redis Cluster slot and multi-key changes stay atomic in MULTI/EXEC.
     om:{t:s}:lines                   HASH    page -> line boxes JSON                         seal
     om:{t:s}:decoded                 HASH    "page:tier:backend@rev" -> Decoded JSON (cache)  model worker, recall
     om:{t:s}:queued                  HASH    page -> tier last sent to the model worker      retier
-    om:{t:s}:vt:{page}:{tier}:{rev}  STRING  visual tokens (cache, with a TTL)              model worker
+    om:{t:s}:vt:{unit}:{tier}:{rev}  STRING  visual tokens, safetensors bytes (cache, TTL);  model worker, context
+                                             unit = page, or m<group> for a mosaic canvas
     om:jobs                          STREAM  model work; consumer group "workers"            enqueue, workers
 
 Turns are never deleted before the page covering them is committed: ``seal`` writes the pages and
@@ -81,8 +82,9 @@ class SessionKeys:
         self.tag = tag
         self.index = f"om:sessions:{{{tenant}}}"
 
-    def visual_tokens(self, page: int, tier: str, revision: str) -> str:
-        return f"{self.tag}:vt:{page}:{tier}:{revision}"
+    def visual_tokens(self, unit: str, tier: str, revision: str) -> str:
+        """``unit`` is a page number, or "m<group>" for a mosaic canvas of several pages."""
+        return f"{self.tag}:vt:{unit}:{tier}:{revision}"
 
     def all(self) -> list[str]:
         return [self.meta, self.seal, self.turns, self.source, self.pages, self.png, self.lines,
@@ -246,6 +248,17 @@ class Store:
     def cache_decoded(self, k: SessionKeys, page: int, tier: str, reader: str, decoded: dict) -> None:
         # HSETNX: two workers reading the same page never leave two different answers behind.
         self.r.hsetnx(k.decoded, f"{page}:{tier}:{reader}", json.dumps(decoded))
+
+    def cached_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str) -> bytes | None:
+        return self.r.get(k.visual_tokens(unit, tier, revision))
+
+    def cache_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str, data: bytes, ttl_s: int) -> None:
+        """Set-if-absent with a TTL: caches expire (and with maxmemory-policy volatile-lru, Redis may
+        evict them under memory pressure) while turns and pages, which have no TTL, never are."""
+        self.r.set(k.visual_tokens(unit, tier, revision), data, nx=True, ex=ttl_s or None)
+
+    def drop_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str) -> None:
+        self.r.delete(k.visual_tokens(unit, tier, revision))
 
     def queued_tiers(self, k: SessionKeys) -> dict[int, str]:
         return {int(a): _s(b) for a, b in self.r.hgetall(k.queued).items()}

@@ -1,0 +1,122 @@
+"""OPTIMEM_BACKEND=deepseek-ocr2 through the same API as the CPU reader, on a tiny random checkpoint:
+visual tokens are encoded by workers from the job stream, cached in Redis, served as embeddings,
+and recall decodes from them. Proves the plumbing and token counts, not reading accuracy."""
+from __future__ import annotations
+
+import base64
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.conversations import longest
+from memory import jobs
+from memory.service import Memory
+from memory.store import JOBS, SessionKeys
+from model.visual_tokens import VisualTokens
+from tests.conftest import settings_for
+from tests.tiny_deepseek import tiny_deepseek_dir  # noqa: F401  (session fixture)
+
+
+@pytest.fixture
+def memory(redis_server, tmp_path, tiny_deepseek_dir, monkeypatch):
+    monkeypatch.setenv("OPTIMEM_DTYPE", "bfloat16")
+    settings = settings_for(redis_server, tmp_path, backend="deepseek-ocr2", model_path=str(tiny_deepseek_dir),
+                            device="cpu")
+    m = Memory(settings).open()
+    m.backend.max_new_tokens = 12   # random weights ramble; keep decoding short
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def api(memory, tenant):
+    memory.settings.api_keys = f"k:{tenant}"
+    with TestClient(create_app(memory)) as client:
+        client.headers["Authorization"] = "Bearer k"
+        yield client
+
+
+def drain(memory: Memory) -> int:
+    worker = jobs.Worker(memory.store.r, memory.handle_job, name="test")
+    done = 0
+    while (n := worker.run_once(block_ms=10)):
+        done += n
+    return done
+
+
+def test_pages_are_encoded_by_workers_and_served_as_embeddings(api, memory, tenant):
+    api.post("/v1/sessions", json={"id": "gpu", "curve": {"kind": "step", "steps": [[0, "g1024"], [60, "v768"]]}})
+    api.post("/v1/sessions/gpu/turns", json={"turns": longest()[1][:200]})
+    assert drain(memory) >= 2
+    k = SessionKeys(tenant, "gpu")
+    ctx = api.get("/v1/sessions/gpu/context", params={"format": "embeddings"}).json()
+    by_tier = {image["tier"]: image for image in ctx["images"]}
+    assert by_tier["g1024"]["n_tokens"] == 257 and by_tier["v768"]["n_tokens"] == 145
+    for image in ctx["images"]:
+        tokens = VisualTokens.from_bytes(base64.b64decode(image["safetensors_base64"]))
+        assert tokens.tensor.dtype == torch.bfloat16 and tokens.n_tokens == image["n_tokens"]
+        cached = memory.store.cached_tokens(k, image["unit"], image["tier"], memory.backend.revision)
+        assert torch.equal(VisualTokens.from_bytes(cached).tensor, tokens.tensor)  # the worker's cache is served
+    images = [seg for seg in ctx["layout"] if seg["type"] == "image"]
+    assert [seg["n_tokens"] for seg in images] == [image["n_tokens"] for image in ctx["images"]]
+    served = api.get("/v1/sessions/gpu/context", params={"format": "embeddings", "images": "url"}).json()
+    raw = api.get(served["images"][0]["tokens_url"])
+    assert raw.headers["content-type"] == "application/octet-stream"
+    assert VisualTokens.from_bytes(raw.content).n_tokens == served["images"][0]["n_tokens"]
+
+
+def test_recall_decodes_from_cached_tokens_like_from_pixels(api, memory, tenant):
+    api.post("/v1/sessions", json={"id": "dec", "curve": "keep"})
+    api.post("/v1/sessions/dec/turns", json={"turns": longest()[1][:120]})
+    drain(memory)
+    hit = api.post("/v1/sessions/dec/recall", json={"turn": 0}).json()["hits"][0]
+    assert hit["page"] == 0 and hit["tier"] == "crops"
+    from memory import reading
+    view = reading.page_view(memory.store.png(SessionKeys(tenant, "dec"), 0),
+                             reading.line_boxes(memory.store.lines(SessionKeys(tenant, "dec"), 0)),
+                             memory.ladder["crops"], memory.ladder.page_px)
+    from_pixels = memory.backend.decode([view])[0].text
+    cached = memory.store.cached_decoded(SessionKeys(tenant, "dec"), 0, "crops", reading.reader_id(memory.backend))
+    assert cached["text"] == from_pixels
+
+
+def test_a_corrupted_token_entry_is_recomputed_not_served(api, memory, tenant):
+    api.post("/v1/sessions", json={"id": "bad", "curve": "keep"})
+    api.post("/v1/sessions/bad/turns", json={"turns": longest()[1][:120]})
+    drain(memory)
+    k = SessionKeys(tenant, "bad")
+    key = k.visual_tokens("0", "crops", memory.backend.revision)
+    good = memory.store.r.get(key)
+    broken = bytearray(good)
+    broken[-5] ^= 0xFF
+    memory.store.r.set(key, bytes(broken))
+    got = api.get("/v1/sessions/bad/tokens/0", params={"tier": "crops"})
+    assert got.status_code == 200
+    recomputed = VisualTokens.from_bytes(got.content).tensor
+    assert torch.equal(recomputed, VisualTokens.from_bytes(good).tensor)
+    assert torch.equal(VisualTokens.from_bytes(memory.store.r.get(key)).tensor, recomputed)
+    assert memory.store.r.ttl(key) > 0
+
+
+def test_a_job_left_by_a_dead_worker_is_claimed_by_another(memory, tenant):
+    memory.create_session(tenant, "claim", curve="keep")
+    memory.append(tenant, "claim", longest()[1][:120])
+    r = memory.store.r
+    dead = r.xreadgroup(jobs.GROUP, "dead-worker", {JOBS: ">"}, count=100)   # takes the jobs, then dies
+    taken = len(dead[0][1])
+    assert taken >= 2 and jobs.backlog(r) >= taken
+    live = jobs.Worker(r, memory.handle_job, name="live", claim_after_ms=0)
+    done = 0
+    while (n := live.run_once(block_ms=10)):
+        done += n
+    assert done >= taken and jobs.backlog(r) == 0
+    assert memory.store.cached_tokens(SessionKeys(tenant, "claim"), "0", "crops", memory.backend.revision)
+
+
+def test_embeddings_need_the_gpu_backend(redis_server, reader, tmp_path):
+    with Memory(settings_for(redis_server, tmp_path), backend=reader) as cpu, TestClient(create_app(cpu)) as c:
+        c.post("/v1/sessions", json={"id": "cpu"})
+        r = c.get("/v1/sessions/cpu/context", params={"format": "embeddings"})
+        assert r.status_code == 422 and "OPTIMEM_BACKEND=deepseek-ocr2" in r.json()["detail"]
