@@ -1,0 +1,89 @@
+"""Line breaking by pixel width: a transcript record becomes the lines that fit the page.
+
+Breaks go between words (at spaces) and between any two wide characters (CJK ideographs, kana,
+hangul, fullwidth forms), never before closing punctuation or after opening punctuation. A word
+wider than the line is cut between characters. Widths come from the faces that will draw the
+text, so a line of "W" holds fewer characters than a line of "i" and nothing overruns the margin.
+
+Every line keeps the offset in its turn's content where it starts: the spaces a break swallows
+belong to the line before, so consecutive lines (and pages) chain without gap or overlap.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from renderer.faces import TAB_STOP, Faces
+from renderer.transcript import Record
+
+
+@dataclass(frozen=True)
+class Line:
+    kind: str     # "header", "text" or "code"
+    turn: int
+    start: int    # offset in the turn's content where this line begins
+    text: str     # exactly what is drawn; "" for a blank line
+
+
+_WIDE = ("\u1100-\u115f\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf"
+         "\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff01-\uff60\uffe0-\uffe6"
+         "\U0001f300-\U0001faff\U00020000-\U0003fffd")
+_CLOSE = "、。，．：；！？）］｝〉》」』】〕〗〙〛”’…‥・ー々ぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ,.:;!?)\\]}%"
+_OPEN = "（［｛〈《「『【〔〖〘〚“‘(\\[{"
+# An atom is what a break cannot split: a run of spaces, one wide character, or a run of other
+# characters (a word), each with the punctuation that must stay on its side.
+ATOM = re.compile(f" +|[{_OPEN}]*(?:[{_WIDE}]|[^ {_WIDE}]+)[{_CLOSE}]*")
+
+
+def shape(text: str, kind: str, faces: Faces) -> tuple[str, list[int]]:
+    """Source text as drawn (tabs expanded, controls dropped, unknown characters replaced), with
+    the index in ``text`` of every drawn character."""
+    drawn: list[str] = []
+    where: list[int] = []
+    for i, char in enumerate(text):
+        if char == "\t":
+            n = TAB_STOP - len(drawn) % TAB_STOP
+            drawn.extend(" " * n)
+            where.extend([i] * n)
+            continue
+        glyph = faces.glyph(char, kind)[0]
+        if glyph:
+            drawn.append(glyph)
+            where.append(i)
+    return "".join(drawn), where
+
+
+def wrap(record: Record, faces: Faces, width: float) -> list[Line]:
+    """The record broken into lines no wider than ``width`` pixels (indentation kept on the first)."""
+    kind = record.kind
+    text, where = shape(record.text, kind, faces)
+    if not text.strip():
+        return [Line(kind, record.turn, record.offset, "")]
+    spans: list[tuple[int, int]] = []
+    begin = end = 0          # the current line is text[begin:end], end just past its last ink
+    x = 0.0
+    for match in ATOM.finditer(text):
+        a, b = match.span()
+        if text[a] == " ":   # spaces never force a break; at a break they end the line before
+            x += faces.width(text[a:b], kind)
+            continue
+        w = faces.width(text[a:b], kind)
+        if x + w <= width:
+            x, end = x + w, b
+            continue
+        if end > begin:
+            spans.append((begin, end))
+            begin, end, x = a, a, 0.0
+            if w <= width:
+                x, end = w, b
+                continue
+        for k in range(a, b):            # a word longer than the line: cut between characters
+            cw = faces.width(text[k], kind)
+            if x + cw > width:
+                if end > begin:
+                    spans.append((begin, end))
+                begin, end, x = k, k, 0.0   # (indentation that leaves no room is dropped)
+            x, end = x + cw, k + 1
+    spans.append((begin, end))
+    return [Line(kind, record.turn, record.offset if n == 0 else record.offset + where[i], text[i:j])
+            for n, (i, j) in enumerate(spans)]
