@@ -62,7 +62,8 @@ def run(url: str | None, turns: int, out: str, curve: str, wait: float) -> None:
             while backlog and time.monotonic() < deadline:
                 time.sleep(1)
                 left = ok(c.get("/healthz"))["jobs_backlog"]
-                bar.update(backlog - left)
+                bar.total = max(bar.total, bar.n + left)
+                bar.update(max(0, backlog - left))
                 backlog = left
 
         ctx = ok(c.get(f"/v1/sessions/{SESSION}/context"))

@@ -42,8 +42,14 @@ def backlog(r: redis.Redis) -> int:
         return 0
     for group in info:
         name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
-        if name == GROUP:
-            return int(group.get("lag") or 0) + int(group["pending"])
+        if name != GROUP:
+            continue
+        lag = group.get("lag")
+        if lag is None:  # Redis < 7 has no lag: count what was added after the last delivery
+            last = group["last-delivered-id"]
+            last = last.decode() if isinstance(last, bytes) else last
+            lag = len(r.xrange(JOBS, min=f"({last}", max="+"))
+        return int(lag) + int(group["pending"])
     return 0
 
 

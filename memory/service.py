@@ -206,6 +206,11 @@ class Memory:
         k = SessionKeys(job["tenant"], job["session"])
         try:
             tier, page = self.ladder[job["tier"]], int(job["page"])
+            meta = self.store.meta(k)
+            now = context.place([self.store.page(k, page)], self._session_curve(meta), self.ladder,
+                                int(meta["next_turn"]))[0].tier
+            if now != tier:
+                return  # the page faded further while the job waited (a bulk import): a newer job has it
             if job["kind"] == "encode":
                 reading.visual_tokens(self.store, k, page, tier, self.backend, self.ladder, self.settings.token_ttl)
             elif job["kind"] == "decode":
@@ -255,8 +260,21 @@ class Memory:
                 "px": p.tier.px, "age": p.age, "visual_tokens": round(p.tier.tokens, 2),
                 "text_tokens": r.text_tokens, "image_url": f"{prefix}/pages/{r.page}/image?tier={p.tier.name}"}
 
-    def _image_urls(self, k: SessionKeys, pages: list[context.PlacedPage], mode: str, prefix: str) -> list[str]:
-        urls, seen_groups = [], set()
+    def pages(self, tenant: str, session: str, base_url: str = "") -> list[dict]:
+        """Every sealed page with its tier and age now, faded-out ones included (context leaves those out)."""
+        k = self._keys(tenant, session)
+        prefix = f"{base_url.rstrip('/')}/v1/sessions/{session}"
+        return [self._page_json(p, prefix) for p in self.placed(k, self.store.meta(k))]
+
+    def sources(self, tenant: str, session: str, turns: list[int]) -> dict[int, dict]:
+        """Exact text of turns: sealed ones only where the session keeps source, recent ones always."""
+        k = self._keys(tenant, session)
+        self.store.meta(k)
+        return self.store.sources(k, turns)
+
+    def _image_urls(self, k: SessionKeys, pages: list[context.PlacedPage], mode: str, prefix: str) -> list[dict]:
+        """OpenAI ``image_url`` objects, one per page or mosaic canvas, with the detail its tier's cost assumes."""
+        images, seen_groups = [], set()
         for p in pages:
             tier = p.tier
             if tier.per_canvas > 1:
@@ -265,14 +283,15 @@ class Memory:
                     continue
                 seen_groups.add((tier.name, group))
                 if mode == "url":
-                    urls.append(f"{prefix}/mosaics/{tier.name}/{group}/image")
+                    url = f"{prefix}/mosaics/{tier.name}/{group}/image"
                 else:
-                    urls.append(_data_url(self.mosaic_image(k.tenant, k.session, tier.name, group)))
+                    url = _data_url(self.mosaic_image(k.tenant, k.session, tier.name, group))
             elif mode == "url":
-                urls.append(f"{prefix}/pages/{p.record.page}/image?tier={tier.name}")
+                url = f"{prefix}/pages/{p.record.page}/image?tier={tier.name}"
             else:
-                urls.append(_data_url(self.page_image(k.tenant, k.session, p.record.page, tier.name)))
-        return urls
+                url = _data_url(self.page_image(k.tenant, k.session, p.record.page, tier.name))
+            images.append({"url": url, "detail": tier.detail} if tier.detail else {"url": url})
+        return images
 
     def _embeddings(self, k: SessionKeys, built: dict, mode: str, prefix: str) -> dict:
         """Cached visual tokens per page (or mosaic canvas) and the prompt layout that splices them:
