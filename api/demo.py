@@ -40,6 +40,26 @@ def distinctive_word(text: str) -> str:
     return words[0] if words else text.split()[0]
 
 
+def fading_strip(png: bytes) -> "Image.Image":
+    """Page 0 at every tier of the active ladder, side by side at true scale, labelled."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    import renderer
+    from memory.settings import Settings
+    from model.tiers import ladder
+
+    tiers = [t for t in ladder(Settings.from_env().family).tiers if not t.gone]
+    views = [renderer.view(png, t.px).convert("RGB") for t in tiers]
+    font = ImageFont.truetype(str(Path(renderer.__file__).parent / "fonts" / "DejaVuSans.ttf"), 28)
+    strip = Image.new("RGB", (sum(v.width for v in views) + 20 * len(views), views[0].height + 50), "white")
+    x = 0
+    for tier, v in zip(tiers, views):
+        strip.paste(v, (x, 50))
+        ImageDraw.Draw(strip).text((x, 8), f"{tier.name}: {tier.tokens:g} tokens", fill="black", font=font)
+        x += v.width + 20
+    return strip
+
+
 def run(url: str | None, turns: int, out: str, curve: str, wait: float) -> None:
     key, conversation = longest()
     conversation = conversation[:turns]
@@ -86,7 +106,11 @@ def run(url: str | None, turns: int, out: str, curve: str, wait: float) -> None:
             for tier in ("full", p["tier"]):
                 image = c.get(f"/v1/sessions/{SESSION}/pages/{p['page']}/image", params={"tier": tier})
                 (folder / f"page-{p['page']:03d}-{tier}.png").write_bytes(image.content)
-        print(f"page images (full resolution and as the model sees them now) in {folder.resolve()}")
+        if ctx["pages"]:
+            full = c.get(f"/v1/sessions/{SESSION}/pages/0/image", params={"tier": "full"}).content
+            fading_strip(full).save(folder / "fading.png")
+        print(f"page images (full resolution and as the model sees them now, and fading.png: page 0 at "
+              f"every tier) in {folder.resolve()}")
 
         print("\nRecall")
         first_page_turn = ctx["pages"][0]["first_turn"] if ctx["pages"] else 0
