@@ -4,12 +4,13 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Literal, Optional
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from api import schemas
+from api import inspector, proxy, schemas
+from api.auth import tenant
 from memory import jobs
 from memory.service import BadRequest, Memory
 from memory.store import NotFound
@@ -51,15 +52,6 @@ def create_app(memory: Memory | None = None) -> FastAPI:
     async def invalid(_: Request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"detail": problems, "errors": jsonable(exc.errors())}, status_code=422)
-
-    def tenant(authorization: Optional[str] = Header(None, description="Bearer API key, when keys are set")) -> str:
-        keys = own.settings.tenants()
-        if not keys:
-            return "default"
-        key = (authorization or "").removeprefix("Bearer ").strip()
-        if key not in keys:
-            raise HTTPException(401, "missing or unknown API key: send 'Authorization: Bearer <key>'")
-        return keys[key]
 
     def run(fn, *args, **kwargs):
         return run_in_threadpool(fn, *args, **kwargs)  # Redis and the reader block; keep the loop free
@@ -132,6 +124,8 @@ def create_app(memory: Memory | None = None) -> FastAPI:
     async def set_curve(session: str, body: schemas.CurveIn, t: str = Depends(tenant)):
         return await run(own.set_curve, t, session, body.curve)
 
+    app.include_router(proxy.router)
+    app.include_router(inspector.router)
     return app
 
 

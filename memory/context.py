@@ -95,11 +95,12 @@ MEMORY_PREAMBLE = ("Earlier conversation, kept as transcript page images, oldest
                    "smaller and fainter; a mosaic holds several pages in reading order.")
 
 
-def openai_messages(turns: list[TurnRecord], image_urls: list[str]) -> list[dict]:
+def openai_messages(turns: list[TurnRecord], images: list[dict]) -> list[dict]:
+    """``images`` are OpenAI ``image_url`` objects ({"url", and "detail" where the tier's cost needs it})."""
     messages: list[dict] = []
-    if image_urls:
+    if images:
         parts = [{"type": "text", "text": MEMORY_PREAMBLE}]
-        parts += [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
+        parts += [{"type": "image_url", "image_url": image} for image in images]
         messages.append({"role": "system", "content": parts})
     for turn in turns:
         role, name = openai_role(turn.role)

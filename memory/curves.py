@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from model.tiers import Ladder, Tier
+from model.tiers import DEEPSEEK_OCR2, Ladder, Tier
 
 UNITS = ("turns", "seconds")
 
@@ -77,6 +77,21 @@ def _ladder_name(name: str, ladder: Ladder) -> str:
     return ladder.tiers[-1].name if name == "gone" else ladder.sharpest.name
 
 
+def _preset_for(spec: dict[str, Any], ladder: Ladder) -> dict[str, Any]:
+    """Step presets name DeepSeek-OCR 2 tiers; on another family's ladder each step keeps its
+    position (sharpest, next, ...; clamped to the faintest view; gone stays gone), so a preset
+    means "fade at these ages" on every family."""
+    if spec["kind"] != "step" or all(name in ladder.names() for _, name in spec["steps"]):
+        return spec
+    views = [t.name for t in ladder.tiers if not t.gone]
+    steps: list[list] = []
+    for age, name in spec["steps"]:
+        mapped = ladder.tiers[-1].name if name == "gone" else views[min(DEEPSEEK_OCR2.index(name), len(views) - 1)]
+        if not steps or steps[-1][1] != mapped:
+            steps.append([age, mapped])
+    return {**spec, "steps": steps}
+
+
 def _number(spec: dict, key: str, positive: bool = True) -> float:
     value = spec.get(key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -92,7 +107,7 @@ def load(curve: str | dict | None, ladder: Ladder) -> Curve:
         curve = "default"
     if isinstance(curve, str):
         if curve in PRESETS:
-            curve = PRESETS[curve]
+            curve = _preset_for(PRESETS[curve], ladder)
         else:
             try:
                 curve = json.loads(curve)

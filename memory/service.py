@@ -261,10 +261,11 @@ class Memory:
                 "text_tokens": r.text_tokens, "image_url": f"{prefix}/pages/{r.page}/image?tier={p.tier.name}"}
 
     def pages(self, tenant: str, session: str, base_url: str = "") -> list[dict]:
-        """Every sealed page with its tier and age now, faded-out ones included (context leaves those out)."""
+        """Every sealed page with its tier and age now and its turn spans ({index, role, time, start, end}),
+        faded-out ones included (context leaves those out)."""
         k = self._keys(tenant, session)
         prefix = f"{base_url.rstrip('/')}/v1/sessions/{session}"
-        return [self._page_json(p, prefix) for p in self.placed(k, self.store.meta(k))]
+        return [{**self._page_json(p, prefix), "turns": p.record.turns} for p in self.placed(k, self.store.meta(k))]
 
     def sources(self, tenant: str, session: str, turns: list[int]) -> dict[int, dict]:
         """Exact text of turns: sealed ones only where the session keeps source, recent ones always."""

@@ -23,7 +23,9 @@ class Settings:
     model_path: str = ""           # local DeepSeek-OCR 2 weights (deepseek-ocr2 backend)
     device: str = ""               # "" = cuda; "cpu" must be said explicitly for the GPU backend
     vllm_url: str = ""
-    upstream_url: str = ""         # the chat model the OpenAI-compatible proxy forwards to
+    upstream_url: str = ""         # the chat model the OpenAI-compatible proxy forwards to (its /v1 base URL)
+    upstream_key: str = ""         # Bearer key for the upstream; "": pass the caller's on when optimem has no keys
+    budget: int = 0                # the proxy's context budget (tokens) when a call names none; 0: no limit
     recent_tokens: int = 2000      # text kept as plain turns before older turns are sealed into pages
     font_px: int = 12
     tokenizer: str = "cl100k_base"

@@ -6,6 +6,7 @@ PNG is rendered at ``ladder.page_px``; every tier is a resize of it, never a re-
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -17,6 +18,7 @@ class Tier:
     per_canvas: int = 1     # pages sharing one canvas (4 or 16 for mosaics)
     crops: int = 0          # local 768 px crops on top of the global view
     canvas_px: int = 0      # side of the canvas the encoder sees (0: same as px)
+    detail: str = ""        # OpenAI image "detail" the view must be sent with for its cost to hold ("": none)
 
     @property
     def tokens(self) -> float:
@@ -73,7 +75,43 @@ DEEPSEEK_OCR = Ladder("deepseek-ocr", 1280, (
     GONE,
 ))
 
-LADDERS = {ladder.family: ladder for ladder in (DEEPSEEK_OCR2, DEEPSEEK_OCR)}
+
+
+def qwen_vl_tokens(px: int) -> int:
+    """Qwen2.5-VL: 14 px ViT patches merged 2x2, so one LLM token per 28x28 px, plus the
+    <|vision_start|> and <|vision_end|> tokens around the image."""
+    return (px // 28) ** 2 + 2
+
+
+# Qwen2.5-VL takes any size that is a multiple of 28 (its processor rounds to one), so the views are
+# single pages at shrinking multiples of 28. Cost grows with area, so a mosaic saves nothing over a
+# single small view: no mosaic tiers.
+QWEN25_VL = Ladder("qwen2.5-vl", 1008, tuple(
+    Tier(f"q{px}", px, qwen_vl_tokens(px)) for px in (1008, 784, 560, 392)) + (GONE,))
+
+
+def openai_tile_tokens(px: int, detail: str = "high") -> int:
+    """OpenAI's hosted vision models (GPT-4o, GPT-4.1 family): "low" detail costs 85 tokens at 512 px
+    whatever the size; "high" scales the image to fit 2048 px, then its short side down to 768 px,
+    and costs 85 + 170 per 512 px tile covering it."""
+    if detail == "low":
+        return 85
+    side = min(px, 2048, 768)  # a square page: both rules leave one side, at most 768
+    tiles = math.ceil(side / 512) ** 2
+    return 85 + 170 * tiles
+
+
+# Pages at 768 px (a larger page costs the same: it is scaled to 768 first). High detail: 2x2 tiles,
+# then one tile at 512; low detail: 85 flat, so four pages sharing one low-detail canvas cost 21 each.
+OPENAI_TILES = Ladder("openai-tiles", 768, (
+    Tier("tiles4", 768, openai_tile_tokens(768), detail="high"),
+    Tier("tile1", 512, openai_tile_tokens(512), detail="high"),
+    Tier("low", 512, openai_tile_tokens(512, "low"), detail="low"),
+    Tier("low4", 256, openai_tile_tokens(512, "low"), per_canvas=4, canvas_px=512, detail="low"),
+    GONE,
+))
+
+LADDERS = {ladder.family: ladder for ladder in (DEEPSEEK_OCR2, DEEPSEEK_OCR, QWEN25_VL, OPENAI_TILES)}
 
 
 def ladder(family: str) -> Ladder:

@@ -1,0 +1,138 @@
+"""The memory inspector page: in a real browser (headless Chromium), and as plain HTML."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from api.app import create_app
+from api.conversations import longest
+from tests.live import serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "inspector.png"
+QUERY = "dungeons and dragons"  # said in turn 11, so on the first page
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return longest()[1][:200]  # two or three pages at recent_tokens=300
+
+
+@pytest.fixture(scope="module")
+def short_chat():
+    return longest()[1][:100]  # one page: recall reads every page, seconds apiece on a CPU
+
+
+@pytest.fixture
+def keyed(memory, tenant):
+    memory.settings.api_keys = f"key-{tenant}:{tenant}"
+    return f"key-{tenant}"
+
+
+def test_inspector_in_a_browser_shows_pages_turns_totals_and_recall(memory, tenant, keyed, short_chat):
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: run tests/browser-deps (as root: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the [test] extra)")
+    memory.create_session(tenant, "pal")
+    memory.append(tenant, "pal", short_chat)
+    info, pages = memory.session_info(tenant, "pal"), memory.pages(tenant, "pal")
+    accounting = memory.context(tenant, "pal")["accounting"]
+    assert 1 <= len(pages) <= 2
+
+    with serve(create_app(memory)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            # the browser sends the API key as the Basic auth password, on every image too
+            context = browser.new_context(viewport={"width": 1280, "height": 900},
+                                          http_credentials={"username": "me", "password": keyed})
+            page = context.new_page()
+            page.set_default_timeout(180_000)  # recall reads pages with the CPU OCR
+            page.goto(f"{url}/inspect")
+            page.click("text=pal")
+            page.wait_for_load_state("load")
+            assert page.url.endswith("/inspect/pal")
+
+            assert page.locator("#pages .page").count() == info["pages"] == len(pages)
+            assert page.locator("#recent .turn").count() == info["turns"] - info["text_turns_from"]
+            assert page.inner_text("#total-tokens") == str(accounting["total_tokens"])
+            assert page.inner_text("#visual-tokens") == str(accounting["visual_tokens"])
+            assert "dungeons and dragons" in page.inner_text("#page-0")  # the source, beside the page image
+            images = page.locator("#pages img, .curve img")
+            images.last.scroll_into_view_if_needed()
+            page.wait_for_function("[...document.images].every(i => i.complete)")
+            widths = page.eval_on_selector_all("#pages img", "els => els.map(e => e.naturalWidth)")
+            assert widths == [p["px"] for p in pages]  # each page at its current tier, via the image endpoint
+            assert page.eval_on_selector(".curve img", "e => e.naturalWidth") > 0
+
+            page.evaluate("window.scrollTo(0, 0)")
+            page.fill("input[name=q]", QUERY)
+            page.click("form.recall button")
+            page.wait_for_load_state("load")
+            assert "q=dungeons" in page.url
+            hits = page.locator("tr.hit")
+            assert hits.count() >= 1
+            first = hits.first.inner_text()
+            assert "dungeons" in first.lower() and "crops" in first  # read back from a page at its tier
+            page.locator("#recall").scroll_into_view_if_needed()
+            page.evaluate("window.scrollBy(0, -60)")
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            shot = Image.open(io.BytesIO(page.screenshot()))
+            shot.convert("RGB").quantize(colors=256).save(SCREENSHOT, optimize=True)  # small enough to commit
+        finally:
+            browser.close()
+    assert Image.open(SCREENSHOT).size == (1280, 900)
+
+
+@pytest.fixture
+def client(memory, keyed):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(memory)) as c:
+        c.headers["Authorization"] = f"Bearer {keyed}"
+        yield c
+
+
+def test_a_session_that_keeps_no_source_shows_only_the_pages(client, memory, tenant, chat):
+    memory.create_session(tenant, "private", keep_source=False)
+    memory.append(tenant, "private", chat)
+    html = client.get("/inspect/private")
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    pages = memory.pages(tenant, "private")
+    assert html.text.count('class="page"') == len(pages) >= 2
+    assert html.text.count("nosource") == len(pages)
+    sealed = [t["content"] for t in chat[:pages[-1]["first_turn"]]]
+    assert not any(text in html.text for text in sealed if len(text) > 20)  # forgotten text is not shown
+    assert all(f'{p["image_url"]}"' in html.text.replace("&amp;", "&") for p in pages)  # each at its tier now
+
+
+def test_an_unknown_session_is_a_404_page(client):
+    r = client.get("/inspect/nobody")
+    assert r.status_code == 404 and "text/html" in r.headers["content-type"]
+    assert "no session &#39;nobody&#39;" in r.text
+    assert client.get("/inspect/bad%20id!").status_code == 422
+
+
+def test_the_session_list_and_the_curve_plot(client, memory, tenant, chat):
+    memory.create_session(tenant, "pal", curve="aggressive")
+    memory.append(tenant, "pal", chat)
+    listing = client.get("/inspect")
+    assert listing.status_code == 200 and re.search(r'href="[^"]*/inspect/pal"', listing.text)
+    png = client.get("/inspect/pal/curve.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size == (720, 330)
+    assert client.get("/inspect/nobody/curve.png").status_code == 404
+
+
+def test_the_inspector_takes_the_api_key_as_basic_auth(client, keyed):
+    assert client.get("/inspect", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    anonymous = client.get("/inspect", headers={"Authorization": ""})
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Basic")
+    basic = base64.b64encode(f"anyone:{keyed}".encode()).decode()
+    assert client.get("/inspect", headers={"Authorization": f"Basic {basic}"}).status_code == 200
