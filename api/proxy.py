@@ -143,9 +143,8 @@ def prepare(memory: Memory, t: str, session: str, messages: list[ChatMessage],
 
 
 def upstream_messages(system: list[dict], ctx: dict) -> list[dict]:
-    """The caller's instructions, then optimem's context. The memory pages go in a user message:
-    OpenAI's API takes image parts only from users (vLLM takes them anywhere)."""
-    memory_messages = [dict(m, role="user") if isinstance(m["content"], list) else m for m in ctx["messages"]]
+    """The caller's instructions, then optimem's context (memory pages, then recent turns)."""
+    memory_messages = ctx["messages"]
     if not any(isinstance(m["content"], str) for m in memory_messages):
         if ctx["accounting"]["dropped_turns"]:
             raise ProxyError(400, f"the budget ({ctx['accounting']['budget']} tokens) leaves no room for the "

@@ -101,7 +101,8 @@ def openai_messages(turns: list[TurnRecord], images: list[dict]) -> list[dict]:
     if images:
         parts = [{"type": "text", "text": MEMORY_PREAMBLE}]
         parts += [{"type": "image_url", "image_url": image} for image in images]
-        messages.append({"role": "system", "content": parts})
+        # A user message: OpenAI's API takes image parts only from users (vLLM takes them anywhere).
+        messages.append({"role": "user", "content": parts})
     for turn in turns:
         role, name = openai_role(turn.role)
         message = {"role": role, "content": turn.content[turn.start:]}
