@@ -154,7 +154,9 @@ class Hit(BaseModel):
 class RecallOut(BaseModel):
     session: str
     hits: list[Hit]
-    pages_read: int
+    pages_read: int = Field(description="Pages whose decoded text was searched.")
+    pages_unread: int = Field(description="Pages not searched: unread by the worker yet and past the read "
+                                          "budget (OPTIMEM_RECALL_READ_S). Ask again later.")
     seconds: float
 
 

@@ -409,16 +409,24 @@ class Memory:
         chosen = set(candidates)
 
         fragments: list[recalling.Fragment] = []
-        pages_read = 0
-        for p in placed:
+        pages_read = pages_unread = 0
+        # Pages the worker has read cost nothing; the rest are read now, newest (sharpest) first,
+        # until the read budget is spent, so a recall never hangs on a large unread session.
+        reader = reading.reader_id(self.backend) if placed else ""
+        cached = {p.record.page: self.store.cached_decoded(k, p.record.page, p.tier.name, reader) for p in placed}
+        deadline = started + self.settings.recall_read_s
+        for p in sorted(placed, key=lambda p: (cached[p.record.page] is None, -p.record.page)):
             spans = [s for s in p.record.turns if s["index"] in chosen]
             if not spans:
                 continue
-            decoded = None
-            if not p.tier.gone:
+            decoded = cached[p.record.page]
+            if decoded is None and not p.tier.gone:
+                if time.perf_counter() > deadline:
+                    pages_unread += 1
+                    continue
                 decoded = reading.decode_page(self.store, k, p.record.page, p.tier, self.backend, self.ladder,
                                               ttl_s=self.settings.token_ttl)
-                pages_read += 1
+            pages_read += decoded is not None
             headers = defaultdict(list)
             for t_index, _, line_text, kind in self.store.lines(k, p.record.page):
                 if kind == "header":
@@ -450,7 +458,7 @@ class Memory:
                 hit["source"] = exact
                 hit["char_error"] = round(recalling.char_error(f.decoded, exact), 4)
             out.append(hit)
-        return {"session": session, "hits": out, "pages_read": pages_read,
+        return {"session": session, "hits": out, "pages_read": pages_read, "pages_unread": pages_unread,
                 "seconds": round(time.perf_counter() - started, 3)}
 
 

@@ -31,6 +31,7 @@ class Settings:
     tokenizer: str = "cl100k_base"
     curve: str = "default"
     max_turn_chars: int = 100_000
+    recall_read_s: int = 60        # a recall reads unread pages itself for at most this long
     worker: bool = True            # run one model worker in-process
     api_keys: str = ""             # "key:tenant,key2:tenant2"; empty = no auth, tenant "default"
 

@@ -14,7 +14,8 @@ def conversation(n: int) -> list[dict]:
     return turns[:6] + [planted] + turns[7:]
 
 
-def test_a_planted_fact_comes_back_exactly_from_a_500_turn_real_conversation(api):
+def test_a_planted_fact_comes_back_exactly_from_a_500_turn_real_conversation(api, memory):
+    memory.settings.recall_read_s = 3600   # this test is about reading every page, however slow the machine
     turns = conversation(500)
     assert api.post("/v1/sessions", json={"id": "long", "curve": "keep"}).status_code == 201
     for i in range(0, 500, 100):
@@ -62,3 +63,13 @@ def test_faded_pages_read_worse_than_sharp_ones(api):
     hit = api.post("/v1/sessions/fade/recall", json={"turn": 6}).json()["hits"][0]
     assert hit["tier"] == "mosaic16"
     assert hit["char_error"] > 0.3               # 256 px: the words are gone, as the curve intends
+
+
+def test_recall_does_not_wait_for_pages_past_its_read_budget(api, memory):
+    memory.settings.recall_read_s = 0
+    api.post("/v1/sessions", json={"id": "busy"})
+    api.post("/v1/sessions/busy/turns", json={"turns": conversation(200)})
+    pages = api.get("/v1/sessions/busy").json()["pages"]
+    got = api.post("/v1/sessions/busy/recall", json={"query": "Marguerite sailboat"}).json()
+    assert got["pages_unread"] == pages >= 2 and got["pages_read"] == 0
+    assert got["seconds"] < 5
