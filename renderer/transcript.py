@@ -1,10 +1,10 @@
 """The transcript: a span of turns as the lines a reader will see, before any wrapping.
 
-``templates/transcript.j2`` decides what the page says about each turn (its header line: number,
-speaker, time, and whether it continues from an earlier page) and in what order; this module cuts
-each turn's content into source lines (a code fence opens or closes a code block) and keeps, for
-every line, the character offset in the content where it starts. Those offsets are what let a
-page say exactly where it begins and ends.
+``templates/transcript.j2`` decides what the page says about each turn (its header: speaker, time,
+the date where it changes, and whether it continues from an earlier page) and in what order; this
+module cuts each turn's content into source lines (a code fence opens or closes a code block) and
+keeps, for every line, the character offset in the content where it starts. Those offsets are what
+let a page say exactly where it begins and ends.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class Record:
     turn: int
     offset: int   # where the line starts in the turn's content (a header: where the turn resumes)
     text: str     # the source line without its line break; for a header, the header itself
+                  # (a prefix such as "user 19:38:" that the typesetter sets before the first line)
 
 
 _BREAK = re.compile(r"\r\n|[\n\r\x0b\x0c\x85\u2028\u2029]")
@@ -45,14 +46,39 @@ def _oneline(value: object) -> str:
     return _NOT_ONE_LINE.sub(" ", str(value)).strip()
 
 
+def _moment(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _has_clock(value: str) -> bool:
+    return len(value.strip()) > 10
+
+
 def _when(value: str) -> str:
     """ISO 8601 shown as ``2018-05-02 19:38`` (minutes are enough to place a turn); a date alone
     stays a date; anything unparseable is shown as given."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
+    moment = _moment(value)
+    if moment is None:
         return _oneline(value)
-    return moment.strftime("%Y-%m-%d" if len(value.strip()) <= 10 else "%Y-%m-%d %H:%M")
+    return moment.strftime("%Y-%m-%d %H:%M" if _has_clock(value) else "%Y-%m-%d")
+
+
+def _day(value: str | None) -> str:
+    """The date part (``2018-05-02``): a header writes the date only when it changes. An
+    unparseable time is its own "date"; no time at all is ""."""
+    if not value:
+        return ""
+    moment = _moment(value)
+    return _oneline(value) if moment is None else moment.strftime("%Y-%m-%d")
+
+
+def _clock(value: str | None) -> str:
+    """The time of day (``19:38``); "" for a date alone or an unparseable time."""
+    moment = _moment(value) if value else None
+    return "" if moment is None or not _has_clock(value) else moment.strftime("%H:%M")
 
 
 @lru_cache(maxsize=1)
@@ -65,6 +91,8 @@ def _template() -> jinja2.Template:
     )
     env.filters["oneline"] = _oneline
     env.filters["when"] = _when
+    env.filters["day"] = _day
+    env.filters["clock"] = _clock
     return env.get_template("transcript.j2")
 
 
@@ -110,9 +138,10 @@ def records(turns: list[TurnText]) -> list[Record]:
     return out
 
 
-def header(turn: TurnText, continued: bool) -> str:
-    """The header line for a turn, as the template writes it (used when a turn resumes on a new page)."""
-    return str(_macros().header(turn, continued))
+def header(turn: TurnText, continued: bool, dated: bool = True) -> str:
+    """The header for a turn as the template writes it; the typesetter asks for it when a turn
+    opens a page (dated, since a page must place its first turn in time on its own)."""
+    return str(_macros().header(turn, continued, dated))
 
 
 @lru_cache(maxsize=1)

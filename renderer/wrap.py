@@ -7,6 +7,9 @@ text, so a line of "W" holds fewer characters than a line of "i" and nothing ove
 
 Every line keeps the offset in its turn's content where it starts: the spaces a break swallows
 belong to the line before, so consecutive lines (and pages) chain without gap or overlap.
+
+The first line may be given less room than the rest (it shares its row with the turn's header);
+a first word that does not fit there, but would on a full line, leaves the first line empty.
 """
 from __future__ import annotations
 
@@ -53,8 +56,13 @@ def shape(text: str, kind: str, faces: Faces) -> tuple[str, list[int]]:
     return "".join(drawn), where
 
 
-def wrap(record: Record, faces: Faces, width: float) -> list[Line]:
-    """The record broken into lines no wider than ``width`` pixels (indentation kept on the first)."""
+def wrap(record: Record, faces: Faces, width: float, first_width: float | None = None) -> list[Line]:
+    """The record broken into lines no wider than ``width`` pixels, the first no wider than
+    ``first_width`` (default ``width``); indentation is kept on the first line.
+
+    With a narrower first line, a first word that does not fit it but fits a full line moves to
+    the second line and the first comes back empty (``text == ""``, at the record's offset).
+    """
     kind = record.kind
     text, where = shape(record.text, kind, faces)
     if not text.strip():
@@ -62,27 +70,28 @@ def wrap(record: Record, faces: Faces, width: float) -> list[Line]:
     spans: list[tuple[int, int]] = []
     begin = end = 0          # the current line is text[begin:end], end just past its last ink
     x = 0.0
+    room = width if first_width is None else min(width, first_width)   # for the line being filled
     for match in ATOM.finditer(text):
         a, b = match.span()
         if text[a] == " ":   # spaces never force a break; at a break they end the line before
             x += faces.width(text[a:b], kind)
             continue
         w = faces.width(text[a:b], kind)
-        if x + w <= width:
+        if x + w <= room:
             x, end = x + w, b
             continue
-        if end > begin:
-            spans.append((begin, end))
-            begin, end, x = a, a, 0.0
+        if end > begin or (room < width and w <= width):
+            spans.append((begin, end))      # (empty only for a first line too short for the first word)
+            begin, end, x, room = a, a, 0.0, width
             if w <= width:
                 x, end = w, b
                 continue
         for k in range(a, b):            # a word longer than the line: cut between characters
             cw = faces.width(text[k], kind)
-            if x + cw > width:
-                if end > begin:
+            if x + cw > room:
+                if end > begin or room < width:   # (a first line with no room even for a character stays empty)
                     spans.append((begin, end))
-                begin, end, x = k, k, 0.0   # (indentation that leaves no room is dropped)
+                begin, end, x, room = k, k, 0.0, width   # (indentation that leaves no room is dropped)
             x, end = x + cw, k + 1
     spans.append((begin, end))
     return [Line(kind, record.turn, record.offset if n == 0 else record.offset + where[i], text[i:j])

@@ -1,6 +1,8 @@
 """The renderer's promises: exact offsets across pages, width-true wrapping, real glyphs or a
 visible fallback, boxes that hold every line's ink, deterministic bytes, and views that are
-resizes of the one page."""
+resizes of the one page. Headers are short prefixes on the row of a turn's first line, with a box
+of their own beside the body's, and the date only where it changes: a page of chitchat holds
+about twice the turns it would with a header row per turn."""
 from __future__ import annotations
 
 import io
@@ -15,7 +17,9 @@ import renderer
 from model.base import LineBox
 from renderer import Layout, TurnText, mosaic, scale_lines, typeset, view
 from renderer.faces import FALLBACK, faces
-from renderer.typeset import PAD
+from renderer.transcript import Record
+from renderer.typeset import HEADER_INK, PAD
+from renderer.wrap import wrap
 
 PROSE = ("Sure! Here's how the cache works: each page is keyed by session, page and tier, and the value "
          "is the decoded text. If the reader changes, the key changes too, so stale text is never served. "
@@ -34,6 +38,34 @@ def body(page: renderer.Page) -> list:
 
 def squeeze(text: str) -> str:
     return re.sub(r"\s+", "", text)
+
+
+def rows(page: renderer.Page, layout: Layout = Layout()) -> list[list[LineBox]]:
+    """The page's boxes grouped by the row they are drawn on (by the middle of their ink), top to bottom."""
+    out: dict[int, list[LineBox]] = {}
+    for line in page.lines:
+        out.setdefault(int(((line.box[1] + line.box[3]) / 2 - layout.margin_px) // layout.pitch), []).append(line)
+    return [out[row] for row in sorted(out)]
+
+
+def assert_each_inked_pixel_in_one_box(page: renderer.Page, layout: Layout = Layout()) -> None:
+    """Boxes hold all the ink, and where they overlap (rows above and below) there is none: a
+    reader cropping a box sees its own line's ink only. Boxes side by side never overlap."""
+    ink = np.array(image(page)) < 255
+    covered = np.zeros(ink.shape, dtype=int)
+    for line in page.lines:
+        x0, y0, x1, y1 = line.box
+        covered[y0:y1, x0:x1] += 1
+    assert not (ink & (covered == 0)).any(), "ink outside every line box"
+    assert not (ink & (covered > 1)).any(), "ink in two boxes"
+    for row in rows(page, layout):
+        assert [line.kind for line in row][1:] in ([], ["text"]), row
+        assert all(a.box[2] <= b.box[0] and a.turn == b.turn for a, b in zip(row, row[1:])), row
+
+
+def chitchat(count: int | None = None) -> list[TurnText]:
+    from api.conversations import longest
+    return [TurnText(i, t["role"], t["content"], t["time"]) for i, t in enumerate(longest()[1][:count])]
 
 
 def long_turns() -> list[TurnText]:
@@ -91,18 +123,12 @@ def test_boxes_hold_all_the_ink_tightly_and_none_of_the_neighbours():
     turns = [TurnText(0, "user", "gjpqy ÁÉÍ bdfhkl " * 60 + "\n" + ZH * 3 + "\n" + CODE)]
     page = typeset(turns, layout)[0]
     ink = np.array(image(page)) < 255
-    covered = np.zeros_like(ink)
     for line in page.lines:
         x0, y0, x1, y1 = line.box
-        covered[y0:y1, x0:x1] = True
         ys, xs = np.nonzero(ink[y0:y1, x0:x1])
         assert (xs.min(), xs.max() + 1) == (PAD, x1 - x0 - PAD), line     # PAD either side
         assert ys.min() <= PAD and ys.max() + 1 >= y1 - y0 - PAD, line
-    assert not (ink & ~covered).any(), "ink outside every line box"
-    # Where the boxes of consecutive lines overlap there is no ink, so every inked pixel is in
-    # exactly one box: its own line's.
-    for a, b in zip(page.lines, page.lines[1:]):
-        assert not ink[b.box[1]:a.box[3]].any(), (a, b)
+    assert_each_inked_pixel_in_one_box(page)
 
 
 def test_cjk_gets_real_glyphs_and_breaks_between_characters():
@@ -144,13 +170,97 @@ def test_empty_and_blank_turns_are_a_header_alone():
     pages = typeset([TurnText(0, "user", ""), TurnText(1, "assistant", " \n\n\t\n", "2018-05-02")])
     assert len(pages) == 1 and not pages[0].full
     assert [(line.kind, line.text) for line in pages[0].lines] == [
-        ("header", "#0 user"), ("header", "#1 assistant · 2018-05-02")]
+        ("header", "user:"), ("header", "2018-05-02 assistant:")]
+    assert [len(row) for row in rows(pages[0])] == [1, 1]
     assert typeset([]) == []
 
 
-def test_header_names_turn_speaker_and_time():
-    page = typeset([TurnText(12, "user", "hi", "2018-05-02T19:38:41+02:00")])[0]
-    assert page.lines[0] == LineBox(12, page.lines[0].box, "#12 user · 2018-05-02 19:38", "header")
+def test_header_is_a_prefix_on_the_row_of_the_first_line():
+    layout = Layout()
+    page = typeset([TurnText(12, "user", "hi", "2018-05-02T19:38:41+02:00"),
+                    TurnText(13, "assistant", "how are you doing?", "2018-05-02T19:39:02+02:00")], layout)[0]
+    assert [(line.turn, line.text, line.kind) for line in page.lines] == [
+        (12, "2018-05-02 19:38 user:", "header"), (12, "hi", "text"),        # no "#12": the box knows
+        (13, "assistant 19:39:", "header"), (13, "how are you doing?", "text")]
+    assert [len(row) for row in rows(page)] == [2, 2]
+    for head, text in rows(page):
+        assert head.box[0] == layout.margin_px - PAD or head.box[0] == layout.margin_px - PAD + 1
+        assert head.box[2] <= text.box[0]                 # side by side, never overlapping
+        assert text.box[0] - head.box[2] < 3 * layout.font_px
+        assert abs(head.box[3] - text.box[3]) <= 4        # on one baseline
+    # The prefix is drawn in gray, the body in black.
+    pixels = np.array(image(page))
+    for line in page.lines:
+        x0, y0, x1, y1 = line.box
+        darkest = pixels[y0:y1, x0:x1].min()
+        assert darkest == HEADER_INK if line.kind == "header" else darkest < HEADER_INK // 2, line
+
+
+def test_the_date_is_written_only_where_it_changes_and_atop_every_page():
+    layout = Layout(page_px=512)
+    n = layout.rows + 4                           # one day's turns run onto a second page
+    day = [TurnText(i, "user" if i % 2 else "assistant", f"turn {i}", f"2018-05-02T19:{i:02d}:00Z")
+           for i in range(n)]
+    turns = day + [TurnText(n, "user", "next day", "2018-05-03T08:00:00Z"),
+                   TurnText(n + 1, "user", "no time"), TurnText(n + 2, "user", "later", "2018-05-03T09:30:00Z"),
+                   TurnText(n + 3, "user", "same day", "2018-05-03"), TurnText(n + 4, "user", "again", "2018-05-03")]
+    pages = typeset(turns, layout)
+    assert len(pages) == 2 and pages[1].first_turn == layout.rows
+    heads = [[line.text for line in page.lines if line.kind == "header"] for page in pages]
+    who = lambda i: "user" if i % 2 else "assistant"
+    assert heads[0] == ["2018-05-02 19:00 assistant:"] + [f"{who(i)} 19:{i:02d}:" for i in range(1, layout.rows)]
+    assert heads[1] == [f"2018-05-02 19:{layout.rows:02d} {who(layout.rows)}:"] + [
+        f"{who(i)} 19:{i:02d}:" for i in range(layout.rows + 1, n)] + [
+        "2018-05-03 08:00 user:", "user:", "2018-05-03 09:30 user:", "user:", "user:"]
+    assert [line.text for line in body(pages[1])][-2:] == ["same day", "again"]
+
+
+def test_a_turn_opening_with_code_keeps_its_header_on_a_row_of_its_own():
+    layout = Layout()
+    page = typeset([TurnText(0, "assistant", CODE + "That is all.", "2018-05-02T19:38:00Z")], layout)[0]
+    assert [len(row) for row in rows(page)] == [1, 1, 1, 1, 1, 1, 1]
+    assert [(line.kind, line.text) for line in page.lines][:3] == [
+        ("header", "2018-05-02 19:38 assistant:"), ("code", "```python"), ("code", "def f(x):")]
+    assert page.lines[1].box[1] >= page.lines[0].box[3] - PAD      # on the next row
+    boxes = {line.text: line.box for line in page.lines}
+    assert boxes["def f(x):"][0] <= layout.margin_px                # at the margin, not after the header
+    indent = boxes["    if x:"][0] - boxes["def f(x):"][0]
+    assert indent == pytest.approx(4 * faces(12).width(" ", "code"), abs=2)
+
+
+def test_a_first_line_wraps_in_the_room_the_header_leaves():
+    layout = Layout()
+    page = typeset([TurnText(0, "assistant", PROSE * 3, "2018-05-02T19:38:00Z")], layout)[0]
+    (head, first), second = rows(page)[:2]
+    assert (head.kind, first.kind, second[0].kind) == ("header", "text", "text")
+    right = layout.page_px - layout.margin_px + PAD
+    assert right - 60 < first.box[2] <= right and right - 60 < second[0].box[2] <= right
+    assert second[0].box[0] <= layout.margin_px                      # later lines take the full width
+    assert len(first.text) < len(second[0].text)
+    # A first word that fits a full row but not beside the header starts the next row.
+    word = "W" * 30
+    lines = wrap(Record("text", 0, 5, word + " tail"), faces(12), 370, first_width=200)
+    assert [(line.start, line.text) for line in lines] == [(5, ""), (5, word), (36, "tail")]
+    page = typeset([TurnText(0, "assistant", word, "2018-05-02T19:38:00Z")], Layout(page_px=512))[0]
+    assert [len(row) for row in rows(page)] == [1, 1]
+    assert page.lines[1].text == word and page.end_offset == len(word)
+    # A word longer than a full row is cut between characters from beside the header on.
+    page = typeset([TurnText(0, "assistant", "W" * 100, "2018-05-02T19:38:00Z")], Layout(page_px=512))[0]
+    assert [len(row) for row in rows(page)] == [2, 1, 1]
+    assert "".join(line.text for line in body(page)) == "W" * 100
+
+
+def test_a_page_of_real_chat_holds_many_turns():
+    layout = Layout(page_px=1024, font_px=12)
+    turns = chitchat()
+    pages = typeset(turns, layout)
+    full = [page for page in pages if page.full]
+    counts = [page.last_turn - page.first_turn + 1 for page in full]
+    assert counts[0] >= 55 and sum(counts) / len(counts) >= 55, counts     # a header row per turn: ~30
+    # Most rows carry a turn's header and its whole text.
+    assert sum(len(row) == 2 for row in rows(full[0])) >= 50
+    for page in full[:3]:
+        assert_each_inked_pixel_in_one_box(page)
 
 
 def test_a_speaker_name_too_long_for_a_line_is_cut_to_one_header_line():
@@ -159,6 +269,7 @@ def test_a_speaker_name_too_long_for_a_line_is_cut_to_one_header_line():
     assert len(pages) > 1
     for page in pages:
         assert [line.kind for line in page.lines].count("header") == 1
+        assert len(rows(page)[0]) == 1          # no room left beside it: the body starts below
         assert all(line.box[2] <= layout.page_px - layout.margin_px + PAD for line in page.lines)
 
 
@@ -170,7 +281,8 @@ def test_a_long_turn_splits_across_pages_whose_offsets_chain():
     for before, after in zip(pages, pages[1:]):
         if after.first_turn == before.last_turn:
             assert after.first_offset == before.end_offset
-            assert after.lines[0].kind == "header" and after.lines[0].text.endswith("(continued)")
+            assert after.lines[0].kind == "header" and after.lines[0].text.endswith("(cont.):")
+            assert after.lines[0].text.startswith("2018-05-02 ")       # a page opens dated
         else:
             assert before.end_offset == len(turns[before.last_turn].content)
             assert (after.first_turn, after.first_offset) == (before.last_turn + 1, 0)
@@ -200,7 +312,9 @@ def test_random_transcripts_chain_exactly_and_stay_inside_the_margins():
         turns = []
         for i in range(rnd.randint(1, 5)):
             content = "".join(rnd.choice(pieces) + rnd.choice(["", " "]) for _ in range(rnd.randint(0, 120)))
-            turns.append(TurnText(i, "user", content, None, rnd.randint(0, len(content)) if i == 0 else 0))
+            when = rnd.choice([None, "2018-05-02T19:38:00Z", "2018-05-03T08:00:00Z", "2018-05-03"])
+            turns.append(TurnText(i, rnd.choice(["user", "assistant"]), content, when,
+                                  rnd.randint(0, len(content)) if i == 0 else 0))
         pages = typeset(turns, layout)
         assert (pages[0].first_turn, pages[0].first_offset) == (0, turns[0].start)
         assert (pages[-1].last_turn, pages[-1].end_offset) == (turns[-1].index, len(turns[-1].content))
@@ -217,6 +331,7 @@ def test_random_transcripts_chain_exactly_and_stay_inside_the_margins():
                 assert squeeze(shown) == squeeze(turns[t].content[start:end]), seed
             for line in page.lines:
                 assert layout.margin_px - PAD <= line.box[0] and line.box[2] <= layout.page_px - layout.margin_px + PAD
+            assert_each_inked_pixel_in_one_box(page, layout)
 
 
 def test_resuming_from_start_offset_skips_the_sealed_part():
@@ -224,20 +339,46 @@ def test_resuming_from_start_offset_skips_the_sealed_part():
     start = content.index("    kept")
     page = typeset([TurnText(3, "user", content, start=start)])[0]
     assert (page.first_turn, page.first_offset, page.end_offset) == (3, start, len(content))
-    assert page.lines[0].text == "#3 user (continued)"
-    # Still inside the fence, so still code, indentation and all.
+    assert page.lines[0].text == "user (cont.):"
+    # Still inside the fence, so still code, indentation and all (under the header, not beside it).
     assert [(line.kind, line.text) for line in body(page)] == [
         ("code", "    kept code"), ("code", "```"), ("text", "tail")]
 
 
 def test_a_header_is_never_left_alone_at_the_foot_of_a_page():
     layout = Layout(page_px=200, font_px=12)          # 10 rows
-    first = "\n".join(f"line {i}" for i in range(layout.rows - 2))   # header + 8 rows: 1 row left
-    pages = typeset([TurnText(0, "user", first), TurnText(1, "assistant", "next turn")], layout)
+    first = "\n".join(f"line {i}" for i in range(layout.rows - 1))   # 9 rows, header inline: 1 row left
+    # A turn opening with code needs two rows (header, then code): it goes to the next page ...
+    pages = typeset([TurnText(0, "user", first), TurnText(1, "assistant", "```\ncode\n```")], layout)
     assert len(pages) == 2 and pages[0].full
     assert (pages[0].last_turn, pages[0].end_offset) == (0, len(first))
     assert (pages[1].first_turn, pages[1].first_offset) == (1, 0)
-    assert pages[1].lines[0].text == "#1 assistant"
+    assert [line.text for line in pages[1].lines][:2] == ["assistant:", "```"]
+    # ... while a prose turn takes the last row with its header beside it.
+    pages = typeset([TurnText(0, "user", first), TurnText(1, "assistant", "next turn")], layout)
+    assert len(pages) == 1 and [line.text for line in pages[0].lines][-2:] == ["assistant:", "next turn"]
+
+
+def test_a_turn_continued_on_a_new_page_goes_on_beside_its_header():
+    layout = Layout(page_px=512)
+    content = PROSE * 30
+    pages = typeset([TurnText(7, "assistant", content, "2018-05-02T19:38:00Z")], layout)
+    assert len(pages) > 2
+    for before, after in zip(pages, pages[1:]):
+        head, text = rows(after)[0]
+        assert head.text == "2018-05-02 19:38 assistant (cont.):" and text.kind == "text"
+        assert after.first_offset == before.end_offset
+        assert content[after.first_offset:].startswith(text.text)
+    # Code goes on under the continued header, each line as it was, indentation and all.
+    code = "```\n" + "".join(f"    line_{i} = {i}\n" for i in range(80)) + "```"
+    pages = typeset([TurnText(7, "assistant", "Code:\n" + code, "2018-05-02T19:38:00Z")], layout)
+    assert len(pages) > 2
+    for page in pages[1:]:
+        assert [len(row) for row in rows(page)][:2] == [1, 1]
+        head, first = page.lines[:2]
+        assert head.text == "2018-05-02 19:38 assistant (cont.):" and first.kind == "code"
+        assert re.fullmatch(r"    line_\d+ = \d+|```", first.text)
+    assert [line.text for page in pages for line in body(page)][1:] == code.split("\n")
 
 
 def test_a_layout_without_room_for_two_lines_is_refused():
