@@ -72,6 +72,18 @@ class Fragment:
     lines: list[str] = field(default_factory=list)
 
 
+def strip_header(line: dict, heads: list[str]) -> dict | None:
+    """The typeset header ("user 19:38:") is not the turn's text. A reader of line boxes sees it
+    alone (drop it); a reader of whole rows sees it in front of the text (cut it off)."""
+    text = line["text"]
+    for head in heads:
+        if len(text) >= len(head) + 2 and fuzz.ratio(text[:len(head)], head) > 80:
+            return {**line, "text": text[len(head):].lstrip()}
+        if fuzz.ratio(text, head) > 80:
+            return None
+    return line
+
+
 def fragments_from_decoded(spans: list[dict], decoded: dict | None, headers: dict[int, list[str]],
                            page: int, tier: str, age: float) -> list[Fragment]:
     by_turn: dict[int, list[dict]] = {}
@@ -81,9 +93,7 @@ def fragments_from_decoded(spans: list[dict], decoded: dict | None, headers: dic
     out = []
     for span in spans:
         lines = by_turn.get(span["index"], [])
-        # The typeset header ("#12 user · time") is not the turn's text; drop lines that read as it.
-        heads = headers.get(span["index"], [])
-        body = [l for l in lines if not any(fuzz.ratio(l["text"], h) > 80 for h in heads)]
+        body = [line for line in (strip_header(l, headers.get(span["index"], [])) for l in lines) if line]
         scores = [l["score"] for l in body] or [0.0]
         out.append(Fragment(span["index"], span["role"], span["time"], page, tier, age, span["start"],
                             span["end"], "\n".join(l["text"] for l in body), sum(scores) / len(scores),

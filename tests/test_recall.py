@@ -73,3 +73,15 @@ def test_recall_does_not_wait_for_pages_past_its_read_budget(api, memory):
     got = api.post("/v1/sessions/busy/recall", json={"query": "Marguerite sailboat"}).json()
     assert got["pages_unread"] == pages >= 2 and got["pages_read"] == 0
     assert got["seconds"] < 5
+
+
+@pytest.mark.parametrize("read, kept", [
+    ("user 05:56:", None),                       # the header box read alone
+    ("user 05:56: ok", "ok"),                    # a whole row: header, then a short turn
+    ("uscr 05:56: hi there", "hi there"),        # with an OCR slip in the header
+    ("hello there", "hello there"),              # no header at all
+])
+def test_the_typeset_header_is_not_part_of_a_turns_text(read, kept):
+    from memory.recall import strip_header
+    line = strip_header({"text": read, "score": 1.0}, ["user 05:56:"])
+    assert (line and line["text"]) == kept
