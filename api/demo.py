@@ -36,7 +36,8 @@ def ok(response: httpx.Response) -> dict:
 
 
 def distinctive_word(text: str) -> str:
-    words = sorted(re.findall(r"[A-Za-z]{6,}", text), key=lambda w: (-len(w), w))
+    """The longest word of the text: something to ask about that is not everywhere."""
+    words = sorted(set(re.findall(r"[A-Za-z]{5,}", text)), key=lambda w: (-len(w), w))
     return words[0] if words else text.split()[0]
 
 
@@ -113,10 +114,10 @@ def run(url: str | None, turns: int, out: str, curve: str, wait: float) -> None:
               f"every tier) in {folder.resolve()}")
 
         print("\nRecall")
-        first_page_turn = ctx["pages"][0]["first_turn"] if ctx["pages"] else 0
-        probe = conversation[first_page_turn + 3]["content"]
+        oldest = ctx["pages"][0] if ctx["pages"] else {"first_turn": 0, "last_turn": 0}
+        probe = distinctive_word(" ".join(t["content"] for t in conversation[oldest["first_turn"]:oldest["last_turn"] + 1]))
         asks = [("the first thing the user said", {"turn": "first", "role": "user"}),
-                (f"query {distinctive_word(probe)!r}", {"query": distinctive_word(probe), "limit": 2}),
+                (f"what was said about {probe!r}", {"query": probe, "limit": 2}),
                 ("turn 40", {"turn": 40})]
         for label, body in asks:
             got = ok(c.post(f"/v1/sessions/{SESSION}/recall", json=body))
