@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from model.tiers import DEEPSEEK_OCR2, Ladder, Tier
+from model.tiers import LADDERS, Ladder, Tier
 
 UNITS = ("turns", "seconds")
 
@@ -70,23 +70,25 @@ class Curve:
 
 
 def _ladder_name(name: str, ladder: Ladder) -> str:
-    # A step table names tiers of one ladder; on another ladder, fall back by position so a
-    # session keeps working when the operator switches families.
+    """A tier of another family's ladder, moved to the same position on this one (sharpest, next,
+    ...; clamped to the faintest view; gone stays gone), so a curve means "fade at these ages" on
+    every family, and a session keeps working when the operator switches families."""
     if name in ladder.names():
         return name
-    return ladder.tiers[-1].name if name == "gone" else ladder.sharpest.name
+    if name == "gone":
+        return ladder.tiers[-1].name
+    position = next((other.index(name) for other in LADDERS.values() if name in other.names()), 0)
+    views = [t.name for t in ladder.tiers if not t.gone]
+    return views[min(position, len(views) - 1)]
 
 
 def _preset_for(spec: dict[str, Any], ladder: Ladder) -> dict[str, Any]:
-    """Step presets name DeepSeek-OCR 2 tiers; on another family's ladder each step keeps its
-    position (sharpest, next, ...; clamped to the faintest view; gone stays gone), so a preset
-    means "fade at these ages" on every family."""
-    if spec["kind"] != "step" or all(name in ladder.names() for _, name in spec["steps"]):
+    """Step presets name DeepSeek-OCR 2 tiers; on another family's ladder they move by position."""
+    if spec["kind"] != "step":
         return spec
-    views = [t.name for t in ladder.tiers if not t.gone]
     steps: list[list] = []
     for age, name in spec["steps"]:
-        mapped = ladder.tiers[-1].name if name == "gone" else views[min(DEEPSEEK_OCR2.index(name), len(views) - 1)]
+        mapped = _ladder_name(name, ladder)
         if not steps or steps[-1][1] != mapped:
             steps.append([age, mapped])
     return {**spec, "steps": steps}
