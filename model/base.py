@@ -60,3 +60,20 @@ class Backend(Protocol):
     def encode(self, views: list[PageView]) -> list["object"]:
         """Visual tokens per view; a reader-only backend raises NotImplementedError."""
         ...
+
+
+def attribute_turns(lines: list[DecodedLine], boxes: list[LineBox]) -> None:
+    """For readers of whole pages: tell which turn each decoded line came from, by its best fuzzy
+    match among the typeset lines (a line that matches none well continues the turn before it)."""
+    typeset = [(b.text, b.turn) for b in boxes if b.text]
+    if not typeset:
+        return
+    from rapidfuzz import fuzz, process
+
+    texts = [t for t, _ in typeset]
+    previous = None
+    for line in lines:
+        best = process.extractOne(line.text, texts, scorer=fuzz.ratio)
+        if best is not None and best[1] >= 60:
+            previous = typeset[best[2]][1]
+        line.turn = previous

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import LogitsProcessor  # noqa: E402
 
-from model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView  # noqa: E402
+from model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns  # noqa: E402
 from model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
 from model.visual_tokens import VisualTokens  # noqa: E402
 
@@ -314,7 +314,7 @@ class DeepseekOcr2Backend:
             per_line = [[page] for _ in raw_lines]
         lines = [DecodedLine(t.strip(), sum(s) / len(s) if s else page)
                  for t, s in zip(raw_lines, per_line) if t.strip()]
-        _attribute_turns(lines, boxes)
+        attribute_turns(lines, boxes)
         return Decoded(text.strip(), lines)
 
     # --- helpers ------------------------------------------------------------------------------
@@ -343,23 +343,6 @@ def encoder_view(image: Image.Image, tier: Tier) -> Image.Image:
         canvas.paste(image, (0, 0))
         return canvas
     return image
-
-
-def _attribute_turns(lines: list[DecodedLine], boxes: list[LineBox]) -> None:
-    """Tell which turn each decoded line came from, by its best fuzzy match among the typeset lines
-    (a line that matches none well continues the turn before it)."""
-    typeset = [(b.text, b.turn) for b in boxes if b.text]
-    if not typeset:
-        return
-    from rapidfuzz import fuzz, process
-
-    texts = [t for t, _ in typeset]
-    previous = None
-    for line in lines:
-        best = process.extractOne(line.text, texts, scorer=fuzz.ratio)
-        if best is not None and best[1] >= 60:
-            previous = typeset[best[2]][1]
-        line.turn = previous
 
 
 def weights_dir(path: str | os.PathLike) -> Path:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from PIL import Image
 
-from model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView
+from model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns
 from model.tiers import DEEPSEEK_OCR2, Ladder, Tier
 
 PROMPT = "Free OCR."
@@ -112,7 +112,7 @@ class VllmReader:
             raise RuntimeError(f"vLLM server at {self.url} sent no completion: {r.text[:500]}") from None
         text = choice["message"].get("content") or ""
         lines = _lines(text, (choice.get("logprobs") or {}).get("content") or [])
-        _attribute_turns(lines, view.lines)
+        attribute_turns(lines, view.lines)
         return Decoded(text.strip(), lines, time.perf_counter() - start)
 
     def close(self) -> None:
@@ -135,23 +135,6 @@ def _lines(text: str, logprobs: list[dict]) -> list[DecodedLine]:
     if logprobs and line != len(raw) - 1:   # token pieces and text disagree: the page score for all
         per_line = [[page] for _ in raw]
     return [DecodedLine(t.strip(), sum(s) / len(s) if s else page) for t, s in zip(raw, per_line) if t.strip()]
-
-
-def _attribute_turns(lines: list[DecodedLine], boxes: list[LineBox]) -> None:
-    """Tell which turn each decoded line came from, by its best fuzzy match among the typeset lines
-    (a line that matches none well continues the turn before it)."""
-    typeset = [(b.text, b.turn) for b in boxes if b.text]
-    if not typeset:
-        return
-    from rapidfuzz import fuzz, process
-
-    texts = [t for t, _ in typeset]
-    previous = None
-    for line in lines:
-        best = process.extractOne(line.text, texts, scorer=fuzz.ratio)
-        if best is not None and best[1] >= 60:
-            previous = typeset[best[2]][1]
-        line.turn = previous
 
 
 def _shown(image: Image.Image, tier: Tier) -> Image.Image:

@@ -14,11 +14,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from model import backends
-from model.base import Backend, DecodedLine, LineBox, ModelUnavailable, PageView
+from model.base import Backend, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns
 from model.deepseek_ocr2 import (
     DeepseekOcr2Backend,
     NoRepeatNGramWindow,
-    _attribute_turns,
     encoder_view,
     weights_revision,
 )
@@ -192,7 +191,7 @@ def test_decoded_lines_are_attributed_to_turns():
              LineBox(4, (0, 0, 1, 1), "#4 assistant 10:03"), LineBox(4, (0, 0, 1, 1), "Paris, since 987 or so")]
     lines = [DecodedLine("what is the capita1 of France", 0.9), DecodedLine("Paris, since 987 or s0", 0.8),
              DecodedLine("zzzz", 0.1)]
-    _attribute_turns(lines, boxes)
+    attribute_turns(lines, boxes)
     assert [line.turn for line in lines] == [3, 4, 4]
 
 
