@@ -130,5 +130,6 @@ def create_app(memory: Memory | None = None) -> FastAPI:
 
 
 def jsonable(errors: list[dict]) -> list[dict]:
-    return [{k: (v if isinstance(v, (str, int, float, list, type(None))) else str(v)) for k, v in e.items()
-             if k != "ctx"} for e in errors]
+    """pydantic's error list without the parts JSON can't carry (exception objects in ``ctx``)."""
+    return [{k: list(v) if isinstance(v, tuple) else v if isinstance(v, (str, int, float, list, type(None))) else str(v)
+             for k, v in e.items() if k != "ctx"} for e in errors]
