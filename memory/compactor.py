@@ -60,9 +60,9 @@ def compact(store: Store, k: SessionKeys, budget: int, layout: renderer.Layout, 
         spill = overflow(text, budget)
         if not spill:
             return []
-        pages = renderer.typeset(
-            [renderer.TurnText(t.index, t.role, t.content, t.time, t.start) for t in spill], layout)
-        full = [p for p in pages if p.full]
+        full = renderer.typeset(
+            [renderer.TurnText(t.index, t.role, t.content, t.time, t.start) for t in spill], layout,
+            full_only=True)
         if not full:
             return []
         by_index = {t.index: t for t in text}

@@ -93,12 +93,13 @@ def indent(face: Faces, head: str) -> int:
     return math.ceil(face.width(head, "header") + face.width(" ", "text")) + 2 * PAD
 
 
-def typeset(turns: list[TurnText], layout: Layout = Layout()) -> list[Page]:
+def typeset(turns: list[TurnText], layout: Layout = Layout(), full_only: bool = False) -> list[Page]:
     """Lay the turns out, in order, on as many pages as they need.
 
     A turn too long for the rest of a page continues on the next; a header is never left alone at
     the foot of a page; the next page's first_offset equals this page's end_offset when a turn
-    spans them. The last page has ``full=False``: everything given fit.
+    spans them. The last page has ``full=False``: everything given fit. ``full_only`` leaves that
+    last page out, undrawn: a caller that seals only full pages need not pay for its PNG.
     """
     face = faces(layout.font_px)
     width = layout.width
@@ -166,7 +167,7 @@ def typeset(turns: list[TurnText], layout: Layout = Layout()) -> list[Page]:
                     rows.append(row)
                     continue
                 rows.append(Row(None, line))
-    if rows:
+    if rows and not full_only:
         close(rows[-1].turn, len(by_index[rows[-1].turn].content), False)
     return pages
 

@@ -444,3 +444,12 @@ def test_the_cpu_reader_reads_a_page_back():
     read = reader(np.array(view(page.png, 1024)))         # grayscale straight in
     got, want = squeeze("".join(read.txts)), squeeze("".join(line.text for line in page.lines))
     assert Levenshtein.normalized_distance(got, want) < 0.02
+
+
+def test_full_only_leaves_out_the_unfinished_last_page():
+    from api.conversations import longest
+
+    turns = [TurnText(i, t["role"], t["content"], t["time"]) for i, t in enumerate(longest()[1][:150])]
+    every = typeset(turns)
+    full = typeset(turns, full_only=True)
+    assert not every[-1].full and [p.png for p in full] == [p.png for p in every[:-1]]
