@@ -58,7 +58,8 @@ class Memory:
         self.settings = settings or Settings.from_env()
         self._backend = backend
         self.ladder: Ladder = backend.ladder if backend else ladder_for(self.settings.family)
-        self.layout = renderer.Layout(page_px=self.ladder.page_px, font_px=self.settings.font_px)
+        self.layout = renderer.Layout(page_px=self.ladder.page_px, font_px=self.settings.font_px,
+                                      line_spacing=self.settings.line_spacing)
         self.server: EmbeddedRedis | None = None
         self.store: Store | None = None
         self.worker: jobs.Worker | None = None

@@ -27,7 +27,8 @@ class Settings:
     upstream_key: str = ""         # Bearer key for the upstream; "": pass the caller's on when optimem has no keys
     budget: int = 0                # the proxy's context budget (tokens) when a call names none; 0: no limit
     recent_tokens: int = 2000      # text kept as plain turns before older turns are sealed into pages
-    font_px: int = 12
+    font_px: int = 12              # 12 px at 1.15 line spacing: `optimem lab calibrate`, README "Results"
+    line_spacing: float = 1.15
     tokenizer: str = "cl100k_base"
     curve: str = "default"
     max_turn_chars: int = 100_000
@@ -44,6 +45,8 @@ class Settings:
                 continue
             if f.type in ("int",):
                 values[f.name] = int(raw)
+            elif f.type in ("float",):
+                values[f.name] = float(raw)
             elif f.type in ("bool",):
                 values[f.name] = raw.lower() not in ("0", "false", "no", "")
             elif f.name == "data_dir":
