@@ -1,0 +1,101 @@
+"""The forgetting-curve lab: needles land where they say, curves parse, and a quick run on a real
+conversation (real service, embedded Redis, the CPU reader) writes a report whose numbers add up."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from memory import lab
+from memory.service import Memory
+from memory.settings import Settings
+
+
+def test_needles_are_planted_at_the_ages_they_report():
+    turns = [{"role": "assistant", "content": f"turn {i}", "time": "2024-01-01T00:00:00Z"} for i in range(400)]
+    planted, needles = lab.plant(turns, 6, random.Random(7))
+    assert len(planted) == 406 and len(needles) == 6
+    assert len({n.age for n in needles}) == 6
+    for n in needles:
+        assert planted[n.index]["content"] == n.text and n.value in n.text
+        assert n.age == len(planted) - 1 - n.index
+    again, same = lab.plant(turns, 6, random.Random(7))
+    assert again == planted and same == needles  # --seed makes a run repeatable
+    assert [t for t in planted if t not in [planted[n.index] for n in needles]] == turns  # order kept
+
+
+def test_curves_parse_presets_json_and_names(tmp_path):
+    memory = Memory(Settings(data_dir=tmp_path, worker=False))  # parsing needs the ladder, not Redis
+    spec = '{"kind":"step","steps":[[0,"g1024"],[40,"v768"],[70,"gone"]]}'
+    parsed = lab.parse_curves(f"default, lean={spec},{spec}", memory)
+    assert [name for name, _ in parsed] == ["default", "lean", "custom3"]
+    assert parsed[1][1].spec["steps"][-1] == [70, "gone"]
+
+
+@pytest.mark.slow
+def test_quick_lab_writes_a_report_that_adds_up(tmp_path):
+    lab.main(["--quick", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    for name in ("fidelity_vs_age.png", "tokens_vs_age.png", "frontier.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rows = report["rows"]
+    curves, budget = report["settings"]["curves"], report["settings"]["budget"]
+    full = [r for r in rows if r["method"] == "full-text"]
+    assert len(full) == 1
+    full = full[0]
+    assert full["tokens"] == full["text_tokens"] and full["fidelity"] == full["precision"] == 1.0
+    assert full["needles"]["found"] == full["needles"]["total"] == len(report["conversations"][0]["needles"]) > 0
+    # Every curve with and without the budget; truncation to what each curve spent, and to the budget.
+    assert {(r["curve"], r["budget"]) for r in rows if r["method"] == "curve"} == \
+           {(c, b) for c in curves for b in (None, budget)}
+    assert {(r["curve"], r["budget"]) for r in rows if r["method"] == "truncation"} == \
+           {(c, None) for c in curves} | {("", budget)}
+
+    for r in rows:
+        for key in ("precision", "fidelity", "kept"):
+            assert 0.0 <= r[key] <= 1.0, (r["method"], r["curve"], key)
+        assert r["fidelity"] <= r["precision"] + 1e-9          # lost content only lowers fidelity
+        assert r["tokens"] == pytest.approx(sum(b["tokens"] for b in r["buckets"]), abs=0.05)
+        assert r["tokens"] == pytest.approx(sum(t["tokens"] for t in r["by_tier"].values()), abs=0.05)
+        assert r["text_tokens"] == sum(b["text_tokens"] for b in r["buckets"])
+        # Every method accounts for the whole conversation (page spans count a split turn's overhead twice).
+        assert r["text_tokens"] == pytest.approx(full["text_tokens"], rel=0.03)
+        assert 0 <= r["needles"]["found"] <= r["needles"]["total"] == full["needles"]["total"]
+        if r["budget"] is not None:
+            assert r["tokens"] <= r["budget"]
+        if r["method"] == "curve":  # the lab's sums agree with the service's own accounting
+            a = r["accounting"]
+            assert r["tokens"] == pytest.approx(a["total_tokens"], abs=0.05)
+            assert a["total_tokens"] == pytest.approx(a["recent_text_tokens"] + a["visual_tokens"], abs=0.05)
+            if r["budget"] is None:                            # truncation gets no more than the curve used
+                twin = next(t for t in rows if t["method"] == "truncation" and t["curve"] == r["curve"])
+                assert twin["tokens"] <= r["tokens"]
+        if r["method"] == "truncation":                        # cut text is exact where it is kept
+            assert r["precision"] == 1.0 and r["fidelity"] == pytest.approx(r["kept"], abs=1e-3)
+            flags = [x["found"] for x in sorted(r["needles"]["each"], key=lambda x: x["age"])]
+            assert flags == sorted(flags, reverse=True)        # the newest kept, every older one lost
+
+    tiers = {t["tier"]: t for t in report["tiers"]}
+    ladder = [t for t in ("crops", "g1024", "v768", "mosaic4", "mosaic16") if t in tiers]
+    compression = [tiers[t]["compression"] for t in ladder]
+    assert compression == sorted(compression)                 # fainter tiers hold more per token
+    assert tiers[ladder[1]]["precision"] >= 0.9               # the reader reads a sharp page
+    assert report["cost"]["decodes"] > 0 and report["cost"]["render_seconds"] > 0
+    assert report["best"]["curve"] in curves
+
+
+def test_a_short_jsonl_conversation_that_never_seals_a_page(tmp_path):
+    """Everything still fits the recent text: every method keeps it all, exactly, and nothing is read."""
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps({"role": ("user", "assistant")[i % 2], "content": f"message number {i}"})
+                              for i in range(20)))
+    lab.main(["--jsonl", str(path), "--needles", "2", "--recent-tokens", "5000", "--curves", "default",
+              "--budget", "0", "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["conversations"][0]["pages"] == 0 and report["cost"]["decodes"] == 0
+    assert {(r["method"], r["budget"]) for r in report["rows"]} == {("full-text", None), ("curve", None),
+                                                                    ("truncation", None)}
+    for r in report["rows"]:
+        assert r["fidelity"] == 1.0 and r["needles"]["found"] == 2
