@@ -55,6 +55,9 @@ def lab(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lab"]:  # REMAINDER below can't pass on options that come first (`optimem lab --quick`)
+        return lab(argparse.Namespace(lab_args=argv[1:]))
     parser = argparse.ArgumentParser(prog="optimem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
