@@ -41,7 +41,7 @@ def distinctive_word(text: str) -> str:
     return words[0] if words else text.split()[0]
 
 
-def fading_strip(png: bytes) -> "Image.Image":
+def fading_strip(png: bytes):
     """Page 0 at every tier of the active ladder, side by side at true scale, labelled."""
     from PIL import Image, ImageDraw, ImageFont
 

@@ -42,7 +42,6 @@ from memory.service import BadRequest, Memory
 from memory.settings import Settings
 from memory.store import PageRecord, SessionKeys, TurnRecord
 from model.backends import NAMES as BACKENDS
-from model.base import Backend
 from model.tiers import Tier
 
 TENANT = "lab"
@@ -181,12 +180,6 @@ class Reading:
     seconds: float
 
 
-def view_of(tier: Tier, backend: Backend) -> str:
-    """What a reading depends on. A reader that only reads sees a tier as an image of ``px`` (so
-    crops and g1024, both 1024 px, read alike); a visual-token model sees each tier differently."""
-    return tier.name if reading.encodes(backend) else f"{tier.px}px"
-
-
 def source_spans(rep: Replayed, record: PageRecord, tokenizer: str) -> list[Span]:
     """The page's turns as plain text (tokens counted as the compactor counts a page's)."""
     out = []
@@ -213,21 +206,17 @@ def quality(rep: Replayed, record: PageRecord, decoded: dict, memory: Memory) ->
 
 
 def read_pages(memory: Memory, rep: Replayed, wanted: dict[int, set[str]]) -> dict[tuple[int, str], Reading]:
-    """Read each (page, view) once, and cache the text under every tier that shares the view, so
-    recall finds it cached for any curve."""
+    """Read each (page, view) once; the decode cache is keyed by view, so recall finds it for any curve."""
     by_page = {p.page: p for p in rep.pages}
-    reader = reading.reader_id(memory.backend)
     plan: dict[tuple[int, str], list[Tier]] = defaultdict(list)
     for page, names in wanted.items():
         for name in sorted(names, key=memory.ladder.index):
             tier = memory.ladder[name]
-            plan[(page, view_of(tier, memory.backend))].append(tier)
+            plan[(page, reading.cache_key(tier, memory.backend))].append(tier)
     out = {}
     for (page, view), tiers in tqdm(sorted(plan.items()), desc=f"reading pages of {rep.key[:8]}", unit="page",
                                     leave=False):
         decoded = reading.decode_page(memory.store, rep.k, page, tiers[0], memory.backend, memory.ladder)
-        for sibling in tiers[1:]:
-            memory.store.cache_decoded(rep.k, page, sibling.name, reader, decoded)
         out[(page, view)] = quality(rep, by_page[page], decoded, memory)
     return out
 
@@ -298,7 +287,7 @@ def curve_pieces(rep: Replayed, placed: list[context.PlacedPage], built: dict, s
             # Not in the context: what it held counts as lost (recall may still find a dropped page).
             pieces += page_pieces(sources[page], "gone" if p.tier.gone else "dropped", 0, 0, count, lost=True)
         else:
-            r = readings[(page, view_of(p.tier, memory.backend))]
+            r = readings[(page, reading.cache_key(p.tier, memory.backend))]
             pieces += page_pieces(r.spans, p.tier.name, p.tier.tokens, r.seconds, count)
     kept = {t.index for t in built["turns"]}
     pieces += [text_piece(t, count - 1 - t.index, t.index in kept, "dropped") for t in rep.text]
@@ -425,7 +414,7 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
         tally.decodes += [{"view": view, "seconds": r.seconds} for (_, view), r in readings.items()]
         tally.sample += [(key, r.page) for r in sample]
         for record, tier in ((record, tier) for record in sample for tier in views):
-            r = readings[(record.page, view_of(tier, memory.backend))]
+            r = readings[(record.page, reading.cache_key(tier, memory.backend))]
             tally.frontier[tier.name] += page_pieces(r.spans, tier.name, tier.tokens, r.seconds, count)
 
         plain = plain_turns(rep, memory.settings.tokenizer)

@@ -73,6 +73,12 @@ def visual_tokens(store: Store, k: SessionKeys, page: int, tier: Tier, backend: 
     return tokens
 
 
+def cache_key(tier: Tier, backend: Backend) -> str:
+    """What decoded text depends on: for a reader only the image size (crops and g1024 are the same
+    1024 px image to it), for a visual-token model the tier itself (crops add local views)."""
+    return tier.name if encodes(backend) else f"px{tier.px}"
+
+
 def reader_id(backend: Backend) -> str:
     return f"{backend.name}@{backend.revision}"
 
@@ -86,8 +92,8 @@ def decode_page(store: Store, k: SessionKeys, page: int, tier: Tier, backend: Ba
     """
     if tier.gone:
         return None
-    reader = reader_id(backend)
-    hit = store.cached_decoded(k, page, tier.name, reader)
+    reader, key = reader_id(backend), cache_key(tier, backend)
+    hit = store.cached_decoded(k, page, key, reader)
     if hit is not None or cached_only:
         return hit
     view = page_view(store.png(k, page), line_boxes(store.lines(k, page)), tier, ladder.page_px)
@@ -99,8 +105,8 @@ def decode_page(store: Store, k: SessionKeys, page: int, tier: Tier, backend: Ba
         decoded = backend.decode([view])[0]
     result = {"text": decoded.text, "seconds": decoded.seconds,
               "lines": [asdict(line) for line in decoded.lines]}
-    store.cache_decoded(k, page, tier.name, reader, result)
-    return store.cached_decoded(k, page, tier.name, reader)  # whoever cached first wins
+    store.cache_decoded(k, page, key, reader, result)
+    return store.cached_decoded(k, page, key, reader)  # whoever cached first wins
 
 
 def lines_of(decoded: dict) -> list[DecodedLine]:

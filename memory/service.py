@@ -414,7 +414,9 @@ class Memory:
         # Pages the worker has read cost nothing; the rest are read now, newest (sharpest) first,
         # until the read budget is spent, so a recall never hangs on a large unread session.
         reader = reading.reader_id(self.backend) if placed else ""
-        cached = {p.record.page: self.store.cached_decoded(k, p.record.page, p.tier.name, reader) for p in placed}
+        cached = {p.record.page: self.store.cached_decoded(k, p.record.page,
+                                                           reading.cache_key(p.tier, self.backend), reader)
+                  for p in placed}
         deadline = started + self.settings.recall_read_s
         for p in sorted(placed, key=lambda p: (cached[p.record.page] is None, -p.record.page)):
             spans = [s for s in p.record.turns if s["index"] in chosen]

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from PIL import Image
 
-from model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns
+from model.base import Decoded, DecodedLine, ModelUnavailable, PageView, attribute_turns
 from model.tiers import DEEPSEEK_OCR2, Ladder, Tier
 
 PROMPT = "Free OCR."
