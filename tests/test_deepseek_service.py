@@ -21,6 +21,7 @@ from tests.tiny_deepseek import tiny_deepseek_dir  # noqa: F401  (session fixtur
 
 @pytest.fixture
 def memory(redis_server, tmp_path, tiny_deepseek_dir, monkeypatch):
+    """The GPU backend on the tiny checkpoint, on CPU; conftest's ``api`` fixture serves it."""
     monkeypatch.setenv("OPTIMEM_DTYPE", "bfloat16")
     settings = settings_for(redis_server, tmp_path, backend="deepseek-ocr2", model_path=str(tiny_deepseek_dir),
                             device="cpu")
@@ -28,14 +29,6 @@ def memory(redis_server, tmp_path, tiny_deepseek_dir, monkeypatch):
     m.backend.max_new_tokens = 12   # random weights ramble; keep decoding short
     yield m
     m.close()
-
-
-@pytest.fixture
-def api(memory, tenant):
-    memory.settings.api_keys = f"k:{tenant}"
-    with TestClient(create_app(memory)) as client:
-        client.headers["Authorization"] = "Bearer k"
-        yield client
 
 
 def drain(memory: Memory) -> int:
