@@ -8,10 +8,6 @@ from pathlib import Path
 import platformdirs
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"OPTIMEM_{name.upper()}", default)
-
-
 @dataclass
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("optimem")))
@@ -43,10 +39,11 @@ class Settings:
             raw = os.environ.get(f"OPTIMEM_{f.name.upper()}")
             if raw is None:
                 continue
-            if f.type in ("int",):
-                values[f.name] = int(raw)
-            elif f.type in ("float",):
-                values[f.name] = float(raw)
+            if f.type in ("int", "float"):
+                try:
+                    values[f.name] = int(raw) if f.type == "int" else float(raw)
+                except ValueError:
+                    raise ValueError(f"OPTIMEM_{f.name.upper()} must be a number, got {raw!r}") from None
             elif f.type in ("bool",):
                 values[f.name] = raw.lower() not in ("0", "false", "no", "")
             elif f.name == "data_dir":

@@ -34,7 +34,6 @@ from typing import Any, Iterable
 import redis
 
 JOBS = "om:jobs"
-CACHE_FIELDS = ("decoded", "queued")
 
 
 class NotFound(KeyError):
@@ -158,8 +157,7 @@ class Store:
         return sorted((TurnRecord(**json.loads(v)) for v in raw.values()), key=lambda t: t.index)
 
     def seal_state(self, k: SessionKeys) -> tuple[int, int]:
-        unsealed_from, next_page = self.r.hmget(k.seal, "unsealed_from", "next_page")
-        return int(unsealed_from or 0), int(next_page or 0)
+        return self.seal_state_of(self.r, k)
 
     def seal(self, k: SessionKeys, expect: tuple[int, int], pages: list[tuple[PageRecord, bytes, list]],
              turns: dict[int, TurnRecord], keep_source: bool) -> None:
