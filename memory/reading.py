@@ -27,6 +27,12 @@ def tier_png(png: bytes, tier: Tier) -> bytes:
     return out.getvalue()
 
 
+def group_pngs(store: Store, k: SessionKeys, group: int, tier: Tier) -> list[bytes]:
+    """The PNGs of the pages that share mosaic canvas ``group`` at a mosaic tier, in order."""
+    members = range(group * tier.per_canvas, (group + 1) * tier.per_canvas)
+    return [png for png in store.r.hmget(k.png, list(members)) if png]
+
+
 def canvas(pngs: list[bytes], tier: Tier) -> Image.Image:
     """A mosaic canvas: the pages of one group shrunk into the cells of one encoder view."""
     return renderer.mosaic([renderer.view(png, tier.px) for png in pngs], tier.per_canvas, tier.canvas_px)
@@ -62,10 +68,7 @@ def visual_tokens(store: Store, k: SessionKeys, page: int, tier: Tier, backend: 
             pass
         store.drop_tokens(k, unit, tier.name, backend.revision)
     if tier.per_canvas > 1:
-        group = page // tier.per_canvas
-        members = range(group * tier.per_canvas, (group + 1) * tier.per_canvas)
-        pngs = [png for png in store.r.hmget(k.png, list(members)) if png]
-        view = PageView(canvas(pngs, tier), tier)
+        view = PageView(canvas(group_pngs(store, k, page // tier.per_canvas, tier), tier), tier)
     else:
         view = page_view(store.png(k, page), line_boxes(store.lines(k, page)), tier, ladder.page_px)
     tokens = backend.encode([view])[0]

@@ -182,6 +182,12 @@ class Memory:
         return context.place(self.store.pages(k), self._session_curve(meta), self.ladder,
                              int(meta["next_turn"]))
 
+    def tier_now(self, k: SessionKeys, page: int) -> Tier:
+        """The tier a page's age gives it now, under its session's curve."""
+        meta = self.store.meta(k)
+        return context.place([self.store.page(k, page)], self._session_curve(meta), self.ladder,
+                             int(meta["next_turn"]))[0].tier
+
     def retier(self, tenant: str, session: str) -> int:
         """Send pages whose tier changed to the model worker, to be read (and encoded) ahead of use."""
         k = self._keys(tenant, session)
@@ -207,10 +213,7 @@ class Memory:
         k = SessionKeys(job["tenant"], job["session"])
         try:
             tier, page = self.ladder[job["tier"]], int(job["page"])
-            meta = self.store.meta(k)
-            now = context.place([self.store.page(k, page)], self._session_curve(meta), self.ladder,
-                                int(meta["next_turn"]))[0].tier
-            if now != tier:
+            if self.tier_now(k, page) != tier:
                 return  # the page faded further while the job waited (a bulk import): a newer job has it
             if job["kind"] == "encode":
                 reading.visual_tokens(self.store, k, page, tier, self.backend, self.ladder, self.settings.token_ttl)
@@ -348,11 +351,7 @@ class Memory:
         png = self.store.png(k, page)
         if tier == "full":
             return png
-        if tier is None:
-            meta = self.store.meta(k)
-            record = self.store.page(k, page)
-            tier = context.place([record], self._session_curve(meta), self.ladder, int(meta["next_turn"]))[0].tier.name
-        chosen = self._tier(tier)
+        chosen = self.tier_now(k, page) if tier is None else self._tier(tier)
         if chosen.gone:
             raise BadRequest(f"page {page} is gone at tier 'gone': it has faded out of memory")
         return reading.tier_png(png, chosen)
@@ -362,8 +361,7 @@ class Memory:
         chosen = self._tier(tier)
         if chosen.per_canvas <= 1:
             raise BadRequest(f"tier {tier!r} is not a mosaic")
-        pages = range(group * chosen.per_canvas, (group + 1) * chosen.per_canvas)
-        pngs = [png for png in self.store.r.hmget(k.png, list(pages)) if png]
+        pngs = reading.group_pngs(self.store, k, group, chosen)
         if not pngs:
             raise NotFound(f"session {session!r} has no pages in {tier} group {group}")
         out = io.BytesIO()
