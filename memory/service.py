@@ -193,17 +193,17 @@ class Memory:
         k = self._keys(tenant, session)
         meta = self.store.meta(k)
         queued = self.store.queued_tiers(k)
-        sent = 0
-        encoder = self._encodes()
-        for placed in self.placed(k, meta):
-            if placed.tier.gone or queued.get(placed.record.page) == placed.tier.name:
-                continue
-            if encoder:
-                jobs.enqueue(self.store.r, "encode", tenant, session, placed.record.page, placed.tier.name)
-            jobs.enqueue(self.store.r, "decode", tenant, session, placed.record.page, placed.tier.name)
-            self.store.r.hset(k.queued, placed.record.page, placed.tier.name)  # after XADD: a crash re-sends
-            sent += 1
-        return sent
+        changed = [p for p in self.placed(k, meta)
+                   if not p.tier.gone and queued.get(p.record.page) != p.tier.name]
+        kinds = ("encode", "decode") if self._encodes() else ("decode",)
+        with self.store.r.pipeline(transaction=False) as pipe:  # one round trip, commands in order
+            for p in changed:
+                for kind in kinds:
+                    jobs.enqueue(pipe, kind, tenant, session, p.record.page, p.tier.name)
+            for p in changed:
+                pipe.hset(k.queued, p.record.page, p.tier.name)  # after the XADDs: a crash re-sends
+            pipe.execute()
+        return len(changed)
 
     def _encodes(self) -> bool:
         # Known from the setting without loading the model: an API process with no worker never loads it.
