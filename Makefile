@@ -1,7 +1,9 @@
 # The two commands a new machine needs: `make demo` and `make test` (each installs first).
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
-# The CPU build of torch, installed before anything can ask for the multi-GB CUDA one.
+# The CPU build of torch, installed before anything can ask for the multi-GB CUDA one: the default
+# install needs no torch, but the test extra takes optimem[deepseek] (torch, transformers, safetensors)
+# for the tiny DeepSeek-OCR 2 checkpoint the tests run on the CPU.
 TORCH ?= torch==2.13.0
 
 $(VENV)/.installed: pyproject.toml
@@ -27,4 +29,9 @@ test: install
 bench: install
 	$(PY) bench/run.py
 
-.PHONY: install demo serve test bench
+# Layers (memory never imports api; model and renderer import neither), no import cycles, and a CPU
+# path that never loads torch. Also run by `make test` (tests/test_packaging.py).
+import-rules: install
+	$(PY) tests/import_rules.py
+
+.PHONY: install demo serve test bench import-rules

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from api.app import create_app
-    from memory.service import Memory
-    from memory.settings import Settings
+    from optimem.api.app import create_app
+    from optimem.memory.service import Memory
+    from optimem.settings import Settings
 
-    memory = Memory(Settings.from_env(worker=not args.no_worker))
+    settings = Settings.from_env()
+    settings.worker = settings.worker and not args.no_worker  # OPTIMEM_WORKER=0 and --no-worker both hold
+    memory = Memory(settings)
     where = memory.settings.redis_url or f"embedded Redis under {memory.settings.data_dir}"
     print(f"optimem: store = {where}; backend = {memory.settings.backend}; docs at http://{args.host}:{args.port}/docs",
           file=sys.stderr)
@@ -22,15 +23,15 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from memory.service import Memory
-    from memory.settings import Settings
+    from optimem.memory.service import Memory
+    from optimem.settings import Settings
 
     settings = Settings.from_env(worker=False)
     if not settings.redis_url:
         print("optimem worker: OPTIMEM_REDIS_URL is not set; using the embedded Redis under "
               f"{settings.data_dir} (only useful on the machine that serves)", file=sys.stderr)
     memory = Memory(settings).open()
-    from memory.jobs import Worker
+    from optimem.memory.jobs import Worker
 
     w = Worker(memory.store.r, memory.handle_job)
     print(f"optimem worker {w.name}: backend {settings.backend}, waiting for jobs", file=sys.stderr)
@@ -43,13 +44,13 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def demo(args: argparse.Namespace) -> None:
-    from api.demo import run
+    from optimem.api.demo import run
 
     run(url=args.url, turns=args.turns, out=args.out, curve=args.curve, wait=args.wait)
 
 
 def lab(args: argparse.Namespace) -> None:
-    from memory.lab import main as lab_main
+    from optimem.memory.lab import main as lab_main
 
     lab_main(args.lab_args)
 
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=lab)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("OPTIMEM_LOG", "WARNING"))
+    from optimem.settings import Settings
+
+    logging.basicConfig(level=Settings.from_env().log)
     args.func(args)
 
 

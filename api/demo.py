@@ -10,7 +10,7 @@ from typing import Iterator
 import httpx
 from tqdm import tqdm
 
-from api.conversations import longest
+from optimem.memory.lab.corpus import longest
 
 SESSION = "demo"
 
@@ -23,7 +23,7 @@ def client(url: str | None) -> Iterator[httpx.Client]:
         return
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from optimem.api.app import create_app
 
     with TestClient(create_app(), base_url="http://optimem") as c:  # runs the app's start and stop
         yield c
@@ -45,9 +45,9 @@ def fading_strip(png: bytes):
     """Page 0 at every tier of the active ladder, side by side at true scale, labelled."""
     from PIL import Image, ImageDraw, ImageFont
 
-    import renderer
-    from memory.settings import Settings
-    from model.tiers import ladder
+    from optimem import renderer
+    from optimem.settings import Settings
+    from optimem.model.tiers import ladder
 
     tiers = [t for t in ladder(Settings.from_env().family).tiers if not t.gone]
     views = [renderer.view(png, t.px).convert("RGB") for t in tiers]

@@ -20,10 +20,10 @@ from fastapi.responses import HTMLResponse, Response  # noqa: E402
 from fastapi.templating import Jinja2Templates  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from api.auth import tenant  # noqa: E402
-from memory.service import BadRequest, Memory  # noqa: E402
-from memory.store import NotFound  # noqa: E402
-from model.base import ModelUnavailable  # noqa: E402
+from optimem.api.auth import tenant  # noqa: E402
+from optimem.errors import BadRequest, ModelUnavailable, NotFound  # noqa: E402
+from optimem.api.deps import HttpLinks  # noqa: E402
+from optimem.memory.service import Memory  # noqa: E402
 
 router = APIRouter(tags=["inspector"])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -53,19 +53,20 @@ def page_sources(page: dict, sources: dict[int, dict]) -> list[dict]:
 
 def session_view(memory: Memory, t: str, session: str, base_url: str, query: str) -> dict[str, Any]:
     """Everything the session page shows. Blocking (Redis, and the reader when there is a query)."""
-    info = memory.session_info(t, session)
-    ctx = memory.context(t, session, None, "raw", "data", base_url)
-    pages = memory.pages(t, session, base_url)
+    links = HttpLinks(base_url)
+    info = memory.session(session, tenant=t).model_dump()
+    ctx = memory.context(session, links=links, tenant=t).model_dump()
+    pages = [p.model_dump() for p in memory.pages(session, links=links, tenant=t)]
     shown = pages[-PAGES_SHOWN:]
     sources: dict[int, dict] = {}
     if info["keep_source"]:
-        sources = memory.sources(t, session, [span["index"] for p in shown for span in p["turns"]])
+        sources = memory.sources(session, [span["index"] for p in shown for span in p["turns"]], tenant=t)
     for page in shown:
         page["source"] = page_sources(page, sources) if info["keep_source"] else None
     recall, recall_error = None, None
     if query:
         try:
-            recall = memory.recall(t, session, query=query, limit=RECALL_LIMIT)
+            recall = memory.recall(session, query, limit=RECALL_LIMIT, tenant=t).model_dump()
         except (BadRequest, ModelUnavailable) as exc:
             recall_error = str(exc)
     accounting = ctx["accounting"]
@@ -130,9 +131,9 @@ async def sessions(request: Request, t: str = Depends(tenant)) -> HTMLResponse:
 
     def load() -> list[dict]:
         out = []
-        for session in memory.list_sessions(t):
+        for session in memory.sessions(tenant=t):
             try:
-                out.append(memory.session_info(t, session))
+                out.append(memory.session(session, tenant=t).model_dump())
             except NotFound:
                 continue  # deleted meanwhile
         return out
@@ -161,7 +162,7 @@ async def curve(request: Request, session: str, t: str = Depends(tenant)) -> Res
     memory: Memory = request.app.state.memory
 
     def draw() -> bytes:
-        info = memory.session_info(t, session)
-        return curve_png(memory, info["curve"], memory.pages(t, session))
+        info = memory.session(session, tenant=t)
+        return curve_png(memory, info.curve, [p.model_dump() for p in memory.pages(session, tenant=t)])
 
     return Response(await run_in_threadpool(draw), media_type="image/png")

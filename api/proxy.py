@@ -25,11 +25,12 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from api.auth import tenant
-from api.openai_protocol import (ChatCompletion, ChatCompletionRequest, ChatMessage, ErrorResponse, ModelList,
+from optimem.api.auth import tenant
+from optimem.api.openai_protocol import (ChatCompletion, ChatCompletionRequest, ChatMessage, ErrorResponse, ModelList,
                                  error_body)
-from memory.service import BadRequest, Memory
-from memory.store import NotFound
+from optimem.errors import BadRequest, NotFound, SessionExists
+from optimem.memory.results import Accounting, OpenAIContext
+from optimem.memory.service import Memory
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["openai"])
@@ -102,7 +103,7 @@ def new_turns(messages: list[ChatMessage], memory: Memory, t: str, session: str,
     turns = [turn_of(m, i) for i, m in convo]
     turns = [turn for turn in turns if turn["content"].strip()]
     if held and turns:
-        tail = memory.sources(t, session, list(range(max(0, held - len(turns)), held)))
+        tail = memory.sources(session, list(range(max(0, held - len(turns)), held)), tenant=t)
         ends = [(tail[i]["role"], tail[i]["content"]) for i in sorted(tail)]
         for overlap in range(min(len(ends), len(turns)), 0, -1):
             if ends[-overlap:] == [(x["role"], x["content"]) for x in turns[:overlap]]:
@@ -110,44 +111,43 @@ def new_turns(messages: list[ChatMessage], memory: Memory, t: str, session: str,
     return turns
 
 
-def accounting_headers(session: str, family: str, stored: int, accounting: dict | None) -> dict[str, str]:
+def accounting_headers(session: str, family: str, stored: int, accounting: Accounting | None) -> dict[str, str]:
     headers = {"X-Optimem-Session": session, "X-Optimem-Family": family, "X-Optimem-Stored-Turns": str(stored)}
     if accounting:
         headers.update({
-            "X-Optimem-Text-Tokens": str(accounting["recent_text_tokens"]),
-            "X-Optimem-Visual-Tokens": str(accounting["visual_tokens"]),
-            "X-Optimem-Replaced-Tokens": str(accounting["text_tokens_replaced"]),
-            "X-Optimem-Compression": "" if accounting["compression"] is None else str(accounting["compression"]),
-            "X-Optimem-Pages": str(accounting["pages"]),
-            "X-Optimem-Pages-Forgotten": str(accounting["pages_forgotten"]),
+            "X-Optimem-Text-Tokens": str(accounting.recent_text_tokens),
+            "X-Optimem-Visual-Tokens": str(accounting.visual_tokens),
+            "X-Optimem-Replaced-Tokens": str(accounting.text_tokens_replaced),
+            "X-Optimem-Compression": "" if accounting.compression is None else str(accounting.compression),
+            "X-Optimem-Pages": str(accounting.pages),
+            "X-Optimem-Pages-Forgotten": str(accounting.pages_forgotten),
         })
     return headers
 
 
 def prepare(memory: Memory, t: str, session: str, messages: list[ChatMessage],
-            budget: int | None) -> tuple[int, dict]:
+            budget: int | None) -> tuple[int, OpenAIContext]:
     """Store the new turns (creating the session), then build the context. Blocking: Redis and the typesetter."""
     try:
-        held = memory.session_info(t, session)["turns"]
+        held = memory.session(session, tenant=t).turns
     except NotFound:
         try:
-            memory.create_session(t, session)
-        except BadRequest as exc:
-            if "already exists" not in str(exc):
-                raise
+            memory.create_session(session, tenant=t)
+        except SessionExists:
+            pass  # another request created it first
         held = 0
     turns = new_turns(messages, memory, t, session, held)
     if turns:
-        memory.append(t, session, turns)
-    return len(turns), memory.context(t, session, budget, "openai", "data")
+        memory.append(session, turns, tenant=t)
+    return len(turns), memory.context(session, budget=budget, format="openai", tenant=t)
 
 
-def upstream_messages(system: list[dict], ctx: dict) -> list[dict]:
+def upstream_messages(system: list[dict], ctx: OpenAIContext) -> list[dict]:
     """The caller's instructions, then optimem's context (memory pages, then recent turns)."""
-    memory_messages = ctx["messages"]
+    memory_messages = ctx.messages
     if not any(isinstance(m["content"], str) for m in memory_messages):
-        if ctx["accounting"]["dropped_turns"]:
-            raise ProxyError(400, f"the budget ({ctx['accounting']['budget']} tokens) leaves no room for the "
+        if ctx.accounting.dropped_turns:
+            raise ProxyError(400, f"the budget ({ctx.accounting.budget} tokens) leaves no room for the "
                                   "newest turn; raise X-Optimem-Budget (or OPTIMEM_BUDGET)")
         raise ProxyError(400, "nothing to answer: the session has no recent turns; send a user message")
     return system + memory_messages
@@ -197,7 +197,7 @@ def store_reply(memory: Memory, t: str, session: str, text: str | None) -> None:
     if not isinstance(text, str) or not text.strip():
         return
     try:
-        memory.append(t, session, [{"role": "assistant", "content": text}])
+        memory.add(session, text, "assistant", tenant=t)
     except (BadRequest, NotFound) as exc:  # the caller has its answer; say why memory does not
         log.warning("reply not stored in session %s: %s", session, exc)
 
@@ -221,7 +221,7 @@ async def chat_completions(
             stored, ctx = await run_in_threadpool(prepare, memory, t, session, body.messages, budget)
         except BadRequest as exc:
             raise ProxyError(400, str(exc)) from None
-        headers = accounting_headers(session, memory.ladder.family, stored, ctx["accounting"])
+        headers = accounting_headers(session, memory.ladder.family, stored, ctx.accounting)
         system = [m.model_dump(exclude_none=True) for m in body.messages if m.role in PASSED_THROUGH]
         payload = body.model_dump(exclude_unset=True)
         payload["messages"] = upstream_messages(system, ctx)

@@ -18,17 +18,6 @@ class SessionCreate(BaseModel):
                                                 "for real: only the page images remain.")
 
 
-class Session(BaseModel):
-    id: str
-    created: float
-    curve: dict[str, Any]
-    keep_source: bool
-    turns: int = Field(description="Turns appended so far.")
-    pages: int = Field(description="Pages sealed so far.")
-    text_turns_from: int = Field(description="Index of the oldest turn still kept as plain text.")
-    family: str = Field(description="Model family whose views and token costs the tiers follow.")
-
-
 class SessionList(BaseModel):
     sessions: list[str]
 
@@ -44,88 +33,6 @@ class TurnsIn(BaseModel):
     turns: list[TurnIn] = Field(description="Turns in order.", min_length=1)
 
 
-class Appended(BaseModel):
-    session: str
-    first_index: int = Field(description="Index given to the first appended turn.")
-    appended: int
-    turns: int = Field(description="Turns in the session now.")
-    sealed_pages: list[int] = Field(description="Pages this append sealed.")
-
-
-class TextTurn(BaseModel):
-    index: int
-    role: str
-    content: str
-    time: str
-    tokens: int
-    continued: bool = Field(description="True when the turn's beginning is already on a sealed page.")
-
-
-class PageOut(BaseModel):
-    page: int
-    first_turn: int
-    last_turn: int
-    first_time: str
-    last_time: str
-    tier: str
-    px: int
-    age: float = Field(description="In the curve's unit: turns since sealing, or seconds since its last turn.")
-    visual_tokens: float
-    text_tokens: int
-    image_url: str
-
-
-class Accounting(BaseModel):
-    recent_text_tokens: int
-    pages: int
-    pages_forgotten: int = Field(description="Pages faded to 'gone' and left out.")
-    text_tokens_replaced: int = Field(description="Text tokens the included pages stand for.")
-    visual_tokens: float = Field(description="Visual tokens the included pages cost.")
-    compression: Optional[float] = Field(description="text_tokens_replaced / visual_tokens.")
-    total_tokens: float
-    budget: Optional[int]
-    dropped_turns: int
-    dropped_pages: int
-
-
-class RawContext(BaseModel):
-    session: str
-    family: str
-    curve: dict[str, Any]
-    turns: list[TextTurn]
-    pages: list[PageOut]
-    accounting: Accounting
-
-
-class OpenAIContext(BaseModel):
-    session: str
-    messages: list[dict[str, Any]] = Field(description="OpenAI chat messages: one system message holding "
-                                                       "the memory pages as image parts, then recent turns.")
-    accounting: Accounting
-
-
-class TokenImage(BaseModel):
-    unit: str = Field(description="Page number, or m<group> for a mosaic canvas shared by several pages.")
-    tier: str
-    n_tokens: int
-    hidden: int
-    dtype: str
-    revision: str = Field(description="Model revision that made the tokens; only it can read them.")
-    pages: list[int]
-    tokens_url: Optional[str] = Field(None, description="Where to GET the safetensors bytes (images=url).")
-    safetensors_base64: Optional[str] = Field(None, description="The safetensors bytes inline (images=data).")
-
-
-class EmbeddingsContext(BaseModel):
-    session: str
-    placeholder: str = Field(description="The decoder's image placeholder token.")
-    images: list[TokenImage]
-    layout: list[dict[str, Any]] = Field(description="Prompt in order: text segments and images; image i "
-                                                     "takes n_tokens placeholders, replaced by its tokens.")
-    turns: list[dict[str, Any]]
-    accounting: Accounting
-
-
 class RecallIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: Optional[str] = Field(None, description="What to look for (fuzzy match on decoded text).")
@@ -134,30 +41,6 @@ class RecallIn(BaseModel):
     until: Optional[str] = Field(None, description="ISO 8601: only turns at or before this time.")
     role: Optional[str] = Field(None, description="Only turns of this speaker (e.g. 'user' for 'what did I say').")
     limit: int = Field(5, ge=1, le=100)
-
-
-class Hit(BaseModel):
-    turn: int
-    role: str
-    time: str
-    page: Optional[int] = Field(description="Page it was read from; null when the turn is still plain text.")
-    tier: str = Field(description="Tier the page was read at; 'text' for recent turns.")
-    age: float
-    span: list[int] = Field(description="[start, end) characters of the turn this hit covers.")
-    text: str = Field(description="The decoded text (empty when the page has faded out).")
-    confidence: float
-    match: float
-    source: Optional[str] = Field(None, description="The exact source text, when the session keeps it.")
-    char_error: Optional[float] = Field(None, description="Character error rate of text vs source (whitespace ignored).")
-
-
-class RecallOut(BaseModel):
-    session: str
-    hits: list[Hit]
-    pages_read: int = Field(description="Pages whose decoded text was searched.")
-    pages_unread: int = Field(description="Pages not searched: unread by the worker yet and past the read "
-                                          "budget (OPTIMEM_RECALL_READ_S). Ask again later.")
-    seconds: float
 
 
 class CurveIn(BaseModel):

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -126,7 +125,7 @@ def build_backend(config, max_new_tokens: int):
     from transformers import DeepseekOcr2ForConditionalGeneration, DeepseekOcr2Processor
     from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
 
-    from model.deepseek_ocr2 import DeepseekOcr2Backend
+    from optimem.model.deepseek_ocr2 import DeepseekOcr2Backend
 
     tokenizer = tiny_tokenizer()
     config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -139,8 +138,8 @@ def build_backend(config, max_new_tokens: int):
 
 
 def run(args, config) -> list[dict]:
-    from model.base import PageView
-    from model.tiers import DEEPSEEK_OCR2
+    from optimem.model.base import PageView
+    from optimem.model.tiers import DEEPSEEK_OCR2
 
     backend = build_backend(config, args.new_tokens)
     rows = []

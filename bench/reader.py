@@ -19,18 +19,16 @@ import os
 import platform
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 from rapidfuzz.distance import Levenshtein
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.base import LineBox, PageView  # noqa: E402
-from model.rapidocr_backend import MODES, RapidOcrBackend  # noqa: E402
-from model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
+from optimem.model.base import LineBox, PageView  # noqa: E402
+from optimem.model.rapidocr_backend import MODES, RapidOcrBackend  # noqa: E402
+from optimem.model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 GENERATED = {"8286bed4-2538-41c7-9dca-5d81ddc48553"}   # the dataset's machine-made filler chat
@@ -110,7 +108,7 @@ def typeset_plain(turns: list[dict], page_px: int = 1024, font_px: int = 12,
 def typeset(turns: list[dict], font_px: int) -> tuple[str, int, list[tuple[Image.Image, list[LineBox]]]]:
     """(typesetter used, page px, pages as (image, line boxes)): the renderer's when it is there."""
     try:
-        import renderer
+        from optimem import renderer
         layout = renderer.Layout(page_px=DEEPSEEK_OCR2.page_px, font_px=font_px)
         texts = [renderer.TurnText(i, t["role"], t["text"], t["time"]) for i, t in enumerate(turns)]
         pages = renderer.typeset(texts, layout)
@@ -122,7 +120,7 @@ def typeset(turns: list[dict], font_px: int) -> tuple[str, int, list[tuple[Image
 def view(image: Image.Image, lines: list[LineBox], tier: Tier, page_px: int) -> PageView:
     """The page shrunk to the tier's view (by the renderer when present), its boxes scaled alike."""
     try:
-        import renderer
+        from optimem import renderer
         return PageView(renderer.view(_png(image), tier.px), tier, renderer.scale_lines(lines, page_px, tier.px))
     except (ImportError, AttributeError):
         k = tier.px / page_px

@@ -33,19 +33,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import redis  # noqa: E402
 import redis.asyncio as aredis  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import renderer  # noqa: E402
-from api.conversations import conversations  # noqa: E402
-from memory.redis_server import EmbeddedRedis  # noqa: E402
-from memory.service import Memory  # noqa: E402
-from memory.settings import Settings  # noqa: E402
-from memory.store import JOBS, SessionKeys  # noqa: E402
+from optimem import renderer  # noqa: E402
+from optimem.memory.lab.common import machine  # noqa: E402
+from optimem.memory.lab.corpus import conversations  # noqa: E402
+from optimem.memory.redis_server import EmbeddedRedis  # noqa: E402
+from optimem.memory.service import Memory  # noqa: E402
+from optimem.settings import Settings  # noqa: E402
+from optimem.memory.store import JOBS, SessionKeys  # noqa: E402
 
 TENANT = "bench"
 
@@ -102,9 +102,8 @@ def free_port() -> int:
 
 
 def serve(data: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "OPTIMEM_DATA_DIR": str(data), "OPTIMEM_REDIS_URL": "", "OPTIMEM_API_KEYS": "",
-           "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--no-worker", "--port", str(port),
+    env = {**os.environ, "OPTIMEM_DATA_DIR": str(data), "OPTIMEM_REDIS_URL": "", "OPTIMEM_API_KEYS": ""}
+    process = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "serve", "--no-worker", "--port", str(port),
                                 "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -187,10 +186,10 @@ def bench_sessions(memory: Memory, sizes: list[int], reps: int) -> list[dict]:
         session = f"s{n}"
         k = SessionKeys(TENANT, session)
         before = used_memory(r)
-        memory.create_session(TENANT, session)
+        memory.create_session(session, tenant=TENANT)
         start = time.perf_counter()
         for i in tqdm(range(0, n, 1000), desc=f"building a {n:,}-turn session", unit="call", leave=False):
-            memory.append(TENANT, session, turns[i:i + 1000])
+            memory.append(session, turns[i:i + 1000], tenant=TENANT)
         build = time.perf_counter() - start
         session_bytes = used_memory(r) - before
 
@@ -204,7 +203,7 @@ def bench_sessions(memory: Memory, sizes: list[int], reps: int) -> list[dict]:
             [json.loads(v) for v in r.hgetall(plain).values()]
 
         count = reps if n < 100_000 else max(5, reps // 4)
-        assembly = timed(lambda: memory.context(TENANT, session), count)
+        assembly = timed(lambda: memory.context(session, tenant=TENANT), count)
         baseline = timed(read_plain, count)
         pages = memory.store.seal_state(k)[1]
         rows.append({"turns": n, "pages": pages, "build_s": round(build, 1), "build_turns_per_s": round(n / build),
@@ -219,14 +218,14 @@ def bench_sessions(memory: Memory, sizes: list[int], reps: int) -> list[dict]:
 def bench_recall(memory: Memory, reps: int, cold_reps: int) -> dict:
     """Recall from a 1,000-turn session: one page read now (cold) vs from the decode cache."""
     session = "recall"
-    memory.create_session(TENANT, session)
+    memory.create_session(session, tenant=TENANT)
     turns = chat(1000)
-    memory.append(TENANT, session, turns)
+    memory.append(session, turns, tenant=TENANT)
     k = SessionKeys(TENANT, session)
     target = memory.store.pages(k)[0].turns[2]["index"]   # a turn on the first page
 
     def by_turn() -> None:
-        memory.recall(TENANT, session, turn=target)
+        memory.recall(session, turn=target, tenant=TENANT)
 
     def cold() -> None:
         memory.store.r.delete(k.decoded)
@@ -235,11 +234,10 @@ def bench_recall(memory: Memory, reps: int, cold_reps: int) -> dict:
     by_turn()  # the reader's engine loaded
     cold_s = timed(cold, cold_reps)
     cached_s = timed(by_turn, reps)
-    for p in tqdm(memory.placed(k, memory.store.meta(k)), desc="reading the recall session", unit="page",
-                  leave=False):
-        memory.recall(TENANT, session, turn=p.record.turns[0]["index"])  # every page into the cache
+    for p in tqdm(memory.pages(session, tenant=TENANT), desc="reading the recall session", unit="page", leave=False):
+        memory.recall(session, turn=p.turns[0]["index"], tenant=TENANT)  # every page into the cache
     query = " ".join(turns[target]["content"].split()[:6])
-    query_s = timed(lambda: memory.recall(TENANT, session, query=query), reps)
+    query_s = timed(lambda: memory.recall(session, query=query, tenant=TENANT), reps)
     return {"pages": memory.store.seal_state(k)[1],
             "cold_by_turn_p50_ms": ms(pct(cold_s, 0.5)), "cold_reps": cold_reps,
             "cached_by_turn_p50_ms": ms(pct(cached_s, 0.5)), "cached_by_turn_p99_ms": ms(pct(cached_s, 0.99)),
@@ -295,8 +293,6 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(s) for s in (args.sizes or ("1000" if args.quick else "1000,10000,100000")).split(",")]
     seconds = args.seconds or (2 if args.quick else 8)
     reps = 5 if args.quick else 30
-
-    from memory.lab import machine
 
     report: dict[str, Any] = {"what": "optimem performance, each figure with its in-run baseline",
                               "machine": machine(), "command": " ".join(["python bench/run.py", *(argv or sys.argv[1:])])}

@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-import renderer
-from memory import tokens
-from memory.store import Conflict, PageRecord, SessionKeys, Store, TurnRecord
+from optimem import renderer
+from optimem.memory import tokens
+from optimem.memory.store import Conflict, PageRecord, SessionKeys, Store, TurnRecord
 
 
 def overflow(turns: list[TurnRecord], budget: int) -> list[TurnRecord]:
@@ -66,7 +66,7 @@ def compact(store: Store, k: SessionKeys, budget: int, layout: renderer.Layout, 
         if not full:
             return []
         by_index = {t.index: t for t in text}
-        turn_count = int(store.meta(k)["next_turn"])
+        turn_count = store.meta(k).turns
         records = _records(full, by_index, expect[1], turn_count, tokenizer)
         last = full[-1]
         boundary = by_index[last.last_turn]

@@ -1,14 +1,37 @@
-"""Context assembly: recent turns as text plus memory pages at the tier their age gives them,
-with the accounting a caller needs (text tokens the pages replace, visual tokens they cost)."""
+"""Context: recent turns as text plus memory pages at the tier their age gives them, with the
+accounting a caller needs (text tokens the pages replace, visual tokens they cost), in the caller's
+format: raw, OpenAI messages with page images, or cached visual tokens for a DeepSeek-OCR decoder.
+
+Where images and tokens are served is the API's business: it passes ``Links``; without them (in
+process) images come inline as data URLs and tokens as base64 safetensors.
+"""
 from __future__ import annotations
 
+import base64
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Protocol
 
-from memory.curves import Curve
-from memory.store import PageRecord, TurnRecord
-from model.tiers import Ladder, Tier
+from optimem.memory.curves import Curve
+from optimem.memory.reading import Reader, token_unit, tier_png
+from optimem.memory.results import (Accounting, EmbeddingsContext, OpenAIContext, PageInfo, RawContext,
+                                    TextTurn, TokenImage)
+from optimem.memory.store import PageRecord, SessionKeys, SessionMeta, TurnRecord
+from optimem.model.tiers import Ladder, Tier
+
+FORMATS = ("raw", "openai", "embeddings")
+
+
+class Links(Protocol):
+    """Where a caller can fetch a session's images and visual tokens (the API serves them)."""
+
+    def page(self, session: str, page: int, tier: str) -> str: ...
+
+    def mosaic(self, session: str, tier: str, group: int) -> str: ...
+
+    def tokens(self, session: str, unit: str, tier: str) -> str: ...
 
 
 @dataclass
@@ -42,7 +65,14 @@ def place(pages: list[PageRecord], curve: Curve, ladder: Ladder, turn_count: int
     return out
 
 
-def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | None = None) -> dict:
+@dataclass
+class Assembled:
+    turns: list[TurnRecord]
+    pages: list[PlacedPage]
+    accounting: Accounting
+
+
+def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | None = None) -> Assembled:
     """Newest first until the budget is spent: recent turns, then pages (a page older than one
     left out is left out too, so the memory never has holes in the middle)."""
     spent, kept_turns, dropped_turns = 0, [], 0
@@ -68,22 +98,11 @@ def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | No
     replaced = sum(p.record.text_tokens for p in kept_pages)
     visual = sum(p.tier.tokens for p in kept_pages)
     recent = sum(t.tokens for t in kept_turns)
-    return {
-        "turns": kept_turns,
-        "pages": kept_pages,
-        "accounting": {
-            "recent_text_tokens": recent,
-            "pages": len(kept_pages),
-            "pages_forgotten": len(placed) - len(visible),
-            "text_tokens_replaced": replaced,
-            "visual_tokens": round(visual, 2),
-            "compression": round(replaced / visual, 2) if visual else None,
-            "total_tokens": round(recent + visual, 2),
-            "budget": budget,
-            "dropped_turns": dropped_turns,
-            "dropped_pages": dropped_pages,
-        },
-    }
+    return Assembled(kept_turns, kept_pages, Accounting(
+        recent_text_tokens=recent, pages=len(kept_pages), pages_forgotten=len(placed) - len(visible),
+        text_tokens_replaced=replaced, visual_tokens=round(visual, 2),
+        compression=round(replaced / visual, 2) if visual else None, total_tokens=round(recent + visual, 2),
+        budget=budget, dropped_turns=dropped_turns, dropped_pages=dropped_pages))
 
 
 def openai_role(role: str) -> tuple[str, str | None]:
@@ -110,3 +129,72 @@ def openai_messages(turns: list[TurnRecord], images: list[dict]) -> list[dict]:
             message["name"] = name
         messages.append(message)
     return messages
+
+
+def page_info(p: PlacedPage, session: str, links: Links | None) -> PageInfo:
+    r = p.record
+    return PageInfo(page=r.page, first_turn=r.first_turn, last_turn=r.last_turn, first_time=r.first_time,
+                    last_time=r.last_time, tier=p.tier.name, px=p.tier.px, age=p.age,
+                    visual_tokens=round(p.tier.tokens, 2), text_tokens=r.text_tokens,
+                    image_url=links.page(session, r.page, p.tier.name) if links else None)
+
+
+def raw(k: SessionKeys, meta: SessionMeta, ladder: Ladder, built: Assembled, links: Links | None) -> RawContext:
+    turns = [TextTurn(index=t.index, role=t.role, content=t.content[t.start:], time=t.time, tokens=t.tokens,
+                      continued=t.start > 0) for t in built.turns]
+    return RawContext(session=k.session, family=ladder.family, curve=json.loads(meta.curve), turns=turns,
+                      pages=[page_info(p, k.session, links) for p in built.pages], accounting=built.accounting)
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def image_parts(k: SessionKeys, pages: list[PlacedPage], reader: Reader, links: Links | None) -> list[dict]:
+    """OpenAI ``image_url`` objects, one per page or mosaic canvas, with the detail its tier's cost assumes."""
+    images, seen_groups = [], set()
+    for p in pages:
+        tier = p.tier
+        if tier.per_canvas > 1:
+            group = p.record.page // tier.per_canvas
+            if (tier.name, group) in seen_groups:
+                continue
+            seen_groups.add((tier.name, group))
+            url = links.mosaic(k.session, tier.name, group) if links else _data_url(reader.canvas_png(k, group, tier))
+        else:
+            url = (links.page(k.session, p.record.page, tier.name) if links
+                   else _data_url(tier_png(reader.store.png(k, p.record.page), tier)))
+        images.append({"url": url, "detail": tier.detail} if tier.detail else {"url": url})
+    return images
+
+
+def openai(k: SessionKeys, built: Assembled, reader: Reader, links: Links | None) -> OpenAIContext:
+    messages = openai_messages(built.turns, image_parts(k, built.pages, reader, links))
+    return OpenAIContext(session=k.session, messages=messages, accounting=built.accounting)
+
+
+def embeddings(k: SessionKeys, built: Assembled, reader: Reader, links: Links | None) -> EmbeddingsContext:
+    """Cached visual tokens per page (or mosaic canvas) and the prompt layout that splices them:
+    a DeepSeek-OCR-family decoder puts image ``i``'s tokens where its ``n_tokens`` placeholders are."""
+    images, seen = [], set()
+    for p in built.pages:
+        unit = token_unit(p.record.page, p.tier)
+        if (unit, p.tier.name) in seen:
+            continue
+        seen.add((unit, p.tier.name))
+        tokens = reader.visual_tokens(k, p.record.page, p.tier)
+        members = [q.record.page for q in built.pages if token_unit(q.record.page, q.tier) == unit and q.tier == p.tier]
+        image = TokenImage(unit=unit, tier=p.tier.name, n_tokens=tokens.n_tokens, hidden=int(tokens.tensor.shape[1]),
+                           dtype=str(tokens.tensor.dtype).removeprefix("torch."), revision=tokens.revision,
+                           pages=members)
+        if links:
+            image.tokens_url = links.tokens(k.session, unit, p.tier.name)
+        else:
+            image.safetensors_base64 = base64.b64encode(tokens.to_bytes()).decode()
+        images.append(image)
+    layout = [{"type": "text", "text": MEMORY_PREAMBLE + "\n"}]
+    layout += [{"type": "image", "image": i, "n_tokens": image.n_tokens} for i, image in enumerate(images)]
+    layout += [{"type": "text", "text": f"\n{t.role}: {t.content[t.start:]}"} for t in built.turns]
+    return EmbeddingsContext(session=k.session, placeholder="<image>", images=images, layout=layout,
+                             turns=[{"index": t.index, "role": t.role, "content": t.content[t.start:]}
+                                    for t in built.turns], accounting=built.accounting)

@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from model.tiers import LADDERS, Ladder, Tier
+from optimem.errors import BadRequest
+from optimem.model.tiers import LADDERS, Ladder, Tier
 
 UNITS = ("turns", "seconds")
 
@@ -31,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class CurveError(ValueError):
+class CurveError(BadRequest):
     """The curve is not valid; the message says what to fix."""
 
 

@@ -1,5 +1,5 @@
 """Model work on a Redis Stream with a consumer group, so API processes stay fast and any number of
-workers (on any machine that reaches the Redis) share the load.
+workers (on any machine that reaches the Redis) share the load; and re-tiering, which sends it.
 
 A job is {kind, tenant, session, page, tier}. Results go into caches with set-if-absent writes, so a
 job done twice leaves one answer. A worker that dies mid-job leaves the entry pending; another
@@ -11,11 +11,16 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import dataclass
 from typing import Callable
 
 import redis
 
-from memory.store import JOBS
+from optimem.errors import NotFound
+from optimem.memory.context import PlacedPage
+from optimem.memory.reading import Reader
+from optimem.memory.store import JOBS, SessionKeys, Store
+from optimem.model.tiers import Tier
 
 GROUP = "workers"
 log = logging.getLogger("optimem.worker")
@@ -29,9 +34,44 @@ def ensure_group(r: redis.Redis) -> None:
             raise
 
 
-def enqueue(r: redis.Redis, kind: str, tenant: str, session: str, page: int, tier: str) -> None:
-    r.xadd(JOBS, {"kind": kind, "tenant": tenant, "session": session, "page": page, "tier": tier},
-           maxlen=1_000_000, approximate=True)
+@dataclass(frozen=True)
+class Job:
+    kind: str            # "encode" (visual tokens) or "decode" (text)
+    k: SessionKeys
+    page: int
+    tier: str
+
+    @classmethod
+    def of(cls, fields: dict[str, str]) -> "Job":
+        return cls(fields["kind"], SessionKeys(fields["tenant"], fields["session"]), int(fields["page"]),
+                   fields["tier"])
+
+
+def retier(store: Store, k: SessionKeys, placed: list[PlacedPage], encodes: bool) -> int:
+    """Send pages whose tier changed since they were last sent to the model workers, to be read
+    (and encoded) ahead of use. Returns how many pages were sent."""
+    queued = store.queued_tiers(k)
+    changed = [p for p in placed if not p.tier.gone and queued.get(p.record.page) != p.tier.name]
+    kinds = ("encode", "decode") if encodes else ("decode",)
+    store.enqueue(k, [(kind, p.record.page, p.tier.name) for p in changed for kind in kinds])
+    return len(changed)
+
+
+def handle(job: Job, tier_now: Callable[[SessionKeys, int], Tier], reader: Reader) -> None:
+    """Do one job, unless its page faded further while it waited (a newer job has it) or its
+    session or page was deleted since."""
+    try:
+        tier = tier_now(job.k, job.page)
+        if tier.name != job.tier:
+            return
+        if job.kind == "encode":
+            reader.visual_tokens(job.k, job.page, tier)
+        elif job.kind == "decode":
+            reader.decoded(job.k, job.page, tier)
+        else:
+            log.warning("unknown job kind %r", job.kind)
+    except NotFound:
+        pass
 
 
 def backlog(r: redis.Redis) -> int:

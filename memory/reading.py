@@ -1,4 +1,9 @@
-"""A page at a tier, as the model sees it, and its decoded text (cached per page, tier and reader)."""
+"""Pages as the model sees them, and what the model makes of them: visual tokens and decoded text.
+
+``Reader`` holds what reading needs (store, backend, ladder, cache TTL), so callers pass a page and
+its tier, nothing more. Results are cached in the store per page (or mosaic canvas), tier and
+model revision: a page is read once per tier, whoever asks first.
+"""
 from __future__ import annotations
 
 import io
@@ -6,10 +11,10 @@ from dataclasses import asdict
 
 from PIL import Image
 
-import renderer
-from model.base import Backend, Decoded, DecodedLine, LineBox, PageView
-from model.tiers import Ladder, Tier
-from memory.store import SessionKeys, Store
+from optimem import renderer
+from optimem.memory.store import SessionKeys, Store
+from optimem.model.base import Backend, Decoded, LineBox, PageView
+from optimem.model.tiers import Ladder, Tier
 
 
 def line_boxes(raw: list[list]) -> list[LineBox]:
@@ -27,15 +32,14 @@ def tier_png(png: bytes, tier: Tier) -> bytes:
     return out.getvalue()
 
 
-def group_pngs(store: Store, k: SessionKeys, group: int, tier: Tier) -> list[bytes]:
-    """The PNGs of the pages that share mosaic canvas ``group`` at a mosaic tier, in order."""
-    members = range(group * tier.per_canvas, (group + 1) * tier.per_canvas)
-    return [png for png in store.r.hmget(k.png, list(members)) if png]
-
-
 def canvas(pngs: list[bytes], tier: Tier) -> Image.Image:
     """A mosaic canvas: the pages of one group shrunk into the cells of one encoder view."""
     return renderer.mosaic([renderer.view(png, tier.px) for png in pngs], tier.per_canvas, tier.canvas_px)
+
+
+def group_members(group: int, tier: Tier) -> range:
+    """The pages that share mosaic canvas ``group`` at a mosaic tier."""
+    return range(group * tier.per_canvas, (group + 1) * tier.per_canvas)
 
 
 def encodes(backend: Backend) -> bool:
@@ -48,69 +52,80 @@ def token_unit(page: int, tier: Tier) -> str:
     return f"m{page // tier.per_canvas}" if tier.per_canvas > 1 else str(page)
 
 
-def visual_tokens(store: Store, k: SessionKeys, page: int, tier: Tier, backend: Backend, ladder: Ladder,
-                  ttl_s: int):
-    """Visual tokens of a page (or its mosaic canvas) at a tier: cached, or encoded now and cached.
+class Reader:
+    """Reads a session's pages with one backend; every answer is cached in the store."""
 
-    A cache entry that fails its checksum, or was made by another model revision, is dropped and
-    recomputed from the page PNGs: never served.
-    """
-    from model.visual_tokens import CorruptTokens, VisualTokens
+    def __init__(self, store: Store, backend: Backend, ladder: Ladder, ttl_s: int = 0):
+        self.store, self.backend, self.ladder, self.ttl_s = store, backend, ladder, ttl_s
+        self.encodes = encodes(backend)
+        self.id = f"{backend.name}@{backend.revision}"
 
-    unit = token_unit(page, tier)
-    raw = store.cached_tokens(k, unit, tier.name, backend.revision)
-    if raw is not None:
-        try:
-            cached = VisualTokens.from_bytes(raw)
-            if cached.revision == backend.revision and cached.tier == tier.name:
-                return cached
-        except CorruptTokens:
-            pass
-        store.drop_tokens(k, unit, tier.name, backend.revision)
-    if tier.per_canvas > 1:
-        view = PageView(canvas(group_pngs(store, k, page // tier.per_canvas, tier), tier), tier)
-    else:
-        view = page_view(store.png(k, page), line_boxes(store.lines(k, page)), tier, ladder.page_px)
-    tokens = backend.encode([view])[0]
-    store.cache_tokens(k, unit, tier.name, backend.revision, tokens.to_bytes(), ttl_s)
-    return tokens
+    def cache_key(self, tier: Tier) -> str:
+        """What decoded text depends on: for a reader only the image size (crops and g1024 are the
+        same 1024 px image to it), for a visual-token model the tier itself (crops add local views)."""
+        return tier.name if self.encodes else f"px{tier.px}"
 
+    def view(self, k: SessionKeys, page: int, tier: Tier) -> PageView:
+        lines = line_boxes(self.store.lines(k, page))
+        return page_view(self.store.png(k, page), lines, tier, self.ladder.page_px)
 
-def cache_key(tier: Tier, backend: Backend) -> str:
-    """What decoded text depends on: for a reader only the image size (crops and g1024 are the same
-    1024 px image to it), for a visual-token model the tier itself (crops add local views)."""
-    return tier.name if encodes(backend) else f"px{tier.px}"
+    def canvas_png(self, k: SessionKeys, group: int, tier: Tier) -> bytes | None:
+        """PNG of mosaic canvas ``group`` at a mosaic tier; None when the group has no pages."""
+        pngs = self.store.pngs(k, group_members(group, tier))
+        if not pngs:
+            return None
+        out = io.BytesIO()
+        canvas(pngs, tier).save(out, format="PNG")
+        return out.getvalue()
 
+    def visual_tokens(self, k: SessionKeys, page: int, tier: Tier):
+        """Visual tokens of a page (or its mosaic canvas) at a tier: cached, or encoded now and cached.
 
-def reader_id(backend: Backend) -> str:
-    return f"{backend.name}@{backend.revision}"
+        A cache entry that fails its checksum, or was made by another model revision, is dropped and
+        recomputed from the page PNGs: never served.
+        """
+        from optimem.model.visual_tokens import CorruptTokens, VisualTokens  # GPU backends only
 
+        unit, revision = token_unit(page, tier), self.backend.revision
+        raw = self.store.cached_tokens(k, unit, tier.name, revision)
+        if raw is not None:
+            try:
+                cached = VisualTokens.from_bytes(raw)
+                if cached.revision == revision and cached.tier == tier.name:
+                    return cached
+            except CorruptTokens:
+                pass
+            self.store.drop_tokens(k, unit, tier.name, revision)
+        if tier.per_canvas > 1:
+            pngs = self.store.pngs(k, group_members(page // tier.per_canvas, tier))
+            view = PageView(canvas(pngs, tier), tier)
+        else:
+            view = self.view(k, page, tier)
+        tokens = self.backend.encode([view])[0]
+        self.store.cache_tokens(k, unit, tier.name, revision, tokens.to_bytes(), self.ttl_s)
+        return tokens
 
-def decode_page(store: Store, k: SessionKeys, page: int, tier: Tier, backend: Backend, ladder: Ladder,
-                cached_only: bool = False, ttl_s: int = 0) -> dict | None:
-    """Decoded text of a page at a tier: from the cache, or read now and cached.
+    def cached(self, k: SessionKeys, page: int, tier: Tier) -> dict | None:
+        """Decoded text of a page at a tier if it was read before, without reading."""
+        return None if tier.gone else self.store.cached_decoded(k, page, self.cache_key(tier), self.id)
 
-    Returns a dict {text, lines: [{text, score, turn}], seconds}; None for a gone page, or when
-    ``cached_only`` and nothing is cached yet.
-    """
-    if tier.gone:
-        return None
-    reader, key = reader_id(backend), cache_key(tier, backend)
-    hit = store.cached_decoded(k, page, key, reader)
-    if hit is not None or cached_only:
-        return hit
-    view = page_view(store.png(k, page), line_boxes(store.lines(k, page)), tier, ladder.page_px)
-    if encodes(backend) and tier.per_canvas == 1:
-        # Read from the cached visual tokens: the encoder runs once per page and tier.
-        tokens = visual_tokens(store, k, page, tier, backend, ladder, ttl_s)
-        decoded: Decoded = backend.decode_tokens([tokens], [view.lines])[0]
-    else:
-        decoded = backend.decode([view])[0]
-    result = {"text": decoded.text, "seconds": decoded.seconds,
-              "lines": [asdict(line) for line in decoded.lines]}
-    store.cache_decoded(k, page, key, reader, result)
-    return store.cached_decoded(k, page, key, reader)  # whoever cached first wins
+    def decoded(self, k: SessionKeys, page: int, tier: Tier) -> dict | None:
+        """Decoded text of a page at a tier: from the cache, or read now and cached.
 
-
-def lines_of(decoded: dict) -> list[DecodedLine]:
-    return [DecodedLine(**line) for line in decoded.get("lines", [])]
+        Returns {text, lines: [{text, score, turn}], seconds}; None for a gone page.
+        """
+        if tier.gone:
+            return None
+        hit = self.cached(k, page, tier)
+        if hit is not None:
+            return hit
+        view = self.view(k, page, tier)
+        if self.encodes and tier.per_canvas == 1:
+            # Read from the cached visual tokens: the encoder runs once per page and tier.
+            decoded: Decoded = self.backend.decode_tokens([self.visual_tokens(k, page, tier)], [view.lines])[0]
+        else:
+            decoded = self.backend.decode([view])[0]
+        result = {"text": decoded.text, "seconds": decoded.seconds, "lines": [asdict(line) for line in decoded.lines]}
+        key = self.cache_key(tier)
+        self.store.cache_decoded(k, page, key, self.id, result)
+        return self.store.cached_decoded(k, page, key, self.id)  # whoever cached first wins

@@ -33,12 +33,9 @@ from typing import Any, Iterable
 
 import redis
 
+from optimem.errors import NotFound
+
 JOBS = "om:jobs"
-
-
-class NotFound(KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 class Conflict(RuntimeError):
@@ -70,7 +67,18 @@ class PageRecord:
     turns: list[dict[str, Any]] = field(default_factory=list)  # [{index, role, time, start, end}]
 
 
+@dataclass(frozen=True)
+class SessionMeta:
+    """A session's settings and size, read once per call and passed down with its keys."""
+    created: float
+    curve: str          # the curve's JSON
+    keep_source: bool
+    turns: int          # turns appended so far (the next turn's index)
+
+
 class SessionKeys:
+    """The Redis keys of one session; made once a session id is validated, then passed along."""
+
     def __init__(self, tenant: str, session: str):
         self.tenant, self.session = tenant, session
         tag = f"om:{{{tenant}:{session}}}"
@@ -112,11 +120,11 @@ class Store:
         self.r.sadd(k.index, k.session)
         return True
 
-    def meta(self, k: SessionKeys) -> dict[str, str]:
-        raw = self.r.hgetall(k.meta)
-        if not raw:
+    def meta(self, k: SessionKeys) -> SessionMeta:
+        raw = {_s(a): _s(b) for a, b in self.r.hgetall(k.meta).items()}
+        if "curve" not in raw:
             raise NotFound(f"no session {k.session!r}")
-        return {_s(a): _s(b) for a, b in raw.items()}
+        return SessionMeta(float(raw["created"]), raw["curve"], raw["keep_source"] == "1", int(raw["next_turn"]))
 
     def sessions(self, tenant: str) -> list[str]:
         return sorted(_s(s) for s in self.r.smembers(f"om:sessions:{{{tenant}}}"))
@@ -129,7 +137,6 @@ class Store:
         self.r.srem(k.index, k.session)
 
     def set_curve(self, k: SessionKeys, curve_json: str) -> None:
-        self.meta(k)
         self.r.hset(k.meta, "curve", curve_json)
 
     # -- turns ------------------------------------------------------------------------------
@@ -217,6 +224,10 @@ class Store:
             raise NotFound(f"session {k.session!r} has no page {page}")
         return data
 
+    def pngs(self, k: SessionKeys, pages: Iterable[int]) -> list[bytes]:
+        """The PNGs of those pages that exist, in order (a mosaic group may not be full yet)."""
+        return [png for png in self.r.hmget(k.png, list(pages)) if png]
+
     def lines(self, k: SessionKeys, page: int) -> list[list]:
         raw = self.r.hget(k.lines, page)
         return json.loads(raw) if raw else []
@@ -258,5 +269,17 @@ class Store:
     def drop_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str) -> None:
         self.r.delete(k.visual_tokens(unit, tier, revision))
 
+    # -- model jobs -------------------------------------------------------------------------
     def queued_tiers(self, k: SessionKeys) -> dict[int, str]:
         return {int(a): _s(b) for a, b in self.r.hgetall(k.queued).items()}
+
+    def enqueue(self, k: SessionKeys, jobs: list[tuple[str, int, str]]) -> None:
+        """Send (kind, page, tier) jobs to the model workers and note each page's tier as queued,
+        in one round trip; the note goes after the XADDs, so a crash between them re-sends."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for kind, page, tier in jobs:
+                pipe.xadd(JOBS, {"kind": kind, "tenant": k.tenant, "session": k.session, "page": page,
+                                 "tier": tier}, maxlen=1_000_000, approximate=True)
+            for _, page, tier in jobs:
+                pipe.hset(k.queued, page, tier)
+            pipe.execute()

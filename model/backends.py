@@ -1,21 +1,31 @@
-"""Pick a backend by name. Imports are lazy: the CPU install never imports the GPU stack."""
+"""Pick a backend by name. Imports are lazy: the CPU install never imports the GPU stack.
+
+Backends never read the environment: ``load`` hands each one its settings explicitly.
+"""
 from __future__ import annotations
 
-from model.base import Backend, ModelUnavailable
-from model.tiers import ladder as ladder_for
+from typing import TYPE_CHECKING
+
+from optimem.model.base import Backend, ModelUnavailable
+from optimem.model.tiers import ladder as ladder_for
+
+if TYPE_CHECKING:
+    from optimem.settings import Settings
 
 NAMES = ("rapidocr", "deepseek-ocr2", "vllm")
 
 
-def load(name: str, family: str = "deepseek-ocr2", model_path: str = "", device: str = "",
-         vllm_url: str = "") -> Backend:
+def load(settings: "Settings") -> Backend:
+    """The backend ``settings.backend`` names, built from ``settings`` (model_path, device, dtype,
+    vllm_url, vllm_model, vllm_api_key; family for the rapidocr reader's ladder)."""
+    name = settings.backend
     if name == "rapidocr":
-        from model.rapidocr_backend import RapidOcrBackend
-        return RapidOcrBackend(ladder=ladder_for(family))
+        from optimem.model.rapidocr_backend import RapidOcrBackend
+        return RapidOcrBackend(ladder=ladder_for(settings.family))
     if name == "deepseek-ocr2":
-        from model.deepseek_ocr2 import DeepseekOcr2Backend
-        return DeepseekOcr2Backend(model_path=model_path or None, device=device or None)
+        from optimem.model.deepseek_ocr2 import DeepseekOcr2Backend
+        return DeepseekOcr2Backend(model_path=settings.model_path, device=settings.device, dtype=settings.dtype)
     if name == "vllm":
-        from model.vllm_reader import VllmReader
-        return VllmReader(url=vllm_url or None)
+        from optimem.model.vllm_reader import VllmReader
+        return VllmReader(url=settings.vllm_url, model=settings.vllm_model, api_key=settings.vllm_api_key)
     raise ModelUnavailable(f"unknown backend {name!r} in OPTIMEM_BACKEND; choose one of {NAMES}")

@@ -11,7 +11,8 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from model.tiers import Ladder, Tier
+from optimem.errors import ModelUnavailable  # noqa: F401  (backends raise it from here)
+from optimem.model.tiers import Ladder, Tier
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,6 @@ class PageView:
     image: Image.Image
     tier: Tier
     lines: list[LineBox] = field(default_factory=list)
-
-
-class ModelUnavailable(RuntimeError):
-    """The backend cannot start here; the message names the setting to fix."""
 
 
 @runtime_checkable

@@ -13,10 +13,11 @@ How each tier is shown to the encoder (token counts from ``model.tiers.DEEPSEEK_
   mosaic*   one 1024 px canvas holding 4 or 16 pages, no crops: 257 for the whole canvas
 Every count is checked against the tier; a mismatch raises instead of caching the wrong thing.
 
-Settings (constructor arguments win over the environment):
-  OPTIMEM_MODEL_PATH  the weights directory (required)
-  OPTIMEM_DEVICE      "" = CUDA, which must be there; "cpu" must be said explicitly (slow; for tests)
-  OPTIMEM_DTYPE       default bfloat16 on CUDA, float32 on CPU
+Constructor arguments (``model.backends.load`` passes them from ``optimem.settings.Settings``; this
+module never reads OPTIMEM_* variables):
+  model_path  the weights directory (required; OPTIMEM_MODEL_PATH)
+  device      "" = CUDA, which must be there; "cpu" must be said explicitly (slow; for tests; OPTIMEM_DEVICE)
+  dtype       "" = bfloat16 on CUDA, float32 on CPU (OPTIMEM_DTYPE)
 
 Decoding is greedy with the prompt ``<image>\\nFree OCR.`` and a windowed no-repeat n-gram guard
 (DeepSeek's own recipe: n=30 in a window of 90), so a faded page that sends the decoder into a loop
@@ -39,9 +40,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import LogitsProcessor  # noqa: E402
 
-from model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns  # noqa: E402
-from model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
-from model.visual_tokens import VisualTokens  # noqa: E402
+from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns  # noqa: E402
+from optimem.model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
+from optimem.model.visual_tokens import VisualTokens  # noqa: E402
 
 log = logging.getLogger(__name__)
 FREE_OCR = "<image>\nFree OCR."
@@ -96,8 +97,8 @@ class DeepseekOcr2Backend:
     ``encode`` returns one ``VisualTokens`` per view (on the CPU, ready to cache); ``decode`` reads
     views to text; ``decode_tokens`` reads cached visual tokens to text without the vision encoder.
 
-    ``model_path``, ``device`` and ``dtype`` fall back to OPTIMEM_MODEL_PATH, OPTIMEM_DEVICE and
-    OPTIMEM_DTYPE. ``batch_size``: views per encoder call (views are grouped by tier);
+    ``model_path``, ``device`` and ``dtype`` are the settings OPTIMEM_MODEL_PATH, OPTIMEM_DEVICE and
+    OPTIMEM_DTYPE (empty or None: unset). ``batch_size``: views per encoder call (views are grouped by tier);
     ``decode_batch_size``: pages per generate call; ``max_new_tokens``: text tokens at most per page;
     ``ngram_size``, ``ngram_window``, ``whitelist_token_ids``: the repetition guard; ``prompt``
     holds one ``<image>``, which becomes as many placeholders as the view has visual tokens.
@@ -111,9 +112,9 @@ class DeepseekOcr2Backend:
                  dtype: str | torch.dtype | None = None, *, batch_size: int = 8,
                  decode_batch_size: int = 4, max_new_tokens: int = 2048, ngram_size: int = 30,
                  ngram_window: int = 90, whitelist_token_ids: Sequence[int] = (), prompt: str = FREE_OCR):
-        path = weights_dir(model_path if model_path is not None else os.environ.get("OPTIMEM_MODEL_PATH", ""))
-        device_ = _pick_device(device if device is not None else os.environ.get("OPTIMEM_DEVICE", ""))
-        dtype_ = _pick_dtype(dtype if dtype is not None else os.environ.get("OPTIMEM_DTYPE", ""), device_)
+        path = weights_dir(model_path or "")
+        device_ = _pick_device(device or "")
+        dtype_ = _pick_dtype("" if dtype is None else dtype, device_)
         self._configure(device_, dtype_, weights_revision(path), batch_size=batch_size,
                         decode_batch_size=decode_batch_size, max_new_tokens=max_new_tokens,
                         ngram_size=ngram_size, ngram_window=ngram_window,

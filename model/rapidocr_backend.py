@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView
-from model.tiers import DEEPSEEK_OCR2, Ladder
+from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView
+from optimem.model.tiers import DEEPSEEK_OCR2, Ladder
 
 Mode = Literal["lines", "page"]
 MODES: tuple[str, ...] = ("lines", "page")

@@ -5,6 +5,9 @@ crops, then the global view, then the view separator), in the model's own dtype.
 safetensors file whose metadata names the tier and the model revision and carries a SHA-256 of the
 raw tensor data, so a flipped bit in a cache is caught on load instead of silently read back as
 different text. bf16 goes through byte for byte.
+
+torch and safetensors (the ``deepseek`` extra) load on first use, not on import: the module imports
+on a CPU-only install, where nothing makes visual tokens.
 """
 from __future__ import annotations
 
@@ -12,10 +15,10 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "optimem-visual-tokens/1"
 _KEY = "tokens"
@@ -36,6 +39,8 @@ class VisualTokens:
         return int(self.tensor.shape[0])
 
     def to_bytes(self) -> bytes:
+        from safetensors.torch import save as st_save
+
         t = self.tensor.detach().to("cpu").contiguous()
         meta = {"format": FORMAT, "shape": ",".join(map(str, t.shape)), "dtype": _dtype_name(t.dtype),
                 "tier": self.tier, "revision": self.revision, "sha256": _digest(t)}
@@ -44,6 +49,8 @@ class VisualTokens:
     @classmethod
     def from_bytes(cls, data: bytes) -> "VisualTokens":
         """Parse and verify; raises ``CorruptTokens`` when anything does not add up."""
+        from safetensors.torch import load as st_load
+
         meta = _metadata(data)
         if meta.get("format") != FORMAT:
             raise CorruptTokens(f"not optimem visual tokens (format {meta.get('format')!r})")
@@ -65,6 +72,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _digest(t: torch.Tensor) -> str:
+    import torch
+
     raw = t.contiguous().reshape(-1).view(torch.uint8)
     return hashlib.sha256(raw.numpy().tobytes()).hexdigest()
 

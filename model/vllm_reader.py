@@ -13,15 +13,16 @@ started with it, e.g.::
 The recipe also sends ``skip_special_tokens: false`` to keep grounding tags (``<|ref|>``...); plain
 "Free OCR." text has none to keep, so this reader lets the server strip special tokens.
 
-Settings: ``OPTIMEM_VLLM_URL`` (the server, e.g. http://127.0.0.1:8000) and ``OPTIMEM_VLLM_MODEL``
-(the served model name; when unset, the server's first model from /v1/models).
+Settings (``model.backends.load`` passes them from ``optimem.settings.Settings``; this module never
+reads the environment): ``url`` (OPTIMEM_VLLM_URL, the server, e.g. http://127.0.0.1:8000), ``model``
+(OPTIMEM_VLLM_MODEL, the served model name; when empty, the server's first model from /v1/models) and
+``api_key`` (OPTIMEM_VLLM_API_KEY, sent as a Bearer token when set).
 """
 from __future__ import annotations
 
 import base64
 import io
 import math
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from PIL import Image
 
-from model.base import Decoded, DecodedLine, ModelUnavailable, PageView, attribute_turns
-from model.tiers import DEEPSEEK_OCR2, Ladder, Tier
+from optimem.model.base import Decoded, DecodedLine, ModelUnavailable, PageView, attribute_turns
+from optimem.model.tiers import DEEPSEEK_OCR2, Ladder, Tier
 
 PROMPT = "Free OCR."
 TABLE_CELL_TOKENS = (128821, 128822)   # <td>, </td>: may repeat (the recipe's whitelist)
@@ -45,7 +46,6 @@ class VllmReader:
                  max_tokens: int = 4096, ngram_size: int = 30, window_size: int = 90,
                  whitelist_token_ids: Sequence[int] = TABLE_CELL_TOKENS, concurrency: int = 8,
                  timeout: float = 600.0, api_key: str | None = None):
-        url = url if url is not None else os.environ.get("OPTIMEM_VLLM_URL", "")
         if not url:
             raise ModelUnavailable("OPTIMEM_VLLM_URL is not set: point it at a vLLM server serving "
                                    "DeepSeek-OCR 2, e.g. http://127.0.0.1:8000")
@@ -54,10 +54,13 @@ class VllmReader:
         self.max_tokens, self.concurrency = max_tokens, max(1, concurrency)
         self.xargs = {"ngram_size": ngram_size, "window_size": window_size,
                       "whitelist_token_ids": list(whitelist_token_ids)}
-        api_key = api_key if api_key is not None else os.environ.get("OPTIMEM_VLLM_API_KEY", "")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
-        self.model = model or os.environ.get("OPTIMEM_VLLM_MODEL", "") or self._served_model()
+        try:
+            self.model = model or self._served_model()
+        except ModelUnavailable:
+            self._client.close()
+            raise
         # The server gives no weights hash; its model name is what tells one reader's cache from another's.
         self.revision = self.model
 

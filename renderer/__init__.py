@@ -4,8 +4,8 @@
 fades a page by resizing it; ``scale_lines`` moves its line boxes onto a view; ``mosaic`` packs
 several views onto one canvas.
 """
-from renderer.transcript import TurnText
-from renderer.typeset import Layout, Page, typeset
-from renderer.views import mosaic, scale_lines, view
+from optimem.renderer.transcript import TurnText
+from optimem.renderer.typeset import Layout, Page, typeset
+from optimem.renderer.views import mosaic, scale_lines, view
 
 __all__ = ["Layout", "Page", "TurnText", "mosaic", "scale_lines", "typeset", "view"]

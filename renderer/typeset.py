@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from model.base import LineBox
-from renderer.faces import Faces, faces
-from renderer.transcript import Record, TurnText, header, records
-from renderer.wrap import ATOM, Line, wrap
+from optimem.model.base import LineBox
+from optimem.renderer.faces import Faces, faces
+from optimem.renderer.transcript import Record, TurnText, header, records
+from optimem.renderer.wrap import ATOM, Line, wrap
 
 PAD = 2            # pixels around a line's ink in its box: a little room for the reader's crop
 HEADER_INK = 96    # gray level of header prefixes: set apart from the black body, still high contrast

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from PIL import Image
 
-from model.base import LineBox
+from optimem.model.base import LineBox
 
 
 def view(png: bytes, px: int) -> Image.Image:

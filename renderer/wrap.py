@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from renderer.faces import TAB_STOP, Faces
-from renderer.transcript import Record
+from optimem.renderer.faces import TAB_STOP, Faces
+from optimem.renderer.transcript import Record
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from memory.redis_server import EmbeddedRedis
-from memory.service import Memory
-from memory.settings import Settings
+from optimem.memory.redis_server import EmbeddedRedis
+from optimem.memory.service import Memory
+from optimem.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reader():
-    from model.rapidocr_backend import RapidOcrBackend
+    from optimem.model.rapidocr_backend import RapidOcrBackend
 
     return RapidOcrBackend()
 
@@ -49,7 +49,7 @@ def api(memory, tenant):
     """The HTTP API over ``memory``, authenticated as this test's own tenant."""
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from optimem.api.app import create_app
 
     memory.settings.api_keys = f"key-{tenant}:{tenant}"
     with TestClient(create_app(memory)) as client:

@@ -7,8 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from api.conversations import longest
-from memory.store import SessionKeys
+from optimem.memory.lab.corpus import longest
+from optimem.memory.store import SessionKeys
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 
-from memory.curves import PRESETS, CurveError, load
-from model.tiers import DEEPSEEK_OCR, DEEPSEEK_OCR2
+from optimem.memory.curves import PRESETS, CurveError, load
+from optimem.model.tiers import DEEPSEEK_OCR, DEEPSEEK_OCR2
 
 
 def test_step_curve_fades_through_the_tiers_in_order():

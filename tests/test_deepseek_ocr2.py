@@ -13,17 +13,18 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from model import backends
-from model.base import Backend, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns
-from model.deepseek_ocr2 import (
+from optimem.model import backends
+from optimem.model.base import Backend, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns
+from optimem.model.deepseek_ocr2 import (
     DeepseekOcr2Backend,
     NoRepeatNGramWindow,
     encoder_view,
     weights_revision,
 )
-from model.tiers import DEEPSEEK_OCR2 as LADDER
-from model.visual_tokens import CorruptTokens, VisualTokens
-from model.vllm_reader import VllmReader
+from optimem.model.tiers import DEEPSEEK_OCR2 as LADDER
+from optimem.model.visual_tokens import CorruptTokens, VisualTokens
+from optimem.model.vllm_reader import VllmReader
+from optimem.settings import Settings
 from tests.tiny_deepseek import tiny_deepseek_dir  # noqa: F401  (session fixture)
 
 NEW_TOKENS = 24
@@ -44,12 +45,10 @@ def view(tier: str, text: str = "hello world 123") -> PageView:
 
 @pytest.fixture(scope="module")
 def backend(tiny_deepseek_dir):
-    """Loaded the way a user loads it: by name, from the environment, on an explicit CPU."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OPTIMEM_MODEL_PATH", str(tiny_deepseek_dir))
-        mp.setenv("OPTIMEM_DEVICE", "cpu")
-        mp.setenv("OPTIMEM_DTYPE", "bfloat16")
-        b = backends.load("deepseek-ocr2")
+    """Loaded the way a user loads it: by name, from the environment's settings, on an explicit CPU."""
+    env = {"OPTIMEM_BACKEND": "deepseek-ocr2", "OPTIMEM_MODEL_PATH": str(tiny_deepseek_dir),
+           "OPTIMEM_DEVICE": "cpu", "OPTIMEM_DTYPE": "bfloat16"}
+    b = backends.load(Settings.from_env(env))
     b.max_new_tokens = NEW_TOKENS   # random weights loop; keep the tests short
     return b
 
@@ -195,8 +194,8 @@ def test_decoded_lines_are_attributed_to_turns():
     assert [line.turn for line in lines] == [3, 4, 4]
 
 
-def test_missing_weights_name_the_setting(tmp_path, monkeypatch):
-    monkeypatch.delenv("OPTIMEM_MODEL_PATH", raising=False)
+def test_missing_weights_name_the_setting(tmp_path, tiny_deepseek_dir, monkeypatch):
+    monkeypatch.setenv("OPTIMEM_MODEL_PATH", str(tiny_deepseek_dir))   # never read: settings come in
     with pytest.raises(ModelUnavailable, match="OPTIMEM_MODEL_PATH is not set"):
         DeepseekOcr2Backend(device="cpu")
     with pytest.raises(ModelUnavailable, match="OPTIMEM_MODEL_PATH=.*not a directory"):
@@ -208,7 +207,7 @@ def test_missing_weights_name_the_setting(tmp_path, monkeypatch):
 
 def test_no_cuda_means_no_start_unless_cpu_is_asked_for(tiny_deepseek_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.delenv("OPTIMEM_DEVICE", raising=False)
+    monkeypatch.setenv("OPTIMEM_DEVICE", "cpu")   # never read: settings come in
     with pytest.raises(ModelUnavailable, match="OPTIMEM_DEVICE=cpu") as err:
         DeepseekOcr2Backend(tiny_deepseek_dir)
     assert "OPTIMEM_BACKEND=rapidocr" in str(err.value)
@@ -234,6 +233,7 @@ class _Server:
 
     def __init__(self, status: int = 200):
         self.requests: list[dict] = []
+        self.listed = 0   # GET /v1/models calls
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -249,11 +249,13 @@ class _Server:
                 self.wfile.write(raw)
 
             def do_GET(self):
+                server.listed += 1
                 self._send(200, {"object": "list", "data": [{"id": "deepseek-ai/DeepSeek-OCR-2"}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "body": body})
+                server.requests.append({"path": self.path, "body": body,
+                                        "authorization": self.headers.get("Authorization")})
                 if status != 200:
                     return self._send(status, {"error": {"message": "boom"}})
                 n = len(server.requests)
@@ -279,10 +281,8 @@ def vllm_server():
     s.close()
 
 
-def test_vllm_reader_sends_the_recipe_request(vllm_server, monkeypatch):
-    monkeypatch.setenv("OPTIMEM_VLLM_URL", vllm_server.url + "/v1")
-    monkeypatch.delenv("OPTIMEM_VLLM_MODEL", raising=False)
-    reader = backends.load("vllm")
+def test_vllm_reader_sends_the_recipe_request(vllm_server):
+    reader = backends.load(Settings(backend="vllm", vllm_url=vllm_server.url + "/v1"))
     assert isinstance(reader, Backend) and reader.name == "vllm"
     assert reader.model == reader.revision == "deepseek-ai/DeepSeek-OCR-2"   # asked the server
     out = reader.decode([view("v768"), view("g1024")])
@@ -305,8 +305,17 @@ def test_vllm_reader_sends_the_recipe_request(vllm_server, monkeypatch):
         reader.encode([view("v768")])
 
 
+def test_vllm_reader_takes_model_and_key_from_settings(vllm_server):
+    reader = backends.load(Settings(backend="vllm", vllm_url=vllm_server.url, vllm_model="served-ocr",
+                                    vllm_api_key="sekrit"))
+    assert reader.model == reader.revision == "served-ocr" and vllm_server.listed == 0   # did not ask
+    reader.decode([view("v768")])
+    (req,) = vllm_server.requests
+    assert req["body"]["model"] == "served-ocr" and req["authorization"] == "Bearer sekrit"
+
+
 def test_vllm_reader_errors_are_clear(monkeypatch):
-    monkeypatch.delenv("OPTIMEM_VLLM_URL", raising=False)
+    monkeypatch.setenv("OPTIMEM_VLLM_URL", "http://127.0.0.1:9")   # never read: settings come in
     with pytest.raises(ModelUnavailable, match="OPTIMEM_VLLM_URL"):
         VllmReader()
     with pytest.raises(ModelUnavailable, match="OPTIMEM_VLLM_URL=http://127.0.0.1:9"):

@@ -9,12 +9,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.conversations import longest
-from memory import jobs
-from memory.service import Memory
-from memory.store import JOBS, SessionKeys
-from model.visual_tokens import VisualTokens
+from optimem.api.app import create_app
+from optimem.memory.lab.corpus import longest
+from optimem.memory import jobs
+from optimem.memory.service import Memory
+from optimem.memory.store import JOBS, SessionKeys
+from optimem.model.visual_tokens import VisualTokens
 from tests.conftest import settings_for
 from tests.tiny_deepseek import tiny_deepseek_dir  # noqa: F401  (session fixture)
 
@@ -22,9 +22,8 @@ from tests.tiny_deepseek import tiny_deepseek_dir  # noqa: F401  (session fixtur
 @pytest.fixture
 def memory(redis_server, tmp_path, tiny_deepseek_dir, monkeypatch):
     """The GPU backend on the tiny checkpoint, on CPU; conftest's ``api`` fixture serves it."""
-    monkeypatch.setenv("OPTIMEM_DTYPE", "bfloat16")
     settings = settings_for(redis_server, tmp_path, backend="deepseek-ocr2", model_path=str(tiny_deepseek_dir),
-                            device="cpu")
+                            device="cpu", dtype="bfloat16")
     m = Memory(settings).open()
     m.backend.max_new_tokens = 12   # random weights ramble; keep decoding short
     yield m
@@ -66,12 +65,9 @@ def test_recall_decodes_from_cached_tokens_like_from_pixels(api, memory, tenant)
     drain(memory)
     hit = api.post("/v1/sessions/dec/recall", json={"turn": 0}).json()["hits"][0]
     assert hit["page"] == 0 and hit["tier"] == "crops"
-    from memory import reading
-    view = reading.page_view(memory.store.png(SessionKeys(tenant, "dec"), 0),
-                             reading.line_boxes(memory.store.lines(SessionKeys(tenant, "dec"), 0)),
-                             memory.ladder["crops"], memory.ladder.page_px)
-    from_pixels = memory.backend.decode([view])[0].text
-    cached = memory.store.cached_decoded(SessionKeys(tenant, "dec"), 0, "crops", reading.reader_id(memory.backend))
+    k = SessionKeys(tenant, "dec")
+    from_pixels = memory.backend.decode([memory.reader.view(k, 0, memory.ladder["crops"])])[0].text
+    cached = memory.store.cached_decoded(k, 0, "crops", memory.reader.id)
     assert cached["text"] == from_pixels
 
 
@@ -94,8 +90,8 @@ def test_a_corrupted_token_entry_is_recomputed_not_served(api, memory, tenant):
 
 
 def test_a_job_left_by_a_dead_worker_is_claimed_by_another(memory, tenant):
-    memory.create_session(tenant, "claim", curve="keep")
-    memory.append(tenant, "claim", longest()[1][:120])
+    memory.create_session("claim", curve="keep", tenant=tenant)
+    memory.append("claim", longest()[1][:120], tenant=tenant)
     r = memory.store.r
     dead = r.xreadgroup(jobs.GROUP, "dead-worker", {JOBS: ">"}, count=100)   # takes the jobs, then dies
     taken = len(dead[0][1])

@@ -12,10 +12,10 @@ import time
 import httpx
 import pytest
 
-from api.conversations import longest
-from memory.redis_server import EmbeddedRedis
-from memory.service import Memory
-from memory.settings import Settings
+from optimem.memory.lab.corpus import longest
+from optimem.memory.redis_server import EmbeddedRedis
+from optimem.memory.service import Memory
+from optimem.settings import Settings
 from tests.test_api import every_turn_is_somewhere
 
 
@@ -28,7 +28,7 @@ def free_port() -> int:
 def start_service(data_dir, port) -> subprocess.Popen:
     env = {**os.environ, "OPTIMEM_DATA_DIR": str(data_dir), "OPTIMEM_RECENT_TOKENS": "300",
            "OPTIMEM_WORKER": "0", "OPTIMEM_REDIS_URL": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "serve", "--port", str(port), "--log-level", "warning"],
                             env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -73,10 +73,10 @@ def test_everything_is_still_there_after_a_restart(tmp_path):
 # jobs not yet sent).
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    from api.conversations import longest
-    from memory.service import Memory
-    from memory.settings import Settings
-    from memory.store import Store
+    from optimem.memory.lab.corpus import longest
+    from optimem.memory.service import Memory
+    from optimem.settings import Settings
+    from optimem.memory.store import Store
 
     data_dir, when, nth, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     real_seal, calls = Store.seal, [0]
@@ -90,9 +90,9 @@ CHILD = textwrap.dedent("""
     Store.seal = seal
     memory = Memory(Settings(data_dir=data_dir, recent_tokens=300, worker=False)).open()
     if start == 0:
-        memory.create_session("default", "crash")
+        memory.create_session("crash", tenant="default")
     for turn in longest()[1][start:start + 150]:
-        memory.append("default", "crash", [turn])
+        memory.append("crash", [turn], tenant="default")
     memory.close()
 """)
 
@@ -106,17 +106,17 @@ def test_a_kill_between_sealing_steps_loses_no_turn(tmp_path, when):
         assert child.returncode == -signal.SIGKILL
         memory = Memory(Settings(data_dir=tmp_path, recent_tokens=300, worker=False)).open()
         try:
-            sent = memory.session_info("default", "crash")["turns"]
+            sent = memory.session("crash", tenant="default").turns
             every_turn_is_somewhere(memory, "default", "crash", turns[:sent])
         finally:
             memory.close(stop_server=False)
     # and the session carries on sealing where it stopped
     memory = Memory(Settings(data_dir=tmp_path, recent_tokens=300, worker=False)).open()
     try:
-        before = memory.session_info("default", "crash")
-        memory.append("default", "crash", turns[sent:sent + 100])
-        after = memory.session_info("default", "crash")
-        assert after["pages"] > before["pages"]
+        before = memory.session("crash", tenant="default")
+        memory.append("crash", turns[sent:sent + 100], tenant="default")
+        after = memory.session("crash", tenant="default")
+        assert after.pages > before.pages
         every_turn_is_somewhere(memory, "default", "crash", turns[:sent + 100])
     finally:
         memory.close()

@@ -7,10 +7,10 @@ import io
 import pytest
 from PIL import Image
 
-from api.conversations import longest
-from memory import curves
-from memory.service import Memory
-from model.tiers import LADDERS, QWEN25_VL, ladder, openai_tile_tokens, qwen_vl_tokens
+from optimem.memory.lab.corpus import longest
+from optimem.memory import curves
+from optimem.memory.service import Memory
+from optimem.model.tiers import LADDERS, QWEN25_VL, ladder, openai_tile_tokens, qwen_vl_tokens
 from tests.conftest import settings_for
 
 
@@ -44,9 +44,9 @@ def test_every_preset_curve_works_on_every_family(family):
 
 def session(redis_server, tmp_path, tenant, family: str, turns: list[dict]) -> tuple[Memory, dict]:
     memory = Memory(settings_for(redis_server, tmp_path, family=family)).open()
-    memory.create_session(tenant, family, curve="keep")  # a preset: on every family, the sharpest tier
-    memory.append(tenant, family, turns)
-    return memory, memory.context(tenant, family, fmt="openai")
+    memory.create_session(family, curve="keep", tenant=tenant)  # a preset: on every family, the sharpest tier
+    memory.append(family, turns, tenant=tenant)
+    return memory, memory.context(family, format="openai", tenant=tenant).model_dump()
 
 
 def test_the_same_conversation_costs_what_each_family_charges(redis_server, tmp_path, tenant, chat):
@@ -55,10 +55,10 @@ def test_the_same_conversation_costs_what_each_family_charges(redis_server, tmp_
         memory, ctx = session(redis_server, tmp_path, tenant, family, chat)
         try:
             a, fades = ctx["accounting"], memory.ladder
-            pages = memory.pages(tenant, family)
+            pages = memory.pages(family, tenant=tenant)  # typed: PageSpans
             assert pages and a["pages"] == len(pages)
             assert a["visual_tokens"] == pytest.approx(len(pages) * fades.sharpest.tokens)
-            png = memory.page_image(tenant, family, 0, "full")
+            png = memory.page_image(family, 0, "full", tenant=tenant)
             assert Image.open(io.BytesIO(png)).size == (fades.page_px, fades.page_px)  # typeset at the family's size
             parts = [p for p in ctx["messages"][0]["content"] if p["type"] == "image_url"]
             url = parts[0]["image_url"]["url"]
@@ -79,10 +79,10 @@ def test_the_same_conversation_costs_what_each_family_charges(redis_server, tmp_
 def test_low_detail_tiers_are_sent_as_low_detail(redis_server, tmp_path, tenant, chat):
     memory, _ = session(redis_server, tmp_path, tenant, "openai-tiles", chat)
     try:
-        memory.set_curve(tenant, "openai-tiles", {"kind": "step", "steps": [[0, "low"], [60, "low4"]]})
-        ctx = memory.context(tenant, "openai-tiles", fmt="openai")
+        memory.set_curve("openai-tiles", {"kind": "step", "steps": [[0, "low"], [60, "low4"]]}, tenant=tenant)
+        ctx = memory.context("openai-tiles", format="openai", tenant=tenant).model_dump()
         parts = [p["image_url"] for p in ctx["messages"][0]["content"] if p["type"] == "image_url"]
-        tiers = [p["tier"] for p in memory.pages(tenant, "openai-tiles")]
+        tiers = [p.tier for p in memory.pages("openai-tiles", tenant=tenant)]
         assert {"low", "low4"} <= set(tiers) and all(p["detail"] == "low" for p in parts)
         assert len(parts) < len(tiers)  # four low4 pages share one 512 px canvas: 85 tokens for all four
         assert ctx["accounting"]["visual_tokens"] == pytest.approx(

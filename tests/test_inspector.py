@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from api.app import create_app
-from api.conversations import longest
+from optimem.api.app import create_app
+from optimem.api.deps import HttpLinks
+from optimem.memory.lab.corpus import longest
 from tests.live import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,10 +45,10 @@ def test_inspector_in_a_browser_shows_pages_turns_totals_and_recall(memory, tena
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium: run tests/browser-deps (as root: apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the [test] extra)")
-    memory.create_session(tenant, "pal")
-    memory.append(tenant, "pal", short_chat)
-    info, pages = memory.session_info(tenant, "pal"), memory.pages(tenant, "pal")
-    accounting = memory.context(tenant, "pal")["accounting"]
+    memory.create_session("pal", tenant=tenant)
+    memory.append("pal", short_chat, tenant=tenant)
+    info, pages = memory.session("pal", tenant=tenant).model_dump(), memory.pages("pal", tenant=tenant)
+    accounting = memory.context("pal", tenant=tenant).accounting.model_dump()
     assert 1 <= len(pages) <= 2
 
     with serve(create_app(memory)) as url, sync_api.sync_playwright() as p:
@@ -72,7 +73,7 @@ def test_inspector_in_a_browser_shows_pages_turns_totals_and_recall(memory, tena
             images.last.scroll_into_view_if_needed()
             page.wait_for_function("[...document.images].every(i => i.complete)")
             widths = page.eval_on_selector_all("#pages img", "els => els.map(e => e.naturalWidth)")
-            assert widths == [p["px"] for p in pages]  # each page at its current tier, via the image endpoint
+            assert widths == [p.px for p in pages]  # each page at its current tier, via the image endpoint
             assert page.eval_on_selector(".curve img", "e => e.naturalWidth") > 0
 
             page.evaluate("window.scrollTo(0, 0)")
@@ -104,11 +105,11 @@ def client(memory, keyed):
 
 
 def test_a_session_that_keeps_no_source_shows_only_the_pages(client, memory, tenant, chat):
-    memory.create_session(tenant, "private", keep_source=False)
-    memory.append(tenant, "private", chat)
+    memory.create_session("private", keep_source=False, tenant=tenant)
+    memory.append("private", chat, tenant=tenant)
     html = client.get("/inspect/private")
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
-    pages = memory.pages(tenant, "private")
+    pages = [p.model_dump() for p in memory.pages("private", links=HttpLinks(""), tenant=tenant)]
     assert html.text.count('class="page"') == len(pages) >= 2
     assert html.text.count("nosource") == len(pages)
     sealed = [t["content"] for t in chat[:pages[-1]["first_turn"]]]
@@ -124,8 +125,8 @@ def test_an_unknown_session_is_a_404_page(client):
 
 
 def test_the_session_list_and_the_curve_plot(client, memory, tenant, chat):
-    memory.create_session(tenant, "pal", curve="aggressive")
-    memory.append(tenant, "pal", chat)
+    memory.create_session("pal", curve="aggressive", tenant=tenant)
+    memory.append("pal", chat, tenant=tenant)
     listing = client.get("/inspect")
     assert listing.status_code == 200 and re.search(r'href="[^"]*/inspect/pal"', listing.text)
     png = client.get("/inspect/pal/curve.png")

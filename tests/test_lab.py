@@ -1,15 +1,19 @@
-"""The forgetting-curve lab: needles land where they say, curves parse, and a quick run on a real
-conversation (real service, embedded Redis, the CPU reader) writes a report whose numbers add up."""
+"""The forgetting-curve lab: needles land where they say, curves parse, a quick run on a real
+conversation (real service, embedded Redis, the CPU reader) writes a report whose numbers add up,
+and a quick calibration runs through the ``optimem`` command without the service."""
 from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 
-from memory import lab
-from memory.service import Memory
-from memory.settings import Settings
+from optimem.api.cli import main as optimem
+from optimem.memory.lab import run as lab
+from optimem.memory.service import Memory
+from optimem.settings import Settings
 
 
 def test_needles_are_planted_at_the_ages_they_report():
@@ -35,7 +39,7 @@ def test_curves_parse_presets_json_and_names(tmp_path):
 
 @pytest.mark.slow
 def test_quick_lab_writes_a_report_that_adds_up(tmp_path):
-    lab.main(["--quick", "--out", str(tmp_path)])
+    optimem(["lab", "--quick", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "report.json").read_text())
     for name in ("fidelity_vs_age.png", "tokens_vs_age.png", "frontier.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -91,7 +95,7 @@ def test_a_short_jsonl_conversation_that_never_seals_a_page(tmp_path):
     path = tmp_path / "chat.jsonl"
     path.write_text("\n".join(json.dumps({"role": ("user", "assistant")[i % 2], "content": f"message number {i}"})
                               for i in range(20)))
-    lab.main(["--jsonl", str(path), "--needles", "2", "--recent-tokens", "5000", "--curves", "default",
+    optimem(["lab", "--jsonl", str(path), "--needles", "2", "--recent-tokens", "5000", "--curves", "default",
               "--budget", "0", "--out", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["conversations"][0]["pages"] == 0 and report["cost"]["decodes"] == 0
@@ -99,3 +103,35 @@ def test_a_short_jsonl_conversation_that_never_seals_a_page(tmp_path):
                                                                     ("truncation", None)}
     for r in report["rows"]:
         assert r["fidelity"] == 1.0 and r["needles"]["found"] == 2
+
+
+def test_quick_calibration_reads_each_language_back_per_tier(tmp_path, monkeypatch):
+    """``optimem lab calibrate --quick``: one short page per language at the default setting, read at
+    the two sharpest views (seconds on the CPU reader); every row a precision in [0, 1]."""
+    for name in ("OPTIMEM_FAMILY", "OPTIMEM_FONT_PX", "OPTIMEM_LINE_SPACING"):
+        monkeypatch.delenv(name, raising=False)
+    optimem(["lab", "calibrate", "--quick", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "calibration.json").read_text(encoding="utf-8"))
+    settings = Settings()
+    assert report["reader"].startswith("rapidocr@") and report["chars"] > 0
+    assert report["tiers"] == ["crops", "g1024", "v768"]       # 1024 px (crops and g1024 read alike), 768 px
+    rows = report["rows"]
+    assert {(r["lang"], r["tier"]) for r in rows} == {(lang, t) for lang in ("en", "zh") for t in report["tiers"]}
+    for r in rows:
+        assert (r["font_px"], r["line_spacing"]) == (settings.font_px, settings.line_spacing)
+        assert 0.0 <= r["precision"] <= 1.0 and r["chars"] > 0 and r["tokens_per_page"] > 0
+        assert r["compression"] == pytest.approx(r["tokens_per_page"] / r["visual_tokens"], abs=0.01)
+    by = {(r["lang"], r["tier"]): r for r in rows}
+    for lang in ("en", "zh"):
+        assert by[(lang, "crops")]["precision"] == by[(lang, "g1024")]["precision"]  # one reading, two tiers
+        assert by[(lang, "g1024")]["precision"] >= 0.9          # a sharp page reads back, in both languages
+    assert {(d["lang"], d["tier"]) for d in report["densest"]} == set(by)
+    assert report["recommended"]["font_px"] == settings.font_px
+
+
+def test_calibrate_never_loads_the_service():
+    """The calibration needs a renderer and a reader, not Memory, Redis or the HTTP API."""
+    code = ("import sys, optimem.memory.lab.calibrate, optimem.memory.lab.corpus, optimem.memory.lab.plots; "
+            "print(sorted(m for m in sys.modules if m.startswith(('optimem.memory.service', 'optimem.api'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

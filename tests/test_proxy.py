@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from api.app import create_app
-from api.conversations import longest
+from optimem.api.app import create_app
+from optimem.memory.lab.corpus import longest
 from tests.live import free_port, serve, wait_for
 
 SYSTEM = {"role": "system", "content": "You are a friendly pen pal."}
@@ -67,8 +67,8 @@ def received(upstream) -> dict:
 
 
 def turns_of(memory, tenant, session) -> list[dict]:
-    count = memory.session_info(tenant, session)["turns"]
-    sources = memory.sources(tenant, session, list(range(count)))
+    count = memory.session(session, tenant=tenant).turns
+    sources = memory.sources(session, list(range(count)), tenant=tenant)
     return [sources[i] for i in range(count) if i in sources]
 
 

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from rapidfuzz.distance import Levenshtein
 
-from model.base import Backend, LineBox, ModelUnavailable, PageView
-from model.rapidocr_backend import RapidOcrBackend
-from model.tiers import DEEPSEEK_OCR2
+from optimem.model.base import Backend, LineBox, ModelUnavailable, PageView
+from optimem.model.rapidocr_backend import RapidOcrBackend
+from optimem.model.tiers import DEEPSEEK_OCR2
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from api.conversations import longest
+from optimem.memory.lab.corpus import longest
 
 FACT = "By the way, my sister Marguerite keeps her sailboat Tortuga moored at pier 47 in Halifax."
 
@@ -50,9 +50,10 @@ def test_forget_for_real_keeps_no_source(api, memory, tenant):
     api.post("/v1/sessions", json={"id": "forget", "keep_source": False})
     api.post("/v1/sessions/forget/turns", json={"turns": turns})
     hit = api.post("/v1/sessions/forget/recall", json={"turn": 6}).json()["hits"][0]
-    assert hit["page"] == 0 and "source" not in hit or hit["source"] is None
+    assert hit["page"] == 0
+    assert hit.get("source") is None and hit.get("char_error") is None   # no source to give, none to compare
     assert "Marguerite" in hit["text"]           # still readable from the page itself
-    from memory.store import SessionKeys
+    from optimem.memory.store import SessionKeys
     assert memory.store.r.hlen(SessionKeys(tenant, "forget").source) == 0
 
 
@@ -82,6 +83,6 @@ def test_recall_does_not_wait_for_pages_past_its_read_budget(api, memory):
     ("hello there", "hello there"),              # no header at all
 ])
 def test_the_typeset_header_is_not_part_of_a_turns_text(read, kept):
-    from memory.recall import strip_header
+    from optimem.memory.recall import strip_header
     line = strip_header({"text": read, "score": 1.0}, ["user 05:56:"])
     assert (line and line["text"]) == kept

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageChops
 
-import renderer
-from model.base import LineBox
-from renderer import Layout, TurnText, mosaic, scale_lines, typeset, view
-from renderer.faces import FALLBACK, faces
-from renderer.transcript import Record
-from renderer.typeset import HEADER_INK, PAD
-from renderer.wrap import wrap
+from optimem import renderer
+from optimem.model.base import LineBox
+from optimem.renderer import Layout, TurnText, mosaic, scale_lines, typeset, view
+from optimem.renderer.faces import FALLBACK, faces
+from optimem.renderer.transcript import Record
+from optimem.renderer.typeset import HEADER_INK, PAD
+from optimem.renderer.wrap import wrap
 
 PROSE = ("Sure! Here's how the cache works: each page is keyed by session, page and tier, and the value "
          "is the decoded text. If the reader changes, the key changes too, so stale text is never served. "
@@ -64,7 +64,7 @@ def assert_each_inked_pixel_in_one_box(page: renderer.Page, layout: Layout = Lay
 
 
 def chitchat(count: int | None = None) -> list[TurnText]:
-    from api.conversations import longest
+    from optimem.memory.lab.corpus import longest
     return [TurnText(i, t["role"], t["content"], t["time"]) for i, t in enumerate(longest()[1][:count])]
 
 
@@ -447,7 +447,7 @@ def test_the_cpu_reader_reads_a_page_back():
 
 
 def test_full_only_leaves_out_the_unfinished_last_page():
-    from api.conversations import longest
+    from optimem.memory.lab.corpus import longest
 
     turns = [TurnText(i, t["role"], t["content"], t["time"]) for i, t in enumerate(longest()[1][:150])]
     every = typeset(turns)

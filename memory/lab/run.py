@@ -14,16 +14,14 @@ seconds. Baselines from the same run: the full text (every token, precision 1) a
 (the newest turns that fit; older needles are lost) to the tokens each curve's context used, and
 to the whole ``--budget``.
 
-``optimem lab calibrate`` (``memory.lab_calibrate``) finds how densely a page can be typeset
-and still read back.
+``optimem lab calibrate`` (``optimem.memory.lab.calibrate``) finds how densely a page can be
+typeset and still read back.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
-import platform
 import random
 import re
 import sys
@@ -36,13 +34,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from memory import context, reading, recall as recalling, tokens
-from memory.curves import Curve
-from memory.service import BadRequest, Memory
-from memory.settings import Settings
-from memory.store import PageRecord, SessionKeys, TurnRecord
-from model.backends import NAMES as BACKENDS
-from model.tiers import Tier
+from optimem.errors import BadRequest
+from optimem.memory import context, recall as recalling, tokens
+from optimem.memory.curves import Curve
+from optimem.memory.lab.common import machine
+from optimem.memory.lab.corpus import conversations, jsonl_turns
+from optimem.memory.service import Memory
+from optimem.memory.store import PageRecord, SessionKeys, TurnRecord
+from optimem.model.backends import NAMES as BACKENDS
+from optimem.model.tiers import Tier
+from optimem.settings import Settings
 
 TENANT = "lab"
 ACCOUNTED = ("recent_text_tokens", "visual_tokens", "total_tokens", "text_tokens_replaced", "pages",
@@ -150,12 +151,12 @@ class Replayed:
 def replay(memory: Memory, key: str, session: str, turns: list[dict], needles: list[Needle],
            batch: int = 100) -> Replayed:
     """Append the conversation through the service, in batches like a bulk import would."""
-    memory.create_session(TENANT, session)
+    memory.create_session(session, tenant=TENANT)
     rep = Replayed(key, session, turns, needles)
     started = time.perf_counter()
     for i in tqdm(range(0, len(turns), batch), desc=f"replaying {key[:8]} (typesetting pages)",
                   unit="batch", leave=False):
-        memory.append(TENANT, session, turns[i:i + batch])
+        memory.append(session, turns[i:i + batch], tenant=TENANT)
     rep.render_seconds = time.perf_counter() - started
     rep.pages, rep.text = memory.store.pages(rep.k), memory.store.text_turns(rep.k)
     return rep
@@ -212,11 +213,11 @@ def read_pages(memory: Memory, rep: Replayed, wanted: dict[int, set[str]]) -> di
     for page, names in wanted.items():
         for name in sorted(names, key=memory.ladder.index):
             tier = memory.ladder[name]
-            plan[(page, reading.cache_key(tier, memory.backend))].append(tier)
+            plan[(page, memory.reader.cache_key(tier))].append(tier)
     out = {}
     for (page, view), tiers in tqdm(sorted(plan.items()), desc=f"reading pages of {rep.key[:8]}", unit="page",
                                     leave=False):
-        decoded = reading.decode_page(memory.store, rep.k, page, tiers[0], memory.backend, memory.ladder)
+        decoded = memory.reader.decoded(rep.k, page, tiers[0])
         out[(page, view)] = quality(rep, by_page[page], decoded, memory)
     return out
 
@@ -276,10 +277,10 @@ def page_pieces(spans: list[Span], tier: str, spent: float, seconds: float, coun
                   s.chars if lost else s.errors, seconds * s.text_tokens / total) for s in spans]
 
 
-def curve_pieces(rep: Replayed, placed: list[context.PlacedPage], built: dict, sources: dict[int, list[Span]],
+def curve_pieces(rep: Replayed, placed: list[context.PlacedPage], built: context.Assembled, sources: dict[int, list[Span]],
                  readings: dict[tuple[int, str], Reading], memory: Memory) -> list[Piece]:
     count = len(rep.turns)
-    in_context = {p.record.page for p in built["pages"]}
+    in_context = {p.record.page for p in built.pages}
     pieces = []
     for p in placed:
         page = p.record.page
@@ -287,9 +288,9 @@ def curve_pieces(rep: Replayed, placed: list[context.PlacedPage], built: dict, s
             # Not in the context: what it held counts as lost (recall may still find a dropped page).
             pieces += page_pieces(sources[page], "gone" if p.tier.gone else "dropped", 0, 0, count, lost=True)
         else:
-            r = readings[(page, reading.cache_key(p.tier, memory.backend))]
+            r = readings[(page, memory.reader.cache_key(p.tier))]
             pieces += page_pieces(r.spans, p.tier.name, p.tier.tokens, r.seconds, count)
-    kept = {t.index for t in built["turns"]}
+    kept = {t.index for t in built.turns}
     pieces += [text_piece(t, count - 1 - t.index, t.index in kept, "dropped") for t in rep.text]
     return pieces
 
@@ -302,19 +303,19 @@ def plain_turns(rep: Replayed, tokenizer: str) -> list[TurnRecord]:
 
 def baseline_pieces(plain: list[TurnRecord], budget: int | None) -> tuple[list[Piece], set[int]]:
     """Plain text cut to the newest turns that fit ``budget`` (None: the full text)."""
-    kept = {t.index for t in context.assemble(plain, [], budget)["turns"]}
+    kept = {t.index for t in context.assemble(plain, [], budget).turns}
     n = len(plain)
     return [text_piece(t, n - 1 - t.index, t.index in kept) for t in plain], kept
 
 
 def recall_needles(memory: Memory, rep: Replayed, curve: Curve, placed: list[context.PlacedPage]) -> list[dict]:
     """Ask each planted fact back through ``Memory.recall`` with the session on this curve."""
-    memory.set_curve(TENANT, rep.session, curve.spec)
+    memory.set_curve(rep.session, curve.spec, tenant=TENANT)
     where = {s["index"]: p.tier.name for p in placed for s in p.record.turns}
     out = []
     for needle in rep.needles:
-        hits = memory.recall(TENANT, rep.session, query=needle.query, limit=3)["hits"]
-        found = any(recalling.squash(needle.value) in recalling.squash(h["text"]) for h in hits)
+        hits = memory.recall(rep.session, query=needle.query, limit=3, tenant=TENANT).hits
+        found = any(recalling.squash(needle.value) in recalling.squash(h.text) for h in hits)
         out.append({"age": needle.age, "value": needle.value, "found": found,
                     "tier": where.get(needle.index, "text")})
     return out
@@ -344,8 +345,6 @@ def parse_curves(text: str, memory: Memory) -> list[tuple[str, Curve]]:
 
 
 def load_conversations(args: argparse.Namespace) -> list[tuple[str, list[dict]]]:
-    from api.conversations import conversations, jsonl_turns
-
     if args.jsonl:
         chosen = [(Path(args.jsonl).stem, jsonl_turns(Path(args.jsonl)))]
     else:  # the longest human conversations: forgetting needs length to show
@@ -414,7 +413,7 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
         tally.decodes += [{"view": view, "seconds": r.seconds} for (_, view), r in readings.items()]
         tally.sample += [(key, r.page) for r in sample]
         for record, tier in ((record, tier) for record in sample for tier in views):
-            r = readings[(record.page, reading.cache_key(tier, memory.backend))]
+            r = readings[(record.page, memory.reader.cache_key(tier))]
             tally.frontier[tier.name] += page_pieces(r.spans, tier.name, tier.tokens, r.seconds, count)
 
         plain = plain_turns(rep, memory.settings.tokenizer)
@@ -429,7 +428,7 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
                 tally.rows[("curve", name, budget)] += pieces
                 tally.needles[("curve", name, budget)] += outcomes
                 tally.accounts[("curve", name, budget)].update(
-                    {k: v for k, v in built["accounting"].items() if k in ACCOUNTED})
+                    {k: v for k, v in built.accounting.model_dump().items() if k in ACCOUNTED})
                 if budget is None:  # truncated to what this curve's context spent
                     truncate(tally, ("truncation", name, None), rep, plain, math.floor(sum(p.spent for p in pieces)))
         if args.budget:  # a plain window of the whole budget, whatever the curves spent of it
@@ -442,7 +441,7 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
         "what": "optimem forgetting-curve lab: context tokens and read-back fidelity by age, per curve, "
                 "against full text and truncation to the same tokens",
         "machine": machine(),
-        "settings": {"backend": memory.settings.backend, "reader": reading.reader_id(memory.backend),
+        "settings": {"backend": memory.settings.backend, "reader": memory.reader.id,
                      "family": memory.ladder.family, "page_px": memory.ladder.page_px, "font_px": args.font_px,
                      "recent_tokens": args.recent_tokens, "tokenizer": memory.settings.tokenizer,
                      "seed": args.seed, "budget": args.budget, "buckets": list(BUCKETS),
@@ -503,16 +502,6 @@ def _cost(conversations: list[dict], decodes: list[dict]) -> dict[str, Any]:
             "decode_seconds_per_page": {v: round(sum(s) / len(s), 2) for v, s in sorted(views.items())}}
 
 
-def machine() -> dict[str, Any]:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    return {"platform": platform.platform(), "python": platform.python_version(), "cores": cores,
-            "processor": platform.processor() or platform.machine(), "load_avg_1m": round(os.getloadavg()[0], 2),
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
 # -- output ---------------------------------------------------------------------------------------
 
 def _f(value: float | None, fmt: str = ".3f") -> str:
@@ -564,10 +553,8 @@ def best(report: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``optimem lab`` without ``calibrate`` (``optimem.memory.lab.cli`` dispatches)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["calibrate"]:
-        from memory.lab_calibrate import main as calibrate
-        return calibrate(argv[1:])
     parser = argparse.ArgumentParser(prog="optimem lab", description=__doc__.split("\n\n")[0],
                                      epilog="optimem lab calibrate --help: how densely a page can be typeset")
     parser.add_argument("--curves", help="comma-separated presets, JSON specs or name=JSON "
@@ -598,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    from memory.lab_plots import plot_all
+    from optimem.memory.lab.plots import plot_all  # matplotlib: only when there is a report to plot
     plots = plot_all(report, out)
     print(table(report))
     if report["best"]:

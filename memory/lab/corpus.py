@@ -1,9 +1,14 @@
-"""Real conversations to replay: the chitchat-dataset package (7,168 human chats) or a user's JSONL."""
+"""Real conversations for the lab (and the demo, the tests and the benchmarks): the
+chitchat-dataset package (7,168 human chats), a user's own JSONL, and the Chinese chat text the
+calibration typesets (``data/zh.txt``, shipped with the package)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Iterator
+
+DATA = Path(__file__).parent / "data"
+ZH = DATA / "zh.txt"
 
 
 def chitchat() -> dict:
@@ -59,3 +64,15 @@ def jsonl_turns(path: Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise SystemExit(f"{path}:{number}: not JSON ({exc.msg})") from None
     return turns
+
+
+def english() -> list[dict]:
+    """The English chat the calibration typesets: the longest human chitchat conversation."""
+    return longest()[1]
+
+
+def chinese() -> list[dict]:
+    """The Chinese chat paragraphs as alternating user/assistant turns, one minute apart."""
+    paragraphs = [p.strip() for p in ZH.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    return [{"role": ("user", "assistant")[i % 2], "content": text, "time": f"2024-07-01T09:{i % 60:02d}:00Z"}
+            for i, text in enumerate(paragraphs)]

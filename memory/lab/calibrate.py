@@ -1,12 +1,17 @@
 """`optimem lab calibrate`: how much text a page can hold and still be read back, per tier.
 
-Real chat text (English from chitchat-dataset, Chinese from ``lab_data/zh.txt``) is typeset at
-each font size and line spacing of a sweep, and the first full page is read back by the active
-reader at every view of the ladder. For each setting and tier: the text tokens the page holds
+Real chat text (English from chitchat-dataset, Chinese from ``data/zh.txt`` beside this module) is
+typeset at each font size and line spacing of a sweep, and the first full page is read back by the
+active reader at every view of the ladder. For each setting and tier: the text tokens the page holds
 (cl100k, counted as the compactor counts a page), the compression against the tier's visual
 tokens, and the character precision of the reading (1 - CER against what was typeset). Then, per
 tier and language, the densest setting that still reads at >= 99%, 97% and 90%, and the default
 the measurements support.
+
+Needs no ``Memory`` and no Redis: pages come straight from ``optimem.renderer``, each view from
+``reading.page_view`` and the reading from the backend's ``decode``. ``--quick`` reads one short
+page per language at the default setting and the two sharpest views (seconds on a CPU): a check
+that the pipeline works, not a calibration.
 """
 from __future__ import annotations
 
@@ -15,35 +20,25 @@ import json
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-import renderer
-from memory import reading, recall as recalling, tokens
-from memory.lab import machine, view_of
-from memory.settings import Settings
-from model import backends
-from model.base import Backend
-from model.tiers import Ladder, Tier, ladder as ladder_for
+from optimem import renderer
+from optimem.memory import reading, recall as recalling, tokens
+from optimem.memory.lab.common import machine, reader, tiers_named, views
+from optimem.memory.lab.corpus import chinese, english
+from optimem.model import backends
+from optimem.model.base import Backend
+from optimem.model.tiers import Ladder, Tier, ladder as ladder_for
+from optimem.settings import Settings
 
 THRESHOLDS = (0.99, 0.97, 0.90)
-ZH = Path(__file__).parent / "lab_data" / "zh.txt"
-
-
-def english() -> list[dict]:
-    from api.conversations import longest
-
-    return longest()[1]
-
-
-def chinese() -> list[dict]:
-    """The Chinese chat paragraphs as alternating user/assistant turns, one minute apart."""
-    paragraphs = [p.strip() for p in ZH.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-    return [{"role": ("user", "assistant")[i % 2], "content": text, "time": f"2024-07-01T09:{i % 60:02d}:00Z"}
-            for i, text in enumerate(paragraphs)]
+LANGUAGES = {"en": english, "zh": chinese}
+QUICK_CHARS = 300     # --quick: about this much text per language, on one page
 
 
 def first_full_pages(turns: list[dict], layout: renderer.Layout, count: int) -> tuple[list[renderer.Page], list]:
@@ -58,6 +53,19 @@ def first_full_pages(turns: list[dict], layout: renderer.Layout, count: int) -> 
         n *= 2
 
 
+def first_pages(turns: list[dict], layout: renderer.Layout, count: int, chars: int) -> tuple[list[renderer.Page], list]:
+    """The first ``count`` pages of only the first ``chars`` characters of the turns (the last one
+    cut short): pages that need not be full, for a quick look."""
+    kept, left = [], chars
+    for t in turns:
+        if left <= 0:
+            break
+        kept.append({**t, "content": t["content"][:left]})
+        left -= len(kept[-1]["content"])
+    texts = [renderer.TurnText(i, t["role"], t["content"], t.get("time")) for i, t in enumerate(kept)]
+    return renderer.typeset(texts, layout)[:count], texts
+
+
 def page_tokens(page: renderer.Page, texts: list, tokenizer: str) -> int:
     total = 0
     for index in range(page.first_turn, page.last_turn + 1):
@@ -68,37 +76,43 @@ def page_tokens(page: renderer.Page, texts: list, tokenizer: str) -> int:
     return total
 
 
+def read_back(backend: Backend, page: renderer.Page, tier: Tier, page_px: int) -> tuple[int, float, float]:
+    """(source characters, edits, seconds) of one page read at one tier's view; a misread costs at
+    most the whole page. The source is every line typeset, headers included, as the reader sees it."""
+    source = "\n".join(line.text for line in page.lines)
+    decoded = backend.decode([reading.page_view(page.png, page.lines, tier, page_px)])[0]
+    n = len(recalling.squash(source))
+    return n, min(n, recalling.char_error(decoded.text, source) * n), decoded.seconds
+
+
 def measure(backend: Backend, ladder: Ladder, fonts: list[int], spacings: list[float], pages: int,
-            tokenizer: str) -> list[dict[str, Any]]:
-    languages = {"en": english(), "zh": chinese()}
+            tokenizer: str, tiers: Iterable[Tier] | None = None, chars: int = 0) -> list[dict[str, Any]]:
+    """One row per language, setting and tier. ``tiers``: which to read (default: every tier but
+    gone); tiers the backend reads alike are read once. ``chars``: typeset only that much text per
+    language (0: whole full pages)."""
+    languages = {lang: load() for lang, load in LANGUAGES.items()}
     settings = [(lang, f, s) for lang in languages for f in fonts for s in spacings]
-    grouped: dict[str, list[Tier]] = defaultdict(list)   # tiers that read alike, read once
-    for tier in ladder.tiers:
-        if not tier.gone:
-            grouped[view_of(tier, backend)].append(tier)
+    grouped = views(list(ladder.tiers if tiers is None else tiers), backend, ladder)  # read alike: read once
     rows = []
     with tqdm(total=len(settings) * len(grouped) * pages, desc="reading calibration pages", unit="page") as bar:
         for lang, font_px, spacing in settings:
             layout = renderer.Layout(page_px=ladder.page_px, font_px=font_px, line_spacing=spacing)
-            typeset, texts = first_full_pages(languages[lang], layout, pages)
+            typeset, texts = (first_pages(languages[lang], layout, pages, chars) if chars
+                              else first_full_pages(languages[lang], layout, pages))
             held = [page_tokens(p, texts, tokenizer) for p in typeset]
-            for tiers in grouped.values():
-                chars, errors, seconds = 0, 0.0, 0.0
+            for same in grouped.values():
+                chars_read, errors, seconds = 0, 0.0, 0.0
                 for page in typeset:
-                    source = "\n".join(line.text for line in page.lines)
-                    decoded = backend.decode([reading.page_view(page.png, page.lines, tiers[0], ladder.page_px)])[0]
-                    n = len(recalling.squash(source))
-                    chars += n
-                    errors += min(n, recalling.char_error(decoded.text, source) * n)
-                    seconds += decoded.seconds
+                    n, e, s = read_back(backend, page, same[0], ladder.page_px)
+                    chars_read, errors, seconds = chars_read + n, errors + e, seconds + s
                     bar.update()
-                for tier in tiers:
-                    per_page = sum(held) / len(held)
+                per_page = sum(held) / len(held)
+                for tier in same:
                     rows.append({"lang": lang, "font_px": font_px, "line_spacing": spacing, "tier": tier.name,
                                  "px": tier.px, "visual_tokens": round(tier.tokens, 2),
                                  "tokens_per_page": round(per_page), "compression": round(per_page / tier.tokens, 2),
-                                 "precision": round(1 - errors / chars, 4), "chars": chars,
-                                 "seconds_per_page": round(seconds / len(typeset), 2)})
+                                 "precision": round(1 - errors / chars_read, 4),
+                                 "chars": chars_read, "seconds_per_page": round(seconds / len(typeset), 2)})
     return rows
 
 
@@ -120,8 +134,8 @@ def required(ladder: Ladder) -> dict[str, float]:
     """What a default must meet: the three sharpest views (crops aside: they only add detail) read
     back at 99%, 97% and 90%. A page spends its first hundreds of turns at the first two, and the
     default curve keeps it longest at the third (mosaic4); fainter tiers are meant to fade."""
-    views = [t.name for t in ladder.tiers if not t.gone and t.crops == 0]
-    return dict(zip(views, THRESHOLDS))
+    names = [t.name for t in ladder.tiers if not t.gone and t.crops == 0]
+    return dict(zip(names, THRESHOLDS))
 
 
 def recommend(rows: list[dict[str, Any]], need: dict[str, float]) -> dict[str, Any] | None:
@@ -170,27 +184,42 @@ def table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="optimem lab calibrate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fonts", default="8,10,12,14,16", help="font sizes in px to sweep")
-    parser.add_argument("--spacings", default="1.15,1.3", help="line spacings to sweep")
-    parser.add_argument("--pages", type=int, default=1, help="full pages read per language and setting")
+    parser.add_argument("--fonts", help="font sizes in px to sweep (8,10,12,14,16)")
+    parser.add_argument("--spacings", help="line spacings to sweep (1.15,1.3)")
+    parser.add_argument("--pages", type=int, default=1, help="pages read per language and setting")
+    parser.add_argument("--tiers", help="comma-separated tiers to read (default: every tier but gone)")
+    parser.add_argument("--chars", type=int, default=0,
+                        help="typeset only this many characters per language, pages not full (0: full pages)")
     parser.add_argument("--backend", default="rapidocr", choices=backends.NAMES)
     parser.add_argument("--out", default="lab-report", help="folder for calibration.json")
-    parser.add_argument("--quick", action="store_true", help="one setting (12 px, 1.3): for tests")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the default font and spacing, the two sharpest views, one page of about "
+                             f"{QUICK_CHARS} characters per language: a check that it runs (seconds), for tests")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.fonts, args.spacings = "12", "1.3"
     settings = Settings.from_env(backend=args.backend)
-    backend = backends.load(settings.backend, settings.family, settings.model_path, settings.device,
-                            settings.vllm_url)
     ladder = ladder_for(settings.family)
+    try:
+        tiers = tiers_named(ladder, args.tiers)
+    except KeyError as exc:
+        parser.error(exc.args[0])
+    if args.quick:
+        args.fonts = args.fonts or str(settings.font_px)
+        args.spacings = args.spacings or str(settings.line_spacing)
+        args.chars = args.chars or QUICK_CHARS
+    args.fonts, args.spacings = args.fonts or "8,10,12,14,16", args.spacings or "1.15,1.3"
+    backend = backends.load(settings)
+    if args.quick and not args.tiers:  # the two sharpest views (for the CPU reader: 1024 and 768 px)
+        tiers = [t for same in list(views(tiers, backend, ladder).values())[:2] for t in same]
     started = time.perf_counter()
     rows = measure(backend, ladder, [int(f) for f in args.fonts.split(",")],
-                   [float(s) for s in args.spacings.split(",")], args.pages, settings.tokenizer)
+                   [float(s) for s in args.spacings.split(",")], args.pages, settings.tokenizer, tiers, args.chars)
+    report_tiers = [t.name for t in tiers]  # a default is judged on the tiers read, no others
     report = {"what": "how densely a page can be typeset and still read back, per tier and language",
-              "machine": machine(), "reader": reading.reader_id(backend), "family": ladder.family,
+              "machine": machine(), "reader": reader(backend, ladder).id, "family": ladder.family,
               "page_px": ladder.page_px, "tokenizer": settings.tokenizer, "pages": args.pages,
+              "chars": args.chars or None, "tiers": report_tiers,
               "seconds": round(time.perf_counter() - started, 1), "rows": rows, "densest": densest(rows),
-              "recommended": recommend(rows, required(ladder))}
+              "recommended": recommend(rows, {t: v for t, v in required(ladder).items() if t in report_tiers})}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))

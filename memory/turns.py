@@ -1,0 +1,54 @@
+"""Turns as callers send them -> validated TurnRecords (times normalised to UTC, tokens counted)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from optimem.errors import BadRequest
+from optimem.memory import tokens
+from optimem.memory.store import TurnRecord
+
+MAX_TURNS_PER_CALL = 1000
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def normalise_time(value: Any) -> str:
+    """An ISO 8601 time (naive means UTC) as ``YYYY-MM-DDTHH:MM:SSZ``; empty means now."""
+    if value is None or value == "":
+        return now_iso()
+    if not isinstance(value, str):
+        raise BadRequest(f"turn time must be an ISO 8601 string, got {value!r}")
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"turn time {value!r} is not ISO 8601 (e.g. 2024-05-01T12:30:00Z)") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_turn(raw: Any, position: int, max_chars: int, tokenizer: str) -> TurnRecord:
+    if not isinstance(raw, dict):
+        raise BadRequest(f"turns[{position}] must be an object with 'role' and 'content'")
+    role, content = raw.get("role"), raw.get("content")
+    if not isinstance(role, str) or not role.strip() or len(role) > 64:
+        raise BadRequest(f"turns[{position}].role must be a non-empty string of at most 64 characters")
+    if not isinstance(content, str) or not content.strip():
+        raise BadRequest(f"turns[{position}].content must be a non-empty string")
+    if len(content) > max_chars:
+        raise BadRequest(f"turns[{position}].content has {len(content)} characters; the limit is "
+                         f"{max_chars} (OPTIMEM_MAX_TURN_CHARS)")
+    time_ = normalise_time(raw.get("time"))
+    count = tokens.turn_tokens(role, content, tokenizer)
+    return TurnRecord(index=-1, role=role.strip(), content=content, time=time_, tokens=count)
+
+
+def parse_turns(turns: Any, max_chars: int, tokenizer: str) -> list[TurnRecord]:
+    if not isinstance(turns, list) or not turns:
+        raise BadRequest("'turns' must be a non-empty list")
+    if len(turns) > MAX_TURNS_PER_CALL:
+        raise BadRequest(f"at most {MAX_TURNS_PER_CALL} turns per call, got {len(turns)}")
+    return [parse_turn(raw, i, max_chars, tokenizer) for i, raw in enumerate(turns)]

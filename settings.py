@@ -1,0 +1,85 @@
+"""All configuration in one typed place: every ``OPTIMEM_*`` environment variable is a field here.
+
+``Settings()`` is the defaults and ``Settings(**values)`` exactly those values: neither looks at the
+environment. ``Settings.from_env(**overrides)`` reads ``OPTIMEM_<FIELD>`` for each field (keyword
+overrides win). Nothing else in optimem reads ``OPTIMEM_*``: the model backends, the CLI and the API
+are handed a ``Settings``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import platformdirs
+
+PREFIX = "OPTIMEM_"
+_FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("optimem")))
+    redis_url: str = ""            # empty: the embedded Redis under data_dir
+    redis_maxmemory: str = "0"     # embedded Redis memory cap ("4gb"); past it, caches are evicted first
+    token_ttl: int = 7 * 86400     # seconds a cached visual-token entry lives (0: no expiry)
+    backend: str = "rapidocr"      # rapidocr | deepseek-ocr2 | vllm
+    family: str = "deepseek-ocr2"  # whose views and token costs pages are kept at
+    model_path: str = ""           # local DeepSeek-OCR 2 weights (deepseek-ocr2 backend)
+    device: str = ""               # "" = cuda; "cpu" must be said explicitly for the GPU backend
+    dtype: str = ""                # deepseek-ocr2 weights dtype; "": bfloat16 on CUDA, float32 on CPU
+    vllm_url: str = ""             # the vLLM server (vllm backend), e.g. http://127.0.0.1:8000
+    vllm_model: str = ""           # the model name it serves; "": its first from /v1/models
+    vllm_api_key: str = ""         # Bearer key for the vLLM server, if it wants one
+    upstream_url: str = ""         # the chat model the OpenAI-compatible proxy forwards to (its /v1 base URL)
+    upstream_key: str = ""         # Bearer key for the upstream; "": pass the caller's on when optimem has no keys
+    budget: int = 0                # the proxy's context budget (tokens) when a call names none; 0: no limit
+    recent_tokens: int = 2000      # text kept as plain turns before older turns are sealed into pages
+    font_px: int = 12              # 12 px at 1.15 line spacing: `optimem lab calibrate`, README "Results"
+    line_spacing: float = 1.15
+    tokenizer: str = "cl100k_base"
+    curve: str = "default"
+    max_turn_chars: int = 100_000
+    recall_read_s: int = 60        # a recall reads unread pages itself for at most this long
+    worker: bool = True            # run one model worker in-process
+    api_keys: str = ""             # "key:tenant,key2:tenant2"; empty = no auth, tenant "default"
+    log: str = "WARNING"           # the CLI's logging level
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> "Settings":
+        """Defaults, then each ``OPTIMEM_<FIELD>`` set in ``environ`` (default ``os.environ``), then
+        ``overrides``. A malformed number raises ValueError naming its variable."""
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = env_name(f.name)
+            raw = env.get(name)
+            if raw is not None:
+                values[f.name] = _parse(name, raw, hints[f.name])
+        values.update(overrides)
+        return cls(**values)
+
+    def tenants(self) -> dict[str, str]:
+        pairs = (item.split(":", 1) for item in self.api_keys.split(",") if item.strip())
+        return {key.strip(): tenant.strip() for key, tenant in pairs}
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable behind a field: ``recent_tokens`` -> ``OPTIMEM_RECENT_TOKENS``."""
+    return PREFIX + field_name.upper()
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    if kind is bool:
+        return raw.strip().lower() not in _FALSE
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if kind is Path:
+        return Path(raw).expanduser()
+    return raw
