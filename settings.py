@@ -36,6 +36,7 @@ class Settings:
     upstream_url: str = ""         # the chat model the OpenAI-compatible proxy forwards to (its /v1 base URL)
     upstream_key: str = ""         # Bearer key for the upstream; "": pass the caller's on when optimem has no keys
     budget: int = 0                # the proxy's context budget (tokens) when a call names none; 0: no limit
+    memory_mode: str = "images"    # the proxy's memory when a call names none: images | tool | both
     recent_tokens: int = 2000      # text kept as plain turns before older turns are sealed into pages
     font_px: int = 12              # 12 px at 1.15 line spacing: `optimem lab calibrate`, README "Results"
     line_spacing: float = 1.15

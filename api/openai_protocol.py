@@ -23,6 +23,8 @@ class ChatMessage(_Open):
     role: str = Field(description="system/developer (passed through, not stored), user, assistant, or a tool.")
     content: Union[str, list[ContentPart], None] = None
     name: Optional[str] = Field(None, description="A user's name: stored as the turn's speaker.")
+    tool_calls: Optional[list[dict[str, Any]]] = None
+    tool_call_id: Optional[str] = None
 
 
 class ChatCompletionRequest(_Open):
@@ -37,11 +39,17 @@ class ChatCompletionRequest(_Open):
     stop: Union[str, list[str], None] = None
     n: Optional[int] = None
     user: Optional[str] = Field(None, description="Names the optimem session when X-Optimem-Session is absent.")
+    tools: Optional[list[dict[str, Any]]] = Field(None, description="The caller's tools: passed through untouched "
+                                                                    "(in tool/both memory mode optimem adds "
+                                                                    "recall_memory and answers its calls itself).")
+    tool_choice: Union[str, dict[str, Any], None] = None
+    stream_options: Optional[dict[str, Any]] = None
 
 
 class AssistantMessage(_Open):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = Field(None, description="Calls of the caller's own tools.")
 
 
 class Choice(_Open):

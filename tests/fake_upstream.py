@@ -5,6 +5,12 @@
 Each chat request is appended to RECORD.jsonl (its JSON body and Authorization header). The answer
 says what arrived: how many image parts and text messages, and the last text message. A last
 message containing "RATE LIMIT ME" gets a 429 in OpenAI's error shape.
+
+Offered tools, it behaves like a tool-calling model. With the `recall_memory` tool: before any tool
+result it calls the tool with the last user message as the query; given the tool's result it answers
+"From memory: <the result>". A user message containing "ALWAYS RECALL" makes it call the tool every
+time it is offered ("RECALL REGARDLESS": even when it is not); "USE MY TOOL" makes it call the caller's first tool instead; "NO TOOLS" makes it
+refuse any tools with a 400, as vLLM does without --enable-auto-tool-choice.
 """
 from __future__ import annotations
 
@@ -26,6 +32,30 @@ def reply_for(body: dict) -> str:
     return f"I see {images} pages and {len(texts)} text messages; you said: {texts[-1][:60]}"
 
 
+def tool_call(name: str, arguments: dict, n: int) -> dict:
+    return {"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def tool_answer(body: dict) -> dict | None:
+    """The assistant message a tool-calling model would send, when tools are offered; else None."""
+    names = [(tool.get("function") or {}).get("name") for tool in body.get("tools") or []]
+    messages = body["messages"]
+    asked = next((str(m["content"]) for m in reversed(messages) if m["role"] == "user"), "")
+    if "RECALL REGARDLESS" in asked:  # a model that calls the tool even when it is no longer offered
+        return {"role": "assistant", "content": None, "tool_calls": [tool_call("recall_memory", {"turn": 0}, 9)]}
+    if not names:
+        return None
+    results = [m for m in messages if m["role"] == "tool"]
+    if "USE MY TOOL" in asked and names[0] != "recall_memory" and not results:
+        return {"role": "assistant", "content": None, "tool_calls": [tool_call(names[0], {"city": "Halifax"}, 1)]}
+    if "recall_memory" in names and ("ALWAYS RECALL" in asked or not results):
+        return {"role": "assistant", "content": None,
+                "tool_calls": [tool_call("recall_memory", {"query": asked}, len(results) + 1)]}
+    if results:
+        return {"role": "assistant", "content": "From memory: " + results[-1]["content"]}
+    return None
+
+
 def make_app(record: str) -> FastAPI:
     app = FastAPI()
 
@@ -37,7 +67,18 @@ def make_app(record: str) -> FastAPI:
         if "RATE LIMIT ME" in str(body["messages"][-1]["content"]):
             return JSONResponse({"error": {"message": "slow down: 3 requests per minute", "type": "rate_limit_error",
                                            "param": None, "code": "rate_limit_exceeded"}}, status_code=429)
-        text, created = reply_for(body), int(time.time())
+        created = int(time.time())
+        if body.get("tools") and "NO TOOLS" in str(body["messages"]):
+            return JSONResponse({"object": "error", "message": '"auto" tool choice requires --enable-auto-tool-choice '
+                                 "and --tool-call-parser to be set", "type": "BadRequestError", "code": 400},
+                                status_code=400)
+        message = tool_answer(body)
+        if message is not None and not body.get("stream"):
+            return {"id": "chatcmpl-1", "object": "chat.completion", "created": created, "model": body["model"],
+                    "choices": [{"index": 0, "message": message,
+                                 "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+        text = reply_for(body)
         if not body.get("stream"):
             return {"id": "chatcmpl-1", "object": "chat.completion", "created": created, "model": body["model"],
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
