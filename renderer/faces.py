@@ -15,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFont
@@ -23,6 +24,52 @@ FONTS = Path(__file__).parent / "fonts"
 SANS = FONTS / "DejaVuSans.ttf"
 MONO = FONTS / "DejaVuSansMono.ttf"
 CJK = FONTS / "NotoSansCJKsc-Regular-subset.otf"
+SERIF = FONTS / "DejaVuSerif.ttf"
+
+
+class Ident(NamedTuple):
+    """How identifiers are set: a face, a size step over the body's, and how many pixels taller a
+    row that holds one is than the layout's pitch (so a larger face's ink stays off its neighbours)."""
+    path: Path
+    step: int = 0
+    lead: int = 0
+    alt: Path | None = None     # a second face, same size, for the characters in ``alt_chars``
+    alt_chars: str = ""
+
+
+# How identifiers in prose (``identifiers.find``) are set: "name": Ident(face, size step, row lead).
+# Chosen by ``bench/identifiers.py`` (CPU reader, the lab's layout: 12 px, 1.15 line spacing; exact
+# read-back of 144 planted identifiers, seeds 14 and 15, at g1024 / v768 / mosaic4):
+#   off (as prose)                 87.5 / 86.8 / 68.8 %
+#   serif+4_r5  (the default)      94.4 / 94.4 / 90.3 %
+#   serif+2_r3                     96.5 / 95.8 / 84.7 %
+#   sans+3_r4  (body face larger)  88.9 / 88.2 / 82.6 %
+# (serif+1, no lead, seed 14 only: 97.2 / 94.4 / 56.9 %.) DejaVu Serif tells I from l from 1 and
+# sets a round O beside a narrow 0; four pixels larger it survives the 512 px mosaic cell, where
+# pages live under the default curve (weighed most; serif+2_r3 reads one identifier in 50 more at
+# full size, one in 18 fewer in the cell). A face more than a pixel larger needs a taller row: at
+# 1.15 line spacing its ink reaches the rows above and below, whose descenders then read as
+# accents; so a row that holds an identifier is ``lead`` px taller (5 px: two such rows fit in the
+# slack a 1024 px page's grid leaves, so real chitchat, with an identifier row every few pages,
+# loses no capacity). DejaVu Sans Mono (dotted zero) reads back worse than the body face: the
+# reader takes its narrow O for 0 and misreads case. DejaVu Sans Bold (+1, +2 px) lost to the
+# regular face at every tier.
+# "off" sets identifiers as the prose around them: today's pages, byte for byte.
+IDENT_FACES: dict[str, Ident | None] = {
+    "off": None,
+    "mono": Ident(MONO),
+    "serif": Ident(SERIF),
+    "serif+1": Ident(SERIF, 1),
+    "serif+2_r3": Ident(SERIF, 2, 3),
+    "serif+2_r4": Ident(SERIF, 2, 4),
+    "serif+3_r4": Ident(SERIF, 3, 4),
+    "serif+4_r5": Ident(SERIF, 4, 5),
+    "sans+2_r3": Ident(SANS, 2, 3),
+    "sans+3_r4": Ident(SANS, 3, 4),
+    "sans+4_r5": Ident(SANS, 4, 5),
+    "mixed+3_r4": Ident(SANS, 3, 4, SERIF, "Il"),    # the body face, with serif I and l
+}
+IDENT_DEFAULT = "serif+4_r5"
 
 FALLBACK = "\u25a1"     # WHITE SQUARE, in DejaVu Sans: a visible mark where a character was
 TAB_STOP = 4
@@ -34,7 +81,8 @@ _STAMP_CACHE = 20_000     # rendered words at about 1 KB each
 _SILENT = frozenset([*range(0xFE00, 0xFE10), *range(0x1F3FB, 0x1F400), *range(0xE0100, 0xE01F0)])
 
 # Face chains by line kind; indices into Faces.fonts.
-_CHAINS = {"text": (0, 2), "header": (0, 2), "code": (1, 0, 2)}
+_CHAINS = {"text": (0, 2), "header": (0, 2), "code": (1, 0, 2), "ident": (3, 0, 2)}
+_ALT = 4    # the identifier's second face, for its ``alt_chars`` only
 
 
 @lru_cache(maxsize=None)
@@ -51,13 +99,22 @@ class Stamp:
 
 
 class Faces:
-    """The three faces at one pixel size, with per-character and per-word caches."""
+    """The faces at one pixel size (body, code, CJK, identifier), with per-character and per-word
+    caches. ``ident`` names the identifier face (``IDENT_FACES``); with "off" there is none and
+    ``marks`` is False: identifiers are set as prose."""
 
-    def __init__(self, px: int) -> None:
+    def __init__(self, px: int, ident: str = IDENT_DEFAULT) -> None:
+        if ident not in IDENT_FACES:
+            raise ValueError(f"unknown identifier face {ident!r}; choose one of {sorted(IDENT_FACES)}")
+        path, step, lead, alt, self._alt_chars = IDENT_FACES[ident] or Ident(MONO)
+        self.marks = IDENT_FACES[ident] is not None
+        self.lead = lead        # extra pixels of height on a row that holds an identifier
+        self.ident = ident
         # BASIC layout: no dependence on whether libraqm happens to be installed, and faster.
-        self.fonts = tuple(ImageFont.truetype(str(path), px, layout_engine=ImageFont.Layout.BASIC)
-                           for path in (SANS, MONO, CJK))
-        self._covers = tuple(_coverage(path) for path in (SANS, MONO, CJK))
+        self.fonts = tuple(ImageFont.truetype(str(p), size, layout_engine=ImageFont.Layout.BASIC)
+                           for p, size in ((SANS, px), (MONO, px), (CJK, px), (path, px + step),
+                                           (alt or path, px + step)))
+        self._covers = tuple(_coverage(p) for p in (SANS, MONO, CJK, path, alt or path))
         self._glyphs: dict[tuple[str, str], tuple[str, int]] = {}
         self._widths: dict[tuple[str, str], float] = {}
         self._stamps: dict[tuple[str, str], Stamp | None] = {}
@@ -79,6 +136,8 @@ class Faces:
         code = ord(char)
         if code in _SILENT or unicodedata.category(char) in ("Cc", "Cf"):
             return "", -1
+        if kind == "ident" and char in self._alt_chars:
+            return char, _ALT
         for face in _CHAINS[kind]:
             if code in self._covers[face]:
                 return char, face
@@ -102,8 +161,23 @@ class Faces:
         if hit is None:
             if len(self._widths) > _WIDTH_CACHE:   # a long-lived server meets unbounded vocabulary
                 self._widths.clear()
-            hit = self._widths[key] = sum(self.fonts[face].getlength(run) for face, run in self.runs(text, kind))
+            x = ink = 0.0
+            for face, run in self.runs(text, kind):
+                x += self.fonts[face].getlength(run)
+            if kind == "ident":     # its ink may overhang its advance (serifs, bold): count it, so no line overruns
+                left, ink = self._overhang(text)
+                x = max(x, ink) + left
+            hit = self._widths[key] = x
         return hit
+
+    def _overhang(self, text: str) -> tuple[float, float]:
+        """Identifier text's ink left of its pen (as a positive width) and its ink's right edge."""
+        x = left = ink = 0.0
+        for face, run in self.runs(text, "ident"):
+            box = self.fonts[face].getbbox(run, anchor="ls")
+            left, ink = max(left, -(x + box[0])), max(ink, x + box[2])
+            x += self.fonts[face].getlength(run)
+        return left, ink
 
     def stamp(self, text: str, kind: str) -> Stamp | None:
         """The ink of shaped text drawn from a pen at (0, 0) on the baseline; None if it has none."""
@@ -116,7 +190,7 @@ class Faces:
         left, baseline = self.px, 2 * self.px
         canvas = Image.new("L", (int(self.width(text, kind)) + 2 * self.px + 1, 3 * self.px), 0)
         draw = ImageDraw.Draw(canvas)
-        x = float(left)
+        x = float(left) + (self._overhang(text)[0] if kind == "ident" else 0)
         for face, run in self.runs(text, kind):
             draw.text((round(x), baseline), run, fill=255, font=self.fonts[face], anchor="ls")
             x += self.fonts[face].getlength(run)
@@ -127,5 +201,5 @@ class Faces:
 
 
 @lru_cache(maxsize=16)
-def faces(px: int) -> Faces:
-    return Faces(px)
+def faces(px: int, ident: str = IDENT_DEFAULT) -> Faces:
+    return Faces(px, ident)

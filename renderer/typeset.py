@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from PIL import Image
 
 from optimem.model.base import LineBox
-from optimem.renderer.faces import Faces, faces
+from optimem.renderer.faces import IDENT_DEFAULT, IDENT_FACES, Faces, faces
 from optimem.renderer.transcript import Record, TurnText, header, records
-from optimem.renderer.wrap import ATOM, Line, wrap
+from optimem.renderer.wrap import ATOM, Line, measure, pieces, wrap
 
 PAD = 2            # pixels around a line's ink in its box: a little room for the reader's crop
 HEADER_INK = 96    # gray level of header prefixes: set apart from the black body, still high contrast
@@ -37,11 +37,12 @@ class Layout:
     font_px: int = 12         # body font size in pixels
     line_spacing: float = 1.3
     margin_px: int = 16
+    ident: str = IDENT_DEFAULT  # how identifiers in prose are set (faces.IDENT_FACES; "off": as prose)
 
     def __post_init__(self) -> None:
-        if self.font_px < 1 or self.line_spacing <= 0 or self.margin_px < 0:
+        if self.font_px < 1 or self.line_spacing <= 0 or self.margin_px < 0 or self.ident not in IDENT_FACES:
             raise ValueError(f"bad layout {self}")
-        if self.rows < 2:     # a page must hold a header row and one line of its turn
+        if self.rows < 2 or not self.fits(2, 2):   # a page must hold a header row and one line of its turn
             raise ValueError(f"layout {self} leaves room for {self.rows} lines a page; need 2")
 
     @property
@@ -55,7 +56,22 @@ class Layout:
 
     @property
     def rows(self) -> int:
+        """Rows a page holds when none of them holds an identifier."""
         return int((self.page_px - 2 * self.margin_px) / self.pitch + 1e-9)
+
+    @property
+    def lead(self) -> int:
+        """Extra pixels of height on a row that holds an identifier (``faces.Ident.lead``)."""
+        entry = IDENT_FACES[self.ident]
+        return entry.lead if entry is not None else 0
+
+    def top(self, n: int, tall: int) -> float:
+        """Where row ``n`` begins below the top margin, with ``tall`` identifier rows above it."""
+        return n * self.pitch + tall * self.lead
+
+    def fits(self, n: int, tall: int) -> bool:
+        """Whether ``n`` rows, ``tall`` of them holding identifiers, fit on a page."""
+        return n + tall * self.lead / self.pitch <= (self.page_px - 2 * self.margin_px) / self.pitch + 1e-9
 
 
 @dataclass
@@ -86,6 +102,11 @@ class Row:
     def start(self) -> int:
         return (self.head or self.body).start
 
+    @property
+    def tall(self) -> bool:
+        """Whether the row holds an identifier, and so is ``Layout.lead`` pixels taller."""
+        return self.body is not None and bool(self.body.marks)
+
 
 def indent(face: Faces, head: str) -> int:
     """Where a row's body begins after its header prefix: past the prefix, a space and room for
@@ -101,11 +122,17 @@ def typeset(turns: list[TurnText], layout: Layout = Layout(), full_only: bool = 
     spans them. The last page has ``full=False``: everything given fit. ``full_only`` leaves that
     last page out, undrawn: a caller that seals only full pages need not pay for its PNG.
     """
-    face = faces(layout.font_px)
+    face = faces(layout.font_px, layout.ident)
     width = layout.width
     by_index = {t.index: t for t in turns}
     pages: list[Page] = []
     rows: list[Row] = []
+    lead = face.lead > 0        # identifier rows are taller: count them
+
+    def fits(*more: bool) -> bool:
+        """Whether rows with these tallnesses still fit below the page's rows so far."""
+        tall = sum(r.tall for r in rows) + sum(more) if lead else 0
+        return layout.fits(len(rows) + len(more), tall)
 
     def close(last_turn: int, end_offset: int, full: bool) -> None:
         first = rows[0]
@@ -136,8 +163,8 @@ def typeset(turns: list[TurnText], layout: Layout = Layout(), full_only: bool = 
         first = body[0] if body else None
         row, lines = head_row(head.text, head.turn, head.offset, first)
         # A header with its own row needs the next one too: never a header alone at a page's foot.
-        need = 2 if row.body is None and body else 1
-        if rows and len(rows) + need > layout.rows:
+        need = (row.tall, bool(lines and lines[0].marks and lead)) if row.body is None and body else (row.tall,)
+        if rows and not fits(*need):
             close(rows[-1].turn, len(by_index[rows[-1].turn].content), True)
         if not rows:      # the first turn on a page says its date, whatever the turn before it said
             dated = header(turn, head.offset > 0)
@@ -151,7 +178,7 @@ def typeset(turns: list[TurnText], layout: Layout = Layout(), full_only: bool = 
             while i < len(lines):
                 line = lines[i]
                 i += 1
-                if len(rows) == layout.rows:
+                if not fits(bool(line.marks) and lead):
                     close(line.turn, line.start, True)
                     resumed = header(turn, True)
                     if record.kind == "text":
@@ -190,9 +217,18 @@ def _draw(rows: list[Row], face: Faces, layout: Layout, first_turn: int, first_o
     ascent, descent = face.fonts[0].getmetrics()
     # Centre the body face's ascent+descent in each row.
     baseline_in_row = (layout.pitch - ascent - descent) / 2 + ascent
+    # A taller identifier row shares its extra height above and below the baseline as the
+    # identifier face shares its own ascent and descent.
+    i_ascent, i_descent = face.fonts[3].getmetrics()
+    shift = round(face.lead * i_ascent / (i_ascent + i_descent))
     inked: list[list[tuple[Line, tuple[int, int, int, int]]]] = []
+    tall = 0
     for n, row in enumerate(rows):
-        baseline = round(layout.margin_px + n * layout.pitch + baseline_in_row)
+        if row.tall and face.lead:
+            baseline = round(layout.margin_px + layout.top(n, tall) + baseline_in_row + shift)
+            tall += 1
+        else:
+            baseline = round(layout.margin_px + layout.top(n, tall) + baseline_in_row)
         drawn = []
         for line, x, ink in ((row.head, 0, HEADER_INK), (row.body, row.indent, 0)):
             if line is not None and line.text:
@@ -213,15 +249,20 @@ def _line(image: Image.Image, face: Faces, line: Line, x: float, baseline: int,
     x0 = y0 = side
     x1 = y1 = 0
     # Word by word, advancing exactly as wrap() measured, so a line never outgrows its width.
-    for match in ATOM.finditer(line.text):
-        atom = match.group()
-        stamp = face.stamp(atom, line.kind) if atom[0] != " " else None
-        if stamp is not None:
-            left, top = round(x) + stamp.dx, baseline + stamp.dy
-            image.paste(ink, (left, top), stamp.mask)
-            x0, y0 = min(x0, left), min(y0, top)
-            x1, y1 = max(x1, left + stamp.mask.width), max(y1, top + stamp.mask.height)
-        x += face.width(atom, line.kind)
+    text = line.text
+    for match in ATOM.finditer(text):
+        a, b = match.span()
+        if text[a] == " ":
+            x += measure(face, text, a, b, line.marks, line.kind)
+            continue
+        for part, kind in pieces(text, a, b, line.marks, line.kind):
+            stamp = face.stamp(part, kind)
+            if stamp is not None:
+                left, top = round(x) + stamp.dx, baseline + stamp.dy
+                image.paste(ink, (left, top), stamp.mask)
+                x0, y0 = min(x0, left), min(y0, top)
+                x1, y1 = max(x1, left + stamp.mask.width), max(y1, top + stamp.mask.height)
+            x += face.width(part, kind)
     return (x0, y0, x1, y1) if x1 > x0 else None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from optimem.renderer import identifiers
 from optimem.renderer.faces import TAB_STOP, Faces
 from optimem.renderer.transcript import Record
 
@@ -26,6 +27,7 @@ class Line:
     turn: int
     start: int    # offset in the turn's content where this line begins
     text: str     # exactly what is drawn; "" for a blank line
+    marks: tuple[tuple[int, int], ...] = ()   # spans of ``text`` set in the identifier face
 
 
 _WIDE = ("\u1100-\u115f\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf"
@@ -56,6 +58,36 @@ def shape(text: str, kind: str, faces: Faces) -> tuple[str, list[int]]:
     return "".join(drawn), where
 
 
+def pieces(text: str, a: int, b: int, marks: tuple[tuple[int, int], ...] | list[tuple[int, int]],
+           kind: str) -> list[tuple[str, str]]:
+    """``text[a:b]`` as (text, kind) pieces to measure and draw one after another: the parts inside
+    ``marks`` in the identifier face ("ident"), the rest in ``kind``."""
+    out: list[tuple[str, str]] = []
+    for s, e in marks:
+        if e <= a or s >= b:
+            continue
+        s, e = max(s, a), min(e, b)
+        if s > a:
+            out.append((text[a:s], kind))
+        out.append((text[s:e], "ident"))
+        a = e
+    if a < b:
+        out.append((text[a:b], kind))
+    return out
+
+
+def measure(faces: Faces, text: str, a: int, b: int, marks, kind: str) -> float:
+    """Advance width of ``text[a:b]`` as drawn with its identifier marks."""
+    if not marks:
+        return faces.width(text[a:b], kind)
+    return sum(faces.width(t, k) for t, k in pieces(text, a, b, marks, kind))
+
+
+def _shifted(marks: list[tuple[int, int]], i: int, j: int) -> tuple[tuple[int, int], ...]:
+    """The marks that fall in ``[i, j)``, cut to it and counted from ``i``."""
+    return tuple((max(s, i) - i, min(e, j) - i) for s, e in marks if s < j and e > i)
+
+
 def wrap(record: Record, faces: Faces, width: float, first_width: float | None = None) -> list[Line]:
     """The record broken into lines no wider than ``width`` pixels, the first no wider than
     ``first_width`` (default ``width``); indentation is kept on the first line.
@@ -67,6 +99,7 @@ def wrap(record: Record, faces: Faces, width: float, first_width: float | None =
     text, where = shape(record.text, kind, faces)
     if not text.strip():
         return [Line(kind, record.turn, record.offset, "")]
+    marks = identifiers.find(text) if kind == "text" and faces.marks else []
     spans: list[tuple[int, int]] = []
     begin = end = 0          # the current line is text[begin:end], end just past its last ink
     x = 0.0
@@ -74,9 +107,9 @@ def wrap(record: Record, faces: Faces, width: float, first_width: float | None =
     for match in ATOM.finditer(text):
         a, b = match.span()
         if text[a] == " ":   # spaces never force a break; at a break they end the line before
-            x += faces.width(text[a:b], kind)
+            x += measure(faces, text, a, b, marks, kind)
             continue
-        w = faces.width(text[a:b], kind)
+        w = measure(faces, text, a, b, marks, kind)
         if x + w <= room:
             x, end = x + w, b
             continue
@@ -87,12 +120,13 @@ def wrap(record: Record, faces: Faces, width: float, first_width: float | None =
                 x, end = w, b
                 continue
         for k in range(a, b):            # a word longer than the line: cut between characters
-            cw = faces.width(text[k], kind)
+            cw = measure(faces, text, k, k + 1, marks, kind)
             if x + cw > room:
                 if end > begin or room < width:   # (a first line with no room even for a character stays empty)
                     spans.append((begin, end))
                 begin, end, x, room = k, k, 0.0, width   # (indentation that leaves no room is dropped)
             x, end = x + cw, k + 1
     spans.append((begin, end))
-    return [Line(kind, record.turn, record.offset if n == 0 else record.offset + where[i], text[i:j])
+    return [Line(kind, record.turn, record.offset if n == 0 else record.offset + where[i], text[i:j],
+                 _shifted(marks, i, j))
             for n, (i, j) in enumerate(spans)]

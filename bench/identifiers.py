@@ -1,0 +1,59 @@
+"""Exact identifiers after fading (issue 14): one command, a table and JSON.
+
+    python bench/identifiers.py [--settings off,serif+4_r5] [--per-kind 12] [--seed 14]
+                                [--tiers crops,g1024,v768,mosaic4,mosaic16] [--out bench/identifiers.json]
+
+For each identifier setting (``renderer.faces.IDENT_FACES``; "off" = before: identifiers set as
+prose), generated identifiers of six kinds are planted as user turns in a real chitchat
+conversation, typeset with the lab's layout and read back by the CPU reader from their own line
+boxes at every tier's view: exact read-back per tier and kind, character precision of ordinary
+text on the first pages, and text tokens per full page on real chitchat (capacity).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from optimem.memory.lab import identifiers  # noqa: E402
+from optimem.memory.lab.common import machine  # noqa: E402
+from optimem.renderer.faces import IDENT_DEFAULT  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settings", default=f"off,{IDENT_DEFAULT}",
+                        help="identifier settings to compare, comma-separated (first = before)")
+    parser.add_argument("--per-kind", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument("--tiers", default=None, help="tier names (default: all but gone)")
+    parser.add_argument("--prose-pages", type=int, default=2)
+    parser.add_argument("--capacity-conversations", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "identifiers.json")
+    args = parser.parse_args(argv)
+    tiers = args.tiers.split(",") if args.tiers else None
+    reports = []
+    for setting in args.settings.split(","):
+        start = time.perf_counter()
+        report = identifiers.run(setting, seed=args.seed, per_kind=args.per_kind, tiers=tiers,
+                                 prose_pages=args.prose_pages, capacity_conversations=args.capacity_conversations)
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        reports.append(report)
+        print(f"{setting}: {report['seconds']} s", file=sys.stderr, flush=True)
+    text = identifiers.table(reports)
+    print(text)
+    if len(reports) > 1 and all("capacity" in r for r in reports):
+        base = reports[0]["capacity"]["tokens_per_page"]
+        for r in reports[1:]:
+            loss = 1 - r["capacity"]["tokens_per_page"] / base
+            print(f"capacity {r['ident']} vs {reports[0]['ident']}: {loss:+.2%} tokens per page lost")
+    args.out.write_text(json.dumps({"machine": machine(), "reports": reports}, ensure_ascii=False, indent=1))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
