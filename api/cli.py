@@ -19,7 +19,15 @@ def serve(args: argparse.Namespace) -> None:
     where = memory.settings.redis_url or f"embedded Redis under {memory.settings.data_dir}"
     print(f"optimem: store = {where}; backend = {memory.settings.backend}; docs at http://{args.host}:{args.port}/docs",
           file=sys.stderr)
-    uvicorn.run(create_app(memory), host=args.host, port=args.port, log_level=args.log_level)
+    # Logging is ours (configured in main: text or JSON lines with request id, tenant, session); the
+    # access lines come from optimem.access, so uvicorn's own access log is off.
+    level = args.log_level.upper()
+    for name in ("uvicorn", "uvicorn.error", "optimem.access"):
+        logging.getLogger(name).setLevel(level)
+    # SIGTERM: stop accepting, give in-flight requests OPTIMEM_SHUTDOWN_S, then close the memory
+    # (worker, then the embedded Redis with a final save). Every acknowledged turn is in Redis already.
+    uvicorn.run(create_app(memory), host=args.host, port=args.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=max(0.1, settings.shutdown_s))
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -87,7 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from optimem.settings import Settings
 
-    logging.basicConfig(level=Settings.from_env().log)
+    from optimem.api.metrics import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log, settings.log_format)
     args.func(args)
 
 

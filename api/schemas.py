@@ -3,47 +3,69 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic_core import PydanticCustomError
+
+from optimem.memory.turns import lone_surrogate
 
 CURVE_DOC = ("A preset name (default, keep, gentle, exponential, aggressive, power, daily) or a curve "
              "object: {kind: step, unit: turns|seconds, steps: [[age, tier], ...]}, "
              "{kind: exponential, unit, half_life} or {kind: power, unit, scale, exponent}.")
+SESSION_ID = r"^[A-Za-z0-9._-]{1,128}$"
+NOT_BLANK = r"[^\s\x1c-\x1f]"     # at least one character that is not whitespace (Python's str.strip)
+CURVE = Union[str, dict[str, Any], None]
 
 
-class SessionCreate(BaseModel):
+class _Strict(BaseModel):
+    """Unknown fields refused; text refused when it holds a lone UTF-16 surrogate (not valid Unicode)."""
     model_config = ConfigDict(extra="forbid")
-    id: Optional[str] = Field(None, description="Session id (letters, digits, . _ -); generated if absent.")
-    curve: Union[str, dict[str, Any], None] = Field(None, description=CURVE_DOC)
-    keep_source: bool = Field(True, description="Keep the exact text of sealed turns. False forgets "
-                                                "for real: only the page images remain.")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        at = lone_surrogate(value) if isinstance(value, str) else None
+        if at is not None:
+            raise PydanticCustomError("lone_surrogate", "has a lone surrogate at character {at}", {"at": at})
+        return value
+
+
+class SessionCreate(_Strict):
+    id: Optional[str] = Field(None, description="Session id (letters, digits, . _ -); generated if absent.",
+                              pattern=SESSION_ID)
+    curve: CURVE = Field(None, description=CURVE_DOC)
+    keep_source: StrictBool = Field(True, description="Keep the exact text of sealed turns. False forgets "
+                                                      "for real: only the page images remain.")
 
 
 class SessionList(BaseModel):
     sessions: list[str]
 
 
-class TurnIn(BaseModel):
-    role: str = Field(description="user, assistant, system, or any speaker name.", examples=["user"])
-    content: str = Field(description="The turn's text.")
-    time: Optional[str] = Field(None, description="ISO 8601; the arrival time if absent.")
+class TurnIn(_Strict):
+    model_config = ConfigDict(extra="ignore")  # as Memory.append: other keys of a turn are not read
+    role: str = Field(description="user, assistant, system, or any speaker name.", examples=["user"],
+                      max_length=64, pattern=NOT_BLANK)
+    content: str = Field(description="The turn's text.", pattern=NOT_BLANK)
+    time: Optional[str] = Field(None, description="ISO 8601; the arrival time if absent.", max_length=64)
 
 
-class TurnsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    turns: list[TurnIn] = Field(description="Turns in order.", min_length=1)
+class TurnsIn(_Strict):
+    turns: list[TurnIn] = Field(description="Turns in order.", min_length=1, max_length=1000)
 
 
-class RecallIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: Optional[str] = Field(None, description="What to look for (fuzzy match on decoded text).")
-    turn: Union[int, Literal["first", "last"], None] = Field(None, description="A turn index, 'first' or 'last'.")
-    since: Optional[str] = Field(None, description="ISO 8601: only turns at or after this time.")
-    until: Optional[str] = Field(None, description="ISO 8601: only turns at or before this time.")
-    role: Optional[str] = Field(None, description="Only turns of this speaker (e.g. 'user' for 'what did I say').")
-    limit: int = Field(5, ge=1, le=100)
+class RecallIn(_Strict):
+    query: Optional[str] = Field(None, description="What to look for (fuzzy match on decoded text).",
+                                 max_length=10_000, pattern=NOT_BLANK)
+    turn: Union[StrictInt, Literal["first", "last"], None] = Field(
+        None, description="A turn index, 'first' or 'last'.")
+    since: Optional[str] = Field(None, description="ISO 8601: only turns at or after this time.", max_length=64)
+    until: Optional[str] = Field(None, description="ISO 8601: only turns at or before this time.", max_length=64)
+    role: Optional[str] = Field(None, description="Only turns of this speaker (e.g. 'user' for 'what did I say').",
+                                max_length=64)
+    limit: StrictInt = Field(5, ge=1, le=100)
 
 
-class CurveIn(BaseModel):
+class CurveIn(_Strict):
     curve: Union[str, dict[str, Any]] = Field(description=CURVE_DOC)
 
 
@@ -51,8 +73,19 @@ class Health(BaseModel):
     status: str
     backend: str
     family: str
-    jobs_backlog: int
+    jobs_backlog: Optional[int] = Field(None, description="Jobs waiting for the worker, all tenants together. "
+                                                          "Left out when API keys are set and the caller "
+                                                          "sends no valid key.")
+
+
+class FieldError(BaseModel):
+    loc: list[Union[str, int]] = Field(description="Where: 'body', 'query', 'path' or 'header', then the field.")
+    msg: str
+    type: str
 
 
 class Problem(BaseModel):
+    """Every error of the JSON API (401, 404, 409, 422): ``detail`` says what is wrong and what to fix.
+    A request the schema refuses also lists each problem in ``errors``."""
     detail: str
+    errors: Optional[list[FieldError]] = None

@@ -3,10 +3,32 @@
 ``Reader`` holds what reading needs (store, backend, ladder, cache TTL), so callers pass a page and
 its tier, nothing more. Results are cached in the store per page (or mosaic canvas), tier and
 model revision: a page is read once per tier, whoever asks first.
+
+Reads are shared and bounded: they run on the reader's own small pool (``OPTIMEM_READ_THREADS``),
+never on a request thread; a second caller for a page already being read joins that read (a future)
+and waits for it with its own deadline; across processes a short-lived claim key in Redis
+(``Store.claim_read``) makes a second process wait for the cache instead of reading the page again.
+A deadline bounds the waiting, not the read: a read whose caller gave up finishes in the
+background and lands in the cache for the next caller.
+
+Reading one turn (``fetch(..., turn=)``): a backend that reads the renderer's line boxes
+(``reads_line_subsets``) reads just that turn's text lines, headers skipped (~0.15 s instead of
+5-17 s a page), cached per page, tier, turn and reader revision, shared and claimed like a page
+read, on a pool of its own so it never queues behind whole-page reads. A whole-page read of the
+page that is cached, or claimed by another process, answers instead; a backend that only reads
+whole pages reads the page once and every turn on it shares that read.
 """
 from __future__ import annotations
 
 import io
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
 
 from PIL import Image
@@ -15,6 +37,11 @@ from optimem import renderer
 from optimem.memory.store import SessionKeys, Store
 from optimem.model.base import Backend, Decoded, LineBox, PageView
 from optimem.model.tiers import Ladder, Tier
+
+
+log = logging.getLogger("optimem.reading")
+CLAIM_MS = 120_000   # a read claim lives this long unless released (a process that died mid-read)
+POLL_S = 0.2         # how often a read claimed by another process is checked on
 
 
 def line_boxes(raw: list[list]) -> list[LineBox]:
@@ -53,17 +80,37 @@ def token_unit(page: int, tier: Tier) -> str:
 
 
 class Reader:
-    """Reads a session's pages with one backend; every answer is cached in the store."""
+    """Reads a session's pages with one backend; every answer is cached in the store.
 
-    def __init__(self, store: Store, backend: Backend, ladder: Ladder, ttl_s: int = 0):
+    ``threads``: page reads at once in this process (its own pool). ``claim_ms``: how long a read
+    claim lives in Redis (refreshed when the read starts, released when it ends).
+    """
+
+    def __init__(self, store: Store, backend: Backend, ladder: Ladder, ttl_s: int = 0, threads: int = 1,
+                 claim_ms: int = CLAIM_MS):
         self.store, self.backend, self.ladder, self.ttl_s = store, backend, ladder, ttl_s
         self.encodes = encodes(backend)
         self.id = f"{backend.name}@{backend.revision}"
+        self.threads, self.claim_ms = max(1, int(threads)), claim_ms
+        self._lock = threading.Lock()                # guards the dicts below, never held across I/O
+        self._pool: _Pool | None = None
+        self._inflight: dict[tuple[str, int, str], Future] = {}    # (session tag, page, cache key)
+        self._watched: dict[tuple[str, int, str], tuple[SessionKeys, int, Tier, Future]] = {}
+        self._watcher: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._line_pool: _Pool | None = None
+        self.reads_lines = bool(getattr(backend, "reads_line_subsets", False))
 
-    def cache_key(self, tier: Tier) -> str:
+    def turn_lines(self, k: SessionKeys, page: int, turn: int) -> list[LineBox]:
+        """A turn's text lines on a page (the typeset header is metadata: never read)."""
+        return [line for line in line_boxes(self.store.lines(k, page)) if line.turn == turn and line.kind != "header"]
+
+    def cache_key(self, tier: Tier, turn: int | None = None) -> str:
         """What decoded text depends on: for a reader only the image size (crops and g1024 are the
-        same 1024 px image to it), for a visual-token model the tier itself (crops add local views)."""
-        return tier.name if self.encodes else f"px{tier.px}"
+        same 1024 px image to it), for a visual-token model the tier itself (crops add local views);
+        and the turn, for a read of one turn's lines."""
+        base = tier.name if self.encodes else f"px{tier.px}"
+        return base if turn is None else f"{base}:t{turn}"
 
     def view(self, k: SessionKeys, page: int, tier: Tier) -> PageView:
         lines = line_boxes(self.store.lines(k, page))
@@ -105,20 +152,144 @@ class Reader:
         self.store.cache_tokens(k, unit, tier.name, revision, tokens.to_bytes(), self.ttl_s)
         return tokens
 
-    def cached(self, k: SessionKeys, page: int, tier: Tier) -> dict | None:
-        """Decoded text of a page at a tier if it was read before, without reading."""
-        return None if tier.gone else self.store.cached_decoded(k, page, self.cache_key(tier), self.id)
+    def cached(self, k: SessionKeys, page: int, tier: Tier, turn: int | None = None) -> dict | None:
+        """Decoded text of a page (or of one turn's lines on it) at a tier if it was read before."""
+        return None if tier.gone else self.store.cached_decoded(k, page, self.cache_key(tier, turn), self.id)
 
-    def decoded(self, k: SessionKeys, page: int, tier: Tier) -> dict | None:
-        """Decoded text of a page at a tier: from the cache, or read now and cached.
+    def decoded(self, k: SessionKeys, page: int, tier: Tier, deadline: float | None = None) -> dict | None:
+        """Decoded text of a page at a tier: from the cache, or read (once, shared) and cached.
 
-        Returns {text, lines: [{text, score, turn}], seconds}; None for a gone page.
+        Returns {text, lines: [{text, score, turn}], seconds}; None for a gone page, and None when
+        ``deadline`` (a ``time.monotonic()`` instant) passes first: the read goes on in the
+        background and lands in the cache. No deadline: wait for the read however long it takes.
         """
-        if tier.gone:
+        return self.wait(self.fetch(k, page, tier), deadline)
+
+    @staticmethod
+    def wait(future: Future, deadline: float | None) -> dict | None:
+        """The result of a ``fetch`` future, or None if ``deadline`` passes first."""
+        if future.done() or deadline is None:
+            return future.result()
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
             return None
+
+    def fetch(self, k: SessionKeys, page: int, tier: Tier, turn: int | None = None) -> Future:
+        """A future of the page's decoded text: done if cached, else the read in flight for this
+        page and tier (joined, in this process, or in another one through its Redis claim), else a
+        new read on the reader's pool. Starts the read; never waits for it.
+
+        ``turn``: only that turn's lines are wanted. The answer then has the same shape, and may be
+        the whole page's (read or being read anyway) or just that turn's lines (see the module)."""
+        if tier.gone:
+            return _done(None)
         hit = self.cached(k, page, tier)
         if hit is not None:
-            return hit
+            return _done(hit)
+        if turn is not None:
+            if not self.reads_lines:
+                return self.fetch(k, page, tier)
+            # A whole-page read in flight here is not joined (it may have seconds to go; the turn's
+            # lines take ~0.15 s); one claimed by another process is (that is its claim's purpose).
+            with self._lock:
+                here = (k.tag, page, self.cache_key(tier)) in self._inflight
+            if not here and self.store.read_claimed(k, page, self.cache_key(tier), self.id):
+                return self.fetch(k, page, tier)
+            hit = self.cached(k, page, tier, turn)
+            if hit is not None:
+                return _done(hit)
+        ckey = self.cache_key(tier, turn)
+        key = (k.tag, page, ckey)
+        with self._lock:
+            future = self._inflight.get(key)
+        if future is not None:
+            return future
+        token = os.urandom(12).hex()
+        claimed = self.store.claim_read(k, page, ckey, self.id, token, self.claim_ms)
+        with self._lock:
+            future = self._inflight.get(key)
+            if future is None:
+                future = Future()
+                self._inflight[key] = future
+                if not claimed:
+                    self._watched[key] = (k, page, tier, future, turn)
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            if claimed:
+                self.store.release_read(k, page, ckey, self.id, token)
+            return future
+        future.add_done_callback(lambda f: self._forget(key, f))
+        if claimed:
+            self._submit(k, page, tier, token, future, turn)
+        else:
+            self._watch()
+        return future
+
+    def _forget(self, key: tuple[str, int, str], future: Future) -> None:
+        with self._lock:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+            self._watched.pop(key, None)
+
+    def _submit(self, k: SessionKeys, page: int, tier: Tier, token: str, future: Future,
+                turn: int | None = None) -> None:
+        with self._lock:
+            if turn is None:
+                if self._pool is None:
+                    self._pool = _Pool(self.threads)
+                    weakref.finalize(self, self._pool.stop)
+                pool = self._pool
+            else:   # one turn's lines: a pool of its own, never queued behind whole pages
+                if self._line_pool is None:
+                    self._line_pool = _Pool(self.threads)
+                    weakref.finalize(self, self._line_pool.stop)
+                pool = self._line_pool
+        pool.submit(self._read, k, page, tier, token, future, turn)
+
+    def _read(self, k: SessionKeys, page: int, tier: Tier, token: str, future: Future,
+              turn: int | None = None) -> None:
+        """On the read pool: read the page (unless it was cached meanwhile) and cache it."""
+        ckey = self.cache_key(tier, turn)
+        try:
+            hit = self.cached(k, page, tier, turn)
+            if hit is None and turn is not None:
+                hit = self.cached(k, page, tier)     # the whole page was read meanwhile
+            if hit is None:
+                # The claim was taken when the read was queued: extend it now that it runs. If it
+                # expired in the queue and another process took it, wait for that one's read.
+                if not self.store.claim_read(k, page, ckey, self.id, token, self.claim_ms, refresh=True):
+                    with self._lock:
+                        self._watched[(k.tag, page, ckey)] = (k, page, tier, future, turn)
+                    self._watch()
+                    return
+                hit = self._read_now(k, page, tier, turn)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(hit)
+        finally:
+            try:
+                self.store.release_read(k, page, ckey, self.id, token)
+            except Exception:  # the claim expires by itself
+                log.warning("could not release the read claim of page %s of %s", page, k.tag, exc_info=True)
+
+    def _read_now(self, k: SessionKeys, page: int, tier: Tier, turn: int | None = None) -> dict | None:
+        if turn is not None:
+            lines = renderer.scale_lines(self.turn_lines(k, page, turn), self.ladder.page_px, tier.px)
+            view = PageView(renderer.view(self.store.png(k, page), tier.px), tier, lines)
+            if not lines:   # nothing typeset of this turn here (or no line boxes): nothing to read
+                result = {"text": "", "seconds": 0.0, "lines": []}
+                self.store.cache_decoded(k, page, self.cache_key(tier, turn), self.id, result)
+                return result
+            decoded = self.backend.decode([view])[0]
+            result = {"text": decoded.text, "seconds": decoded.seconds,
+                      "lines": [asdict(line) for line in decoded.lines]}
+            key = self.cache_key(tier, turn)
+            self.store.cache_decoded(k, page, key, self.id, result)
+            return self.store.cached_decoded(k, page, key, self.id)
         view = self.view(k, page, tier)
         if self.encodes and tier.per_canvas == 1:
             # Read from the cached visual tokens: the encoder runs once per page and tier.
@@ -129,3 +300,86 @@ class Reader:
         key = self.cache_key(tier)
         self.store.cache_decoded(k, page, key, self.id, result)
         return self.store.cached_decoded(k, page, key, self.id)  # whoever cached first wins
+
+    # -- reads claimed by another process -----------------------------------------------------
+    def _watch(self) -> None:
+        with self._lock:
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(target=self._watch_loop, name="optimem-read-watch", daemon=True)
+                self._watcher.start()
+        self._wake.set()
+
+    def _watch_loop(self) -> None:
+        """One thread for all pages read by other processes: resolve each from the cache once it
+        lands there; if the other process's claim goes (done, or died) with nothing cached, claim
+        the read and do it here."""
+        while True:
+            with self._lock:
+                watched = list(self._watched.items())
+            if not watched:
+                woken = self._wake.wait(5.0)
+                self._wake.clear()
+                if not woken:
+                    with self._lock:
+                        if not self._watched:   # idle: end (a new foreign claim starts another)
+                            self._watcher = None
+                            return
+                continue
+            for key, (k, page, tier, future, turn) in watched:
+                try:
+                    hit = self.cached(k, page, tier, turn)
+                    if hit is None and turn is not None:
+                        hit = self.cached(k, page, tier)
+                    if hit is not None:
+                        future.set_result(hit)
+                        continue
+                    ckey = self.cache_key(tier, turn)
+                    if self.store.read_claimed(k, page, ckey, self.id):
+                        continue
+                    token = os.urandom(12).hex()
+                    if self.store.claim_read(k, page, ckey, self.id, token, self.claim_ms):
+                        with self._lock:
+                            self._watched.pop(key, None)
+                        self._submit(k, page, tier, token, future, turn)
+                except Exception as exc:
+                    with self._lock:
+                        self._watched.pop(key, None)
+                    if not future.done():
+                        future.set_exception(exc)
+            time.sleep(POLL_S)
+
+
+class _Pool:
+    """A fixed number of daemon threads over one queue. Not a ThreadPoolExecutor: that one makes
+    the interpreter wait at exit for every queued read; an abandoned read is harmless here (the
+    cache is written set-if-absent, the claim expires)."""
+
+    def __init__(self, threads: int):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = threads
+        for i in range(threads):
+            threading.Thread(target=_Pool.run, args=(self.queue,), name=f"optimem-read-{i}", daemon=True).start()
+
+    def submit(self, fn, *args) -> None:
+        self.queue.put((fn, args))
+
+    def stop(self) -> None:
+        """Let the threads end once what is queued is done (the Reader is gone)."""
+        for _ in range(self.threads):
+            self.queue.put(None)
+
+    @staticmethod
+    def run(q: queue.SimpleQueue) -> None:
+        while (item := q.get()) is not None:
+            fn, args = item
+            try:
+                fn(*args)
+            except BaseException:  # fn reports to its future; never let one read end the thread
+                log.exception("page read failed")
+            del item, fn, args
+
+
+def _done(value: dict | None) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
