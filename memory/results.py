@@ -2,7 +2,7 @@
 response models, so the OpenAPI docs show exactly them) and the HTTP clients all return these."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -44,8 +44,11 @@ class PageInfo(BaseModel):
     tier: str
     px: int
     age: float = Field(description="In the curve's unit: turns appended after the page's last turn, or seconds since it.")
-    visual_tokens: float
+    visual_tokens: float = Field(description="Visual tokens the page costs (in a context: its share of a mosaic "
+                                             "canvas, which is charged whole once).")
     text_tokens: int
+    curve_tier: Optional[str] = Field(None, description="In a context: the tier the curve gives the page; "
+                                                         "differs from tier when the budget faded it further.")
     image_url: Optional[str] = Field(None, description="Where the API serves the page at this tier (absent in-process).")
 
 
@@ -64,7 +67,14 @@ class Accounting(BaseModel):
     total_tokens: float
     budget: Optional[int]
     dropped_turns: int
-    dropped_pages: int
+    dropped_pages: int = Field(description="Pages left out for the budget: only when even the faintest "
+                                           "readable tier of every page kept would not fit.")
+    pages_faded_by_budget: int = Field(0, description="Pages sent at a fainter tier than their curve gives "
+                                                      "them, so that the memory fits the budget.")
+    min_memory_tokens: int = Field(0, description="Tokens of the budget the caller asked to keep for memory "
+                                                  "pages before recent text (0: recent text first).")
+    memory_tokens_reserved: float = Field(0, description="What was kept from recent text for memory: "
+                                                         "min(min_memory_tokens, budget, memory at curve tiers).")
 
 
 class RawContext(BaseModel):
@@ -118,6 +128,15 @@ class Hit(BaseModel):
     match: float
     source: Optional[str] = Field(None, description="The exact source text, when the session keeps it.")
     char_error: Optional[float] = Field(None, description="Character error rate of text vs source (whitespace ignored).")
+    found_by: Literal["index", "position", "time"] = Field(
+        description="How the turn was found: 'index', the session's text index answered a content query "
+                    "(no page read to find it); 'position', asked for by turn (an index, 'first' or "
+                    "'last'); 'time', in the asked-for time range. The hit's text is read back either way.")
+    searched: Optional[Literal["source", "decoded"]] = Field(
+        None, description="For found_by 'index': which text of the turn matched. 'source': its exact text "
+                          "(kept source, or a recent turn still plain text); 'decoded': what a read of its "
+                          "page gave (forget-for-real sessions: a sealed turn has no other text). Null "
+                          "for 'position' and 'time'.")
 
 
 class Recall(BaseModel):

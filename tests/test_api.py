@@ -129,13 +129,17 @@ def test_context_accounting_and_budget(api, chat):
     assert a["visual_tokens"] == pytest.approx(sum(p["visual_tokens"] for p in ctx["pages"]))
     assert a["compression"] == pytest.approx(a["text_tokens_replaced"] / a["visual_tokens"], abs=0.01)
     assert all(p["tier"] == "crops" and p["visual_tokens"] == 833 for p in ctx["pages"])
-    tight = api.get("/v1/sessions/s1/context", params={"budget": a["recent_text_tokens"] + 833}).json()
-    assert tight["accounting"]["pages"] == 1 and tight["accounting"]["dropped_pages"] == len(ctx["pages"]) - 1
-    assert tight["pages"][0]["page"] == ctx["pages"][-1]["page"]  # the newest page is kept
+    budget = a["recent_text_tokens"] + 833
+    tight = api.get("/v1/sessions/s1/context", params={"budget": budget}).json()
+    t = tight["accounting"]
+    # one crops page's worth of budget: every page still goes, faded instead of dropped
+    assert t["pages"] == len(ctx["pages"]) and t["dropped_pages"] == 0 and t["pages_faded_by_budget"] > 0
+    assert t["total_tokens"] <= budget
+    assert [p["curve_tier"] for p in tight["pages"]] == ["crops"] * len(ctx["pages"])
 
 
 def test_openai_format_gives_images_then_recent_text(api, chat):
-    make(api)
+    make(api, curve="detailed")   # a page an image (mosaic tiers share a canvas)
     append(api, "s1", chat[:300])
     ctx = api.get("/v1/sessions/s1/context", params={"format": "openai"}).json()
     memory_message, *recent = ctx["messages"]

@@ -5,9 +5,12 @@ from optimem.model.tiers import DEEPSEEK_OCR, DEEPSEEK_OCR2
 
 
 def test_step_curve_fades_through_the_tiers_in_order():
-    curve = load(PRESETS["default"], DEEPSEEK_OCR2)
+    curve = load(PRESETS["detailed"], DEEPSEEK_OCR2)
     names = [curve.tier(age, DEEPSEEK_OCR2).name for age in (0, 99, 100, 300, 800, 2000, 5000, 10**6)]
     assert names == ["crops", "crops", "g1024", "v768", "mosaic4", "mosaic16", "gone", "gone"]
+    default = load(PRESETS["default"], DEEPSEEK_OCR2)
+    names = [default.tier(age, DEEPSEEK_OCR2).name for age in (0, 1999, 2000, 4999, 5000)]
+    assert names == ["mosaic4", "mosaic4", "mosaic16", "mosaic16", "gone"]
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -45,17 +45,26 @@ def test_quick_lab_writes_a_report_that_adds_up(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     rows = report["rows"]
-    curves, budget = report["settings"]["curves"], report["settings"]["budget"]
+    curves, budgets = report["settings"]["curves"], report["settings"]["budgets"]
+    assert budgets
     full = [r for r in rows if r["method"] == "full-text"]
     assert len(full) == 1
     full = full[0]
     assert full["tokens"] == full["text_tokens"] and full["fidelity"] == full["precision"] == 1.0
     assert full["needles"]["found"] == full["needles"]["total"] == len(report["conversations"][0]["needles"]) > 0
-    # Every curve with and without the budget; truncation to what each curve spent, and to the budget.
+    # Every curve with and without each budget, under the rule now and the one before (drop);
+    # truncation to what each curve spent, and to each budget.
     assert {(r["curve"], r["budget"]) for r in rows if r["method"] == "curve"} == \
-           {(c, b) for c in curves for b in (None, budget)}
+           {(c, b) for c in curves for b in [None] + budgets}
+    assert {(r["curve"], r["budget"]) for r in rows if r["method"] == "drop"} == {(c, b) for c in curves for b in budgets}
     assert {(r["curve"], r["budget"]) for r in rows if r["method"] == "truncation"} == \
-           {(c, None) for c in curves} | {("", budget)}
+           {(c, None) for c in curves} | {("", b) for b in budgets}
+    by = {(r["method"], r["curve"], r["budget"]): r for r in rows}
+    for c in curves:
+        for b in budgets:  # fading instead of dropping never sends less of the memory
+            now, before = by[("curve", c, b)], by[("drop", c, b)]
+            assert now["accounting"]["pages"] >= before["accounting"]["pages"]
+            assert now["accounting"]["dropped_pages"] <= before["accounting"]["dropped_pages"]
 
     for r in rows:
         for key in ("precision", "fidelity", "kept"):
@@ -88,6 +97,7 @@ def test_quick_lab_writes_a_report_that_adds_up(tmp_path):
     assert tiers[ladder[1]]["precision"] >= 0.9               # the reader reads a sharp page
     assert report["cost"]["decodes"] > 0 and report["cost"]["render_seconds"] > 0
     assert report["best"]["curve"] in curves
+    assert "truncation" in lab.budget_table(report)
 
 
 def test_a_short_jsonl_conversation_that_never_seals_a_page(tmp_path):

@@ -96,7 +96,7 @@ def test_old_turns_reach_the_model_as_pages_recent_as_text_and_the_reply_is_stor
     messages = body["messages"]
     assert messages[0] == SYSTEM
     images = [p for p in messages[1]["content"] if p["type"] == "image_url"]
-    assert len(images) == int(h["x-optimem-pages"])
+    assert len(images) == -(-int(h["x-optimem-pages"]) // 4)  # default curve: mosaic4, four pages a canvas
     assert all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in images)
     texts = [m["content"] for m in messages[2:]]
     assert all(isinstance(t, str) for t in texts)
@@ -178,3 +178,25 @@ def test_bad_calls_get_a_400_that_says_what_to_fix(optimem, tenant, session, mes
 def test_an_unknown_key_is_refused(optimem):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{optimem}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_a_tight_budget_fades_pages_and_min_memory_keeps_room_for_them(optimem, upstream, memory, tenant, chat):
+    memory.create_session("fade", curve="detailed", tenant=tenant)   # sharp pages, room to fade
+    history = [{"role": t["role"], "content": t["content"]} for t in chat[:300]]
+    pal = client(optimem, tenant, "fade").chat.completions
+    full = pal.with_raw_response.create(model="fake-vl", messages=history).headers
+    pages, text = int(full["x-optimem-pages"]), int(full["x-optimem-text-tokens"])
+    assert pages >= 2
+    # room for recent text plus one sharp page: every page still goes, faded
+    tight = pal.with_raw_response.create(model="fake-vl", messages=history,
+                                         extra_headers={"X-Optimem-Budget": str(text + 300)}).headers
+    assert int(tight["x-optimem-pages"]) == pages and int(tight["x-optimem-pages-faded"]) > 0
+    assert float(tight["x-optimem-visual-tokens"]) < float(full["x-optimem-visual-tokens"])
+    # a budget recent text alone fills: no page, unless the caller keeps room for memory
+    filled = {"X-Optimem-Budget": str(text)}
+    assert pal.with_raw_response.create(model="fake-vl", messages=history,
+                                        extra_headers=filled).headers["x-optimem-pages"] == "0"
+    kept = pal.with_raw_response.create(model="fake-vl", messages=history,
+                                        extra_headers={**filled, "X-Optimem-Min-Memory-Tokens": "300"}).headers
+    assert int(kept["x-optimem-pages"]) >= 1 and float(kept["x-optimem-visual-tokens"]) <= 300
+    assert len([p for p in received(upstream)["body"]["messages"][0]["content"] if p["type"] == "image_url"]) >= 1

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-STYLE = {"curve": "-", "truncation": "--", "full-text": ":"}
+STYLE = {"curve": "-", "drop": "-.", "truncation": "--", "full-text": ":"}
 DPI = 90
 
 
@@ -30,6 +30,8 @@ def _budgets(report: dict[str, Any]) -> list[int | None]:
 def _label(row: dict[str, Any]) -> str:
     if row["method"] == "truncation":
         return f"truncation ({row['curve']})" if row["curve"] else "truncation"
+    if row["method"] == "drop":
+        return f"{row['curve']} (before: drop)"
     return "full text" if row["method"] == "full-text" else row["curve"]
 
 
@@ -38,7 +40,12 @@ def _by_age(report: dict[str, Any], key: str, title: str, ylabel: str, path: Pat
     colours = _colours(report)
     labels = [b["bucket"] for r in report["rows"] for b in r["buckets"]]
     order = sorted(set(labels), key=lambda b: int(b.split("-")[0].rstrip("+")))
-    fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 4.6), squeeze=False, sharey=True)
+    cols = min(len(budgets), 2)
+    rows_ = -(-len(budgets) // cols)
+    fig, grid = plt.subplots(rows_, cols, figsize=(6.5 * cols, 4.6 * rows_), squeeze=False, sharey=True)
+    axes = [[ax for row_axes in grid for ax in row_axes]]
+    for ax in axes[0][len(budgets):]:
+        ax.set_visible(False)
     for ax, budget in zip(axes[0], budgets):
         for row in report["rows"]:
             if row["method"] != "full-text" and row["budget"] != budget:
@@ -47,7 +54,8 @@ def _by_age(report: dict[str, Any], key: str, title: str, ylabel: str, path: Pat
             # On a log axis a zero (nothing spent) can't be drawn: the line just stops there.
             xs = [i for i, b in enumerate(order) if cells.get(b) is not None and (cells[b] > 0 or not log)]
             ax.plot(xs, [cells[order[i]] for i in xs], STYLE[row["method"]], marker="o", ms=3,
-                    color=colours[row["curve"]], label=_label(row), lw=1.4 if row["method"] == "curve" else 1)
+                    color=colours[row["curve"]], label=_label(row), lw=1.4 if row["method"] == "curve" else 1,
+                    alpha=0.55 if row["method"] == "drop" else 1.0)
         ax.set_xticks(range(len(order)), order, rotation=30, fontsize=8)
         ax.set_xlabel("age (turns since the content)")
         ax.set_title(f"{title}, {'no budget' if budget is None else f'budget {budget} tokens'}", fontsize=10)
@@ -55,7 +63,7 @@ def _by_age(report: dict[str, Any], key: str, title: str, ylabel: str, path: Pat
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][len(budgets) - 1].legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
@@ -82,7 +90,7 @@ def frontier(report: dict[str, Any], path: Path) -> Path:
     left.grid(alpha=0.3)
 
     full = next(r for r in report["rows"] if r["method"] == "full-text")["tokens"]
-    markers = {"curve": "o", "truncation": "x", "full-text": "*"}
+    markers = {"curve": "o", "drop": "v", "truncation": "x", "full-text": "*"}
     for row in report["rows"]:
         colour, budgeted = colours[row["curve"]], row["budget"] is not None
         paint = {"facecolors": "none", "edgecolors": colour} if budgeted and row["method"] == "curve" else {"color": colour}

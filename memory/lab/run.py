@@ -47,16 +47,17 @@ from optimem.settings import Settings
 
 TENANT = "lab"
 ACCOUNTED = ("recent_text_tokens", "visual_tokens", "total_tokens", "text_tokens_replaced", "pages",
-             "pages_forgotten", "dropped_pages", "dropped_turns")
+             "pages_forgotten", "dropped_pages", "dropped_turns", "pages_faded_by_budget")
 BUCKETS = (0, 50, 100, 200, 400, 800, 1600)   # age bucket lower edges, in turns
 FIDELITY_TIE = 0.005                          # fidelities closer than this are a tie when picking the best
 
 # Full size: about 10 minutes on 2 cores. Quick: a small slice for tests (under 2 minutes).
 DEFAULTS = {"conversations": 1, "turns": 0, "needles": 12, "recent_tokens": 2000, "frontier_pages": 8,
-            "curves": "default,exponential,aggressive", "budget": 10_000}
+            "curves": "default,exponential,aggressive", "budgets": "2000,4000,8000"}
 QUICK = {"conversations": 1, "turns": 160, "needles": 3, "recent_tokens": 300, "frontier_pages": 1,
          "curves": 'default,aggressive,fade={"kind":"step","steps":[[0,"g1024"],[40,"v768"],[70,"gone"]]}',
-         "budget": 1500}
+         "budgets": "600,1500"}
+RULES = {"curve": "fade, then drop (issue 11)", "drop": "drop at the curve tiers (before issue 11)"}
 
 
 # -- needles --------------------------------------------------------------------------------------
@@ -179,6 +180,7 @@ class Reading:
     """How one page reads back at one view, turn by turn."""
     spans: list[Span]
     seconds: float
+    text: str = ""      # the whole reading, squashed: a needle's value is legible if it is in here
 
 
 def source_spans(rep: Replayed, record: PageRecord, tokenizer: str) -> list[Span]:
@@ -203,7 +205,7 @@ def quality(rep: Replayed, record: PageRecord, decoded: dict, memory: Memory) ->
         source = rep.turns[f.turn]["content"][f.start:f.end]
         # A misread costs at most the whole span, so one garbled page can't erase credit for others.
         span.errors = min(span.chars, recalling.char_error(f.decoded, source) * max(1, span.chars))
-    return Reading(spans, float(decoded.get("seconds", 0.0)))
+    return Reading(spans, float(decoded.get("seconds", 0.0)), recalling.squash(decoded.get("text") or ""))
 
 
 def read_pages(memory: Memory, rep: Replayed, wanted: dict[int, set[str]]) -> dict[tuple[int, str], Reading]:
@@ -280,7 +282,7 @@ def page_pieces(spans: list[Span], tier: str, spent: float, seconds: float, coun
 def curve_pieces(rep: Replayed, placed: list[context.PlacedPage], built: context.Assembled, sources: dict[int, list[Span]],
                  readings: dict[tuple[int, str], Reading], memory: Memory) -> list[Piece]:
     count = len(rep.turns)
-    in_context = {p.record.page for p in built.pages}
+    in_context = {p.record.page: p for p in built.pages}   # at the tier the context sends it (maybe faded)
     pieces = []
     for p in placed:
         page = p.record.page
@@ -288,11 +290,45 @@ def curve_pieces(rep: Replayed, placed: list[context.PlacedPage], built: context
             # Not in the context: what it held counts as lost (recall may still find a dropped page).
             pieces += page_pieces(sources[page], "gone" if p.tier.gone else "dropped", 0, 0, count, lost=True)
         else:
-            r = readings[(page, memory.reader.cache_key(p.tier))]
-            pieces += page_pieces(r.spans, p.tier.name, p.tier.tokens, r.seconds, count)
+            sent = in_context[page]
+            r = readings[(page, memory.reader.cache_key(sent.tier))]
+            spent = sent.tier.tokens if sent.charge is None else sent.charge
+            pieces += page_pieces(r.spans, sent.tier.name, spent, r.seconds, count)
     kept = {t.index for t in built.turns}
     pieces += [text_piece(t, count - 1 - t.index, t.index in kept, "dropped") for t in rep.text]
     return pieces
+
+
+def assemble_dropping(turns: list[TurnRecord], placed: list[context.PlacedPage], budget: int | None = None
+                      ) -> context.Assembled:
+    """The budget rule before issue 11, kept as the lab's "before" baseline: newest first until the
+    budget is spent, recent turns then pages at their curve tiers (each page charged its per-page
+    share, canvases not rounded up); the first page that doesn't fit is dropped with every older one."""
+    spent, kept_turns, dropped_turns = 0, [], 0
+    for turn in reversed(turns):
+        if dropped_turns or (budget is not None and spent + turn.tokens > budget):
+            dropped_turns += 1
+            continue
+        kept_turns.append(turn)
+        spent += turn.tokens
+    kept_turns.reverse()
+    visible = [p for p in placed if not p.tier.gone]
+    kept_pages, dropped_pages = [], 0
+    for page in reversed(visible):
+        if dropped_pages or (budget is not None and spent + page.tier.tokens > budget):
+            dropped_pages += 1
+            continue
+        kept_pages.append(page)
+        spent += page.tier.tokens
+    kept_pages.reverse()
+    replaced = sum(p.record.text_tokens for p in kept_pages)
+    visual = sum(p.tier.tokens for p in kept_pages)
+    recent = sum(t.tokens for t in kept_turns)
+    return context.Assembled(kept_turns, kept_pages, context.Accounting(
+        recent_text_tokens=recent, pages=len(kept_pages), pages_forgotten=len(placed) - len(visible),
+        text_tokens_replaced=replaced, visual_tokens=round(visual, 2),
+        compression=round(replaced / visual, 2) if visual else None, total_tokens=round(recent + visual, 2),
+        budget=budget, dropped_turns=dropped_turns, dropped_pages=dropped_pages))
 
 
 def plain_turns(rep: Replayed, tokenizer: str) -> list[TurnRecord]:
@@ -306,6 +342,24 @@ def baseline_pieces(plain: list[TurnRecord], budget: int | None) -> tuple[list[P
     kept = {t.index for t in context.assemble(plain, [], budget).turns}
     n = len(plain)
     return [text_piece(t, n - 1 - t.index, t.index in kept) for t in plain], kept
+
+
+def context_needles(rep: Replayed, built: context.Assembled, readings: dict[tuple[int, str], Reading],
+                    memory: Memory) -> list[dict]:
+    """Each planted fact as the context under a budget holds it: legible if its turn is in the recent
+    text, or its value is in the reading of its page at the tier the context sends the page at."""
+    text = {t.index for t in built.turns}
+    out = []
+    for needle in rep.needles:
+        tier, found = "text" if needle.index in text else "lost", needle.index in text
+        if not found:
+            for p in built.pages:
+                if any(s["index"] == needle.index for s in p.record.turns):
+                    tier = p.tier.name
+                    reading = readings[(p.record.page, memory.reader.cache_key(p.tier))]
+                    found = found or recalling.squash(needle.value) in reading.text
+        out.append({"age": needle.age, "value": needle.value, "found": found, "tier": tier})
+    return out
 
 
 def recall_needles(memory: Memory, rep: Replayed, curve: Curve, placed: list[context.PlacedPage]) -> list[dict]:
@@ -394,7 +448,7 @@ def truncate(tally: Tally, key: tuple, rep: Replayed, plain: list[TurnRecord], b
 
 def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     curves = parse_curves(args.curves, memory)
-    budgets: list[int | None] = [None] + ([args.budget] if args.budget else [])
+    budgets: list[int | None] = [None] + list(args.budgets)
     views = [t for t in memory.ladder.tiers if not t.gone]
     tally = Tally()
     for n, (key, turns) in enumerate(load_conversations(args)):
@@ -402,9 +456,18 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
         rep = replay(memory, key, f"c{n}", planted, needles)
         count = len(rep.turns)
         placements = {name: context.place(rep.pages, curve, memory.ladder, count) for name, curve in curves}
+        builds: dict[tuple, context.Assembled] = {}   # (rule, curve, budget): the context each rule assembles
+        for name, _ in curves:
+            for budget in budgets:
+                builds[("curve", name, budget)] = context.assemble(rep.text, placements[name], budget,
+                                                                   ladder=memory.ladder)
+                if budget is not None:  # the rule before issue 11, for the before/after
+                    builds[("drop", name, budget)] = assemble_dropping(rep.text, placements[name], budget)
         sample = sample_of(rep.pages, args.frontier_pages)
         wanted: dict[int, set[str]] = defaultdict(set)
         for p in (p for placed in placements.values() for p in placed if not p.tier.gone):
+            wanted[p.record.page].add(p.tier.name)
+        for p in (p for built in builds.values() for p in built.pages):  # tiers a budget faded pages to
             wanted[p.record.page].add(p.tier.name)
         for record in sample:
             wanted[record.page].update(t.name for t in views)
@@ -422,17 +485,19 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
                                                    for x in needles]
         for name, curve in tqdm(curves, desc="recalling needles per curve", unit="curve", leave=False):
             outcomes = recall_needles(memory, rep, curve, placements[name])
-            for budget in budgets:
-                built = context.assemble(rep.text, placements[name], budget)
+            for (rule, curve_name, budget), built in builds.items():
+                if curve_name != name:
+                    continue
                 pieces = curve_pieces(rep, placements[name], built, sources, readings, memory)
-                tally.rows[("curve", name, budget)] += pieces
-                tally.needles[("curve", name, budget)] += outcomes
-                tally.accounts[("curve", name, budget)].update(
-                    {k: v for k, v in built.accounting.model_dump().items() if k in ACCOUNTED})
+                key3 = (rule, name, budget)
+                tally.rows[key3] += pieces
+                # Unbudgeted: recall through the service (as before); under a budget: what the context holds.
+                tally.needles[key3] += outcomes if budget is None else context_needles(rep, built, readings, memory)
+                tally.accounts[key3].update({k: v for k, v in built.accounting.model_dump().items() if k in ACCOUNTED})
                 if budget is None:  # truncated to what this curve's context spent
                     truncate(tally, ("truncation", name, None), rep, plain, math.floor(sum(p.spent for p in pieces)))
-        if args.budget:  # a plain window of the whole budget, whatever the curves spent of it
-            truncate(tally, ("truncation", "", args.budget), rep, plain, args.budget)
+        for budget in args.budgets:  # a plain window of the whole budget, whatever the curves spent of it
+            truncate(tally, ("truncation", "", budget), rep, plain, budget)
         tally.conversations.append({"key": key, "turns": count, "pages": len(rep.pages), "text_turns": len(rep.text),
                                     "render_seconds": round(rep.render_seconds, 2),
                                     "needles": [asdict(x) for x in needles]})
@@ -444,7 +509,7 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
         "settings": {"backend": memory.settings.backend, "reader": memory.reader.id,
                      "family": memory.ladder.family, "page_px": memory.ladder.page_px, "font_px": args.font_px,
                      "recent_tokens": args.recent_tokens, "tokenizer": memory.settings.tokenizer,
-                     "seed": args.seed, "budget": args.budget, "buckets": list(BUCKETS),
+                     "seed": args.seed, "budgets": list(args.budgets), "rules": RULES, "buckets": list(BUCKETS),
                      "curves": {name: curve.spec for name, curve in curves}},
         "conversations": tally.conversations,
         "rows": [_row(key, pieces, tally.needles[key], tally.accounts.get(key)) for key, pieces in tally.rows.items()],
@@ -531,6 +596,7 @@ def table(report: dict[str, Any]) -> str:
                  else _f(b["fidelity"]) for b in r["buckets"]}
         out.append(f"{r['method']:<11} {r['curve']:<12} {r['budget'] or '-':>6} "
                    + " ".join(f"{cells.get(b, '-'):>11}" for b in labels))
+    out += ["", budget_table(report)]
     c = report["cost"]
     out += ["", f"cost: {c['pages']} pages rendered in {c['render_seconds']} s "
                 f"({c['render_seconds_per_page']} s/page, append included); {c['decodes']} page reads, "
@@ -538,18 +604,54 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def best(report: dict[str, Any]) -> dict[str, Any] | None:
-    """The curve to pick under the budget: among those whose context reads back within
-    ``FIDELITY_TIE`` of the most (closer than one page's reading noise), the one recalling the most
-    needles, then spending the fewest tokens."""
-    rows = [r for r in report["rows"] if r["method"] == "curve" and r["budget"] is not None]
+def _needles(r: dict[str, Any]) -> str:
+    return f"{r['needles']['found']}/{r['needles']['total']}"
+
+
+def budget_table(report: dict[str, Any]) -> str:
+    """Per curve and budget: tokens sent, share legible (fidelity) and needles legible in the context,
+    under the rule now (fade, then drop) and the rule before (drop at the curve tiers), beside a
+    plain window of the same budget (truncation)."""
+    rows = {(r["method"], r["curve"], r["budget"]): r for r in report["rows"]}
+    budgets = report["settings"].get("budgets") or []
+    out = ["per budget: tokens sent, share of the conversation legible (fidelity), needles legible; "
+           "now = fade then drop, before = drop at the curve tiers",
+           f"{'curve':<12} {'budget':>6} {'tokens':>7} {'legible':>7} {'needles':>7} {'faded':>5} {'dropped':>7} | "
+           f"{'before':>7} {'legible':>7} {'needles':>7} {'dropped':>7}"]
+    for name in report["settings"]["curves"]:
+        for budget in [None] + budgets:
+            now, old = rows.get(("curve", name, budget)), rows.get(("drop", name, budget))
+            if not now:
+                continue
+            a = now["accounting"] or {}
+            cells = (f"{old['tokens']:>7.0f} {_f(old['fidelity']):>7} {_needles(old):>7} "
+                     f"{(old['accounting'] or {}).get('dropped_pages', 0):>7.0f}") if old else f"{'-':>7} " * 3 + f"{'-':>7}"
+            out.append(f"{name:<12} {budget or '-':>6} {now['tokens']:>7.0f} {_f(now['fidelity']):>7} "
+                       f"{_needles(now):>7} {a.get('pages_faded_by_budget', 0):>5.0f} {a.get('dropped_pages', 0):>7.0f} | "
+                       + cells)
+    for budget in budgets:
+        t = rows.get(("truncation", "", budget))
+        if t:
+            out.append(f"{'truncation':<12} {budget:>6} {t['tokens']:>7.0f} {_f(t['fidelity']):>7} {_needles(t):>7}")
+    return "\n".join(out)
+
+
+def best(report: dict[str, Any], fidelity: float = 0.99) -> dict[str, Any] | None:
+    """The default curve from the frontier: the cheapest unbudgeted context that reads back at least
+    ``fidelity`` of the conversation and recalls every needle. If none does: among those within
+    ``FIDELITY_TIE`` of the best fidelity, the one recalling the most needles, then the cheapest."""
+    rows = [r for r in report["rows"] if r["method"] == "curve" and r["budget"] is None]
     if not rows:
         return None
-    top = max(r["fidelity"] or 0 for r in rows)
-    near = [r for r in rows if (r["fidelity"] or 0) >= top - FIDELITY_TIE]
-    pick = max(near, key=lambda r: (r["needles"]["found"], -r["tokens"]))
+    good = [r for r in rows if (r["fidelity"] or 0) >= fidelity and r["needles"]["found"] == r["needles"]["total"]]
+    if good:
+        pick, why = min(good, key=lambda r: r["tokens"]), f"cheapest with fidelity >= {fidelity} and every needle"
+    else:
+        top = max(r["fidelity"] or 0 for r in rows)
+        near = [r for r in rows if (r["fidelity"] or 0) >= top - FIDELITY_TIE]
+        pick, why = max(near, key=lambda r: (r["needles"]["found"], -r["tokens"])), "most faithful, then needles"
     return {"budget": pick["budget"], "curve": pick["curve"], "fidelity": pick["fidelity"], "tokens": pick["tokens"],
-            "needles": f"{pick['needles']['found']}/{pick['needles']['total']}"}
+            "needles": _needles(pick), "why": why, "spec": report["settings"]["curves"][pick["curve"]]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -563,8 +665,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conversations", type=int, help="how many of the longest chitchat conversations (1)")
     parser.add_argument("--turns", type=int, help="keep the first N turns of each conversation (0: all)")
     parser.add_argument("--needles", type=int, help="facts planted per conversation (12)")
-    parser.add_argument("--budget", type=int, help="also score each curve's context under this many tokens "
-                                                   "(10000; 0: skip)")
+    parser.add_argument("--budgets", help="also score each curve's context under these token budgets, "
+                                          "comma-separated (2000,4000,8000; '' or 0: none)")
+    parser.add_argument("--budget", type=int, help="one budget (same as --budgets N; 0: none)")
     parser.add_argument("--recent-tokens", type=int, help="text kept as turns before sealing (2000)")
     parser.add_argument("--frontier-pages", type=int, help="pages read at every tier for the tier frontier (8)")
     parser.add_argument("--font-px", type=int, default=Settings().font_px)
@@ -573,9 +676,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="lab-report", help="folder for report.json and the plots")
     parser.add_argument("--quick", action="store_true", help="a tiny slice (160 turns, 3 needles): for tests")
     args = parser.parse_args(argv)
+    if args.budget is not None and args.budgets is None:
+        args.budgets = str(args.budget)
     for name, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    try:
+        args.budgets = sorted({int(b) for b in str(args.budgets).split(",") if b.strip() and int(b) > 0})
+    except ValueError:
+        parser.error(f"--budgets takes whole numbers of tokens, comma-separated; got {args.budgets!r}")
 
     try:
         report = run(args)
@@ -590,6 +699,6 @@ def main(argv: list[str] | None = None) -> None:
     print(table(report))
     if report["best"]:
         b = report["best"]
-        print(f"best curve under {b['budget']} tokens: {b['curve']} (fidelity {b['fidelity']}, "
-              f"{b['tokens']:.0f} tokens, needles {b['needles']})")
+        print(f"default curve from the frontier ({b['why']}): {b['curve']} {json.dumps(b['spec'])} "
+              f"(fidelity {b['fidelity']}, {b['tokens']:.0f} tokens, needles {b['needles']})")
     print(f"wrote {out / 'report.json'} and {', '.join(str(p) for p in plots)}")
