@@ -1,15 +1,20 @@
-"""How well and how fast the CPU reader reads pages back, per tier, in both of its modes.
+"""How well and how fast the CPU reader reads whole pages back, per tier, before and after.
 
-    python bench/reader.py [--pages N] [--font PX] [--out bench/reader.json]
+    python bench/reader.py [--pages N] [--configs before,after,...] [--out bench/reader.json]
 
 Real chat text (the chitchat-dataset conversations) is typeset onto full-resolution pages, by
 the project's renderer when it is importable and otherwise by a plain Pillow typesetter (DejaVu
 Sans, 12 px on 1024 px). Each page is shrunk to every distinct view of the DeepSeek-OCR 2 ladder
-and read back by ``RapidOcrBackend`` with line crops ("lines") and with detection ("page").
-Reported per view and mode: character error rate against the typeset text (whitespace ignored,
-Levenshtein distance over the source's length, summed over pages), the share of lines given the
-right turn, and the median seconds per page (wall clock, and CPU seconds over all threads). The two
-modes are interleaved page by page, so a busy machine slows both alike. Prints a table and writes JSON.
+and read whole by ``RapidOcrBackend`` in each configuration (``CONFIGS``): ``before`` is the
+reader as it was (every line box read, headers included, one crop per recogniser call, one
+onnxruntime thread), ``after`` the one kept; the others are the levers tried one at a time.
+Reported per view and configuration: character error rate of the turns' text (the body lines;
+header prefixes stripped from the decoded lines with ``memory.recall.strip_header`` exactly as
+recall and the lab do, so reading or skipping headers is compared on what readers keep;
+whitespace ignored, Levenshtein distance over the source's length, summed over pages), the share
+of lines given the right turn, and the median seconds per page (wall clock, and CPU seconds over
+all threads). The configurations are interleaved page by page, so a busy machine slows all alike.
+Prints a before/after table and writes JSON.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from rapidfuzz.distance import Levenshtein
 
 
 from optimem.model.base import LineBox, PageView  # noqa: E402
-from optimem.model.rapidocr_backend import MODES, RapidOcrBackend  # noqa: E402
+from optimem.model.rapidocr_backend import RapidOcrBackend  # noqa: E402
 from optimem.model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -142,11 +147,52 @@ def squash(text: str) -> str:
 
 # --- the run ---------------------------------------------------------------------------------
 
+# name -> RapidOcrBackend keyword arguments
+CONFIGS: dict[str, dict] = {
+    "before": {"headers": True, "batch": 1, "threads": 1},
+    "no-headers": {"headers": False, "batch": 1, "threads": 1},
+    "no-headers+batch8": {"headers": False, "batch": 8, "threads": 1},
+    "no-headers+2threads": {"headers": False, "batch": 1, "threads": 2},
+    "no-headers+openvino": {"headers": False, "batch": 1, "threads": 1, "engine": "openvino"},
+    "page-mode": {"mode": "page", "threads": 1},
+    "after": {},            # the defaults: what the service runs
+}
+DEFAULT_CONFIGS = "before,after,no-headers+batch8,no-headers+2threads,no-headers+openvino"
+
+
+def body(decoded_lines: list, lines: list[LineBox]) -> str:
+    """The turns' text of a reading: header prefixes stripped as recall does it."""
+    from optimem.memory.recall import strip_header
+
+    heads: dict[int, list[str]] = {}
+    for line in lines:
+        if line.kind == "header":
+            heads.setdefault(line.turn, []).append(line.text)
+    kept = []
+    for got in decoded_lines:
+        line = strip_header({"text": got.text}, heads.get(got.turn, []) if got.turn is not None
+                            else [h for hs in heads.values() for h in hs])
+        if line:
+            kept.append(line["text"])
+    return "\n".join(kept)
+
+
+def readers(names: list[str]) -> dict[str, RapidOcrBackend]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = RapidOcrBackend(**CONFIGS[name])
+            out[name]._load()
+        except Exception as exc:  # noqa: BLE001  (an engine not installed here: say so, go on)
+            print(f"skipped {name}: {exc}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pages", type=int, default=3, help="pages to read (default 3: ~2 minutes on 2 cores)")
+    parser.add_argument("--pages", type=int, default=3, help="pages to read (default 3)")
     parser.add_argument("--font", type=int, default=12, help="font px for the stand-in typesetter")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"of: {', '.join(CONFIGS)}")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args(argv)
 
@@ -154,41 +200,44 @@ def main(argv: list[str] | None = None) -> dict:
     typesetter, page_px, pages = typeset(turns, args.font)
     pages = pages[:args.pages]
     views = sorted({t.px: t for t in DEEPSEEK_OCR2.tiers if not t.gone}.values(), key=lambda t: -t.px)
-    readers = {mode: RapidOcrBackend(mode=mode) for mode in args.modes.split(",")}
-    for reader in readers.values():     # load models outside the timings
+    chosen = readers(args.configs.split(","))
+    for reader in chosen.values():     # warm up outside the timings
         reader.decode([view(pages[0][0], pages[0][1], views[-1], page_px)])
 
     load_before = os.getloadavg()
     rows = []
     for tier in views:
-        runs: dict[str, list[dict]] = {mode: [] for mode in readers}
+        runs: dict[str, list[dict]] = {name: [] for name in chosen}
         for image, lines in pages:
             page_view = view(image, lines, tier, page_px)
-            source = squash("\n".join(l.text for l in lines))
-            for mode, reader in readers.items():    # modes interleaved: both see the same machine load
+            text_lines = [l for l in lines if l.kind != "header"]
+            source = squash("\n".join(l.text for l in text_lines))
+            for name, reader in chosen.items():    # interleaved: all see the same machine load
                 started = time.process_time()
                 got = reader.decode([page_view])[0]
-                runs[mode].append({"edits": Levenshtein.distance(squash(got.text), source), "chars": len(source),
-                                   "right": _turns_right(got.lines, lines), "read": len(got.lines),
-                                   "wall": got.seconds, "cpu": time.process_time() - started})
-        for mode, done in runs.items():
+                runs[name].append({"edits": Levenshtein.distance(squash(body(got.lines, lines)), source),
+                                   "chars": len(source), "right": _turns_right(got.lines, lines),
+                                   "read": len(got.lines), "wall": got.seconds, "cpu": time.process_time() - started})
+        for name, done in runs.items():
             total = {k: sum(r[k] for r in done) for k in ("edits", "chars", "right", "read")}
             rows.append({"px": tier.px, "tiers": [t.name for t in DEEPSEEK_OCR2.tiers if t.px == tier.px],
-                         "mode": mode, "cer": total["edits"] / max(1, total["chars"]),
+                         "config": name, "cer": total["edits"] / max(1, total["chars"]),
                          "turn_accuracy": total["right"] / max(1, total["read"]),
                          "seconds_per_page": statistics.median(r["wall"] for r in done),
                          "cpu_seconds_per_page": statistics.median(r["cpu"] for r in done),
                          "pages": len(done), "chars": total["chars"], "lines_read": total["read"]})
             r = rows[-1]
-            print(f"{tier.px:>5} px  {mode:<5}  CER {100 * r['cer']:7.2f}%  turns {100 * r['turn_accuracy']:6.1f}%"
+            print(f"{tier.px:>5} px  {name:<22} CER {100 * r['cer']:7.2f}%  turns {100 * r['turn_accuracy']:6.1f}%"
                   f"  {r['seconds_per_page']:6.2f} s/page ({r['cpu_seconds_per_page']:.2f} CPU-s)", flush=True)
 
     report = {
-        "what": "rapidocr read-back of typeset chat pages, per DeepSeek-OCR 2 view and reading mode",
-        "typesetter": typesetter, "font_px": args.font,
-        "page_px": page_px, "pages": len(pages), "revision": next(iter(readers.values())).revision,
-        "threads": next(iter(readers.values())).threads, "cpus": os.cpu_count(),
-        "machine": platform.platform(), "load_average": {"before": load_before, "after": os.getloadavg()}, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "what": "rapidocr whole-page read-back of typeset chat pages, per DeepSeek-OCR 2 view and configuration",
+        "typesetter": typesetter, "font_px": args.font, "page_px": page_px, "pages": len(pages),
+        "configs": {name: {"kwargs": CONFIGS[name], "revision": r.revision, "threads": r.threads, "batch": r.batch}
+                    for name, r in chosen.items()},
+        "cpus": os.cpu_count(), "machine": platform.platform(),
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rows": rows,
     }
     print()
@@ -210,14 +259,15 @@ def _turns_right(decoded: list, lines: list[LineBox]) -> int:
 
 
 def table(rows: list[dict]) -> str:
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
-    head = "| view px | tiers | " + " | ".join(f"{m} CER | {m} s/page" for m in modes) + " |"
-    out = [head, "|" + "---|" * (2 + 2 * len(modes))]
+    """One row per view: seconds per page and CER per configuration, ``before`` first."""
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    head = "| view px | tiers | " + " | ".join(f"{c} s/page | {c} CER" for c in configs) + " |"
+    out = [head, "|" + "---|" * (2 + 2 * len(configs))]
     for px in dict.fromkeys(r["px"] for r in rows):
         cells = []
-        for m in modes:
-            r = next(r for r in rows if r["px"] == px and r["mode"] == m)
-            cells += [f"{100 * r['cer']:.2f}%", f"{r['seconds_per_page']:.2f}"]
+        for c in configs:
+            r = next(r for r in rows if r["px"] == px and r["config"] == c)
+            cells += [f"{r['seconds_per_page']:.2f}", f"{100 * r['cer']:.2f}%"]
         tiers = next(r["tiers"] for r in rows if r["px"] == px)
         out.append(f"| {px} | {', '.join(tiers)} | " + " | ".join(cells) + " |")
     return "\n".join(out)

@@ -7,6 +7,7 @@ the measured character error of the decoded text come with it.
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import defaultdict
@@ -17,6 +18,7 @@ from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
 
 from optimem.errors import BadRequest
+from optimem.memory import index as ix
 from optimem.memory.context import PlacedPage, parse_time
 from optimem.memory.reading import Reader
 from optimem.memory.results import Hit, Recall
@@ -31,6 +33,7 @@ she should so some such than that the their theirs them themselves then there th
 through to too told under until up very was we were what when where which while who whom why will
 with would you your yours yourself yourselves thing things talk talked tell ago week weeks day days
 remember first last""".split())
+log = logging.getLogger("optimem.recall")
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 
 
@@ -124,6 +127,15 @@ class Query:
            limit: Any = 5) -> "Query":
         if query is not None and (not isinstance(query, str) or not query.strip()):
             raise BadRequest("query must be a non-empty string")
+        if query is not None and len(query) > 10_000:
+            raise BadRequest(f"query has {len(query)} characters; the limit is 10000")
+        if role is not None and (not isinstance(role, str) or len(role) > 64):
+            raise BadRequest("role must be a string of at most 64 characters")
+        from optimem.memory.turns import check_unicode  # (here: only Query.of is this change's to edit)
+
+        for name, text in (("query", query), ("role", role)):
+            if text is not None:
+                check_unicode(text, name)
         if query is None and turn is None and since is None and until is None:
             raise BadRequest("recall needs a 'query', a 'turn' (index, 'first' or 'last') or a time range")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
@@ -154,55 +166,171 @@ def chosen_turns(q: Query, placed: list[PlacedPage], text: list[TurnRecord]) -> 
     return {target} if target in candidates else set()
 
 
+def headers_of(store: Store, k: SessionKeys, page: int) -> dict[int, list[str]]:
+    """The typeset header lines ("user 19:38:") of each turn on a page."""
+    headers: dict[int, list[str]] = defaultdict(list)
+    for t_index, _, line_text, kind in store.lines(k, page):
+        if kind == "header":
+            headers[t_index].append(line_text)
+    return headers
+
+
+def index_page(store: Store, k: SessionKeys, placed: PlacedPage, tier_key: str, decoded: dict | None) -> None:
+    """Index what a read of a page gave of each of its turns (forget-for-real sessions)."""
+    if decoded is None:
+        return
+    frags = fragments_from_decoded(placed.record.turns, decoded, headers_of(store, k, placed.record.page),
+                                   placed.record.page, placed.tier.name, placed.age)
+    texts: dict[int, str] = {}
+    for f in frags:
+        texts[f.turn] = (texts.get(f.turn, "") + "\n" + f.decoded).strip()
+    store.index_decoded(k, placed.record.page, tier_key, {t: v for t, v in texts.items() if v})
+
+
+def _searchable_forgotten(k: SessionKeys, placed: list[PlacedPage], reader: Reader | None, store: Store,
+                          deadline: float) -> tuple[int, int]:
+    """Forget-for-real: make the session's readable pages searchable (their decoded text indexed),
+    reading the ones nobody read yet, newest first, until the deadline; take gone pages out.
+    Returns (pages searchable, pages not searchable in time): a page never indexed whose read did
+    not come back in time (or failed) is not searchable, and is counted so.
+
+    A page indexed at a sharper tier than it has now is re-indexed from its read at the current
+    tier when that is cached; otherwise it stays searchable by its earlier reading (never read
+    here: that would spend the recall's budget on pages already searchable)."""
+    indexed = store.indexed_pages(k)
+    store.unindex_pages(k, [p.record.page for p in placed if p.tier.gone and p.record.page in indexed])
+    live = [p for p in placed if not p.tier.gone]
+    for p in live:
+        key = reader.cache_key(p.tier)
+        if p.record.page in indexed and indexed[p.record.page] != key:
+            decoded = reader.cached(k, p.record.page, p.tier)
+            if decoded is not None:
+                index_page(store, k, p, key, decoded)
+    todo = [p for p in sorted(live, key=lambda p: -p.record.page) if p.record.page not in indexed]
+    if not todo:
+        return len(live), 0
+    to_read = []
+    for p in todo:
+        decoded = reader.cached(k, p.record.page, p.tier)
+        if decoded is not None:
+            index_page(store, k, p, reader.cache_key(p.tier), decoded)
+        else:
+            to_read.append(p)
+    ahead = max(1, getattr(reader, "threads", 1))
+    futures: dict[int, Any] = {}
+    unread = 0
+    for i, p in enumerate(to_read):
+        if time.monotonic() >= deadline:
+            unread += len(to_read) - i
+            break
+        for q in to_read[i:i + ahead]:
+            if q.record.page not in futures:
+                futures[q.record.page] = reader.fetch(k, q.record.page, q.tier)
+        try:
+            decoded = reader.wait(futures[p.record.page], deadline)
+        except Exception:  # noqa: BLE001  a failed read: the page is not searchable now, say so
+            log.warning("reading page %s of %s for its index failed", p.record.page, k.tag, exc_info=True)
+            unread += 1
+            continue
+        if decoded is None:
+            unread += len(to_read) - i
+            break
+        index_page(store, k, p, reader.cache_key(p.tier), decoded)
+    return len(live) - unread, unread
+
+
 def recall(q: Query, k: SessionKeys, meta: SessionMeta, placed: list[PlacedPage], text: list[TurnRecord],
            reader: Reader | None, store: Store, read_budget_s: float) -> Recall:
-    """Old turns back as decoded text: the chosen turns' fragments, scored against the query.
-    ``reader`` may be None when there are no pages (nothing to read: the backend need not load)."""
-    started = time.perf_counter()
-    chosen = chosen_turns(q, placed, text)
-    fragments: list[Fragment] = []
-    pages_read = pages_unread = 0
-    # Pages the worker has read cost nothing; the rest are read now, newest (sharpest) first,
-    # until the read budget is spent, so a recall never hangs on a large unread session.
-    cached = {p.record.page: reader.cached(k, p.record.page, p.tier) for p in placed}
-    deadline = started + read_budget_s
-    for p in sorted(placed, key=lambda p: (cached[p.record.page] is None, -p.record.page)):
-        spans = [s for s in p.record.turns if s["index"] in chosen]
-        if not spans:
-            continue
-        decoded = cached[p.record.page]
-        if decoded is None and not p.tier.gone:
-            if time.perf_counter() > deadline:
-                pages_unread += 1
-                continue
-            decoded = reader.decoded(k, p.record.page, p.tier)
-        pages_read += decoded is not None
-        headers = defaultdict(list)
-        for t_index, _, line_text, kind in store.lines(k, p.record.page):
-            if kind == "header":
-                headers[t_index].append(line_text)
-        fragments += fragments_from_decoded(spans, decoded, headers, p.record.page, p.tier.name, p.age)
-    for t in text:
-        if t.index in chosen:
-            body = t.content[t.start:]
-            fragments.append(Fragment(t.index, t.role, t.time, None, "text", 0.0, t.start, len(t.content), body, 1.0))
+    """Old turns back as decoded text: find the turns (by the text index for a content query, by
+    position or time otherwise), then read only those turns' lines at their pages' tiers now.
+    ``reader`` may be None when there are no pages (nothing to read: the backend need not load).
 
-    scored = []
-    for f in fragments:
-        match = match_score(q.text, f.decoded) if q.text else 1.0
-        if q.text and match <= 0:
-            continue
-        scored.append((match * f.score, match, f))
+    ``pages_read``/``pages_unread``: for a content query, pages whose text was searched (by index:
+    the source of a keep-source session, the decoded text of a forget-for-real one) and answered in
+    time, and those that were not; otherwise pages whose asked-for turns were read in time, or not.
+
+    Each hit says how it was found (``found_by``: "index", "position" or "time") and, for the
+    index, on which text (``searched``: "source" for a source document ``t<turn>``, "decoded" for a
+    page's read ``p<page>:<turn>``)."""
+    started = time.perf_counter()
+    deadline = time.monotonic() + read_budget_s
+    chosen = chosen_turns(q, placed, text)
+    where: dict[int, list[tuple[PlacedPage, dict]]] = defaultdict(list)
+    for p in placed:
+        for span in p.record.turns:
+            where[span["index"]].append((p, span))
+    recent = {t.index: t for t in text}
+    match: dict[int, float] = {}
+    # (turn, page or None for "every page it is on") in the order the answer lists them
+    wanted: list[tuple[int, int | None]] = []
+    searched_text: dict[int, str] = {}        # turn -> "source" or "decoded": the text the index matched
+    searched = unsearched = 0
     if q.text:
-        scored.sort(key=lambda h: (-h[0], h[2].turn, h[2].start))
+        if not meta.keep_source and reader is not None and placed:
+            searched, unsearched = _searchable_forgotten(k, placed, reader, store, deadline)
+        else:
+            searched = len(placed)
+        for doc, _, coverage in store.search(k, q.text, limit=max(50, 10 * q.limit)):
+            turn, page = ix.doc_turn(doc)
+            if turn not in chosen or turn in match:
+                continue
+            if page is not None and not any(p.record.page == page and not p.tier.gone for p, _ in where[turn]):
+                continue              # a page that faded out since it was indexed holds nothing now
+            match[turn] = coverage
+            searched_text[turn] = "source" if page is None else "decoded"
+            wanted.append((turn, page))
+            if len(wanted) >= q.limit:
+                break
     else:
-        scored.sort(key=lambda h: (h[2].turn, h[2].start))
-    scored = scored[:q.limit]
-    sources = store.sources(k, [f.turn for _, _, f in scored]) if meta.keep_source else {}
+        wanted = [(turn, None) for turn in sorted(chosen)[:q.limit]]
+
+    # Start every read first (they share the reader's pools), then collect them until the deadline.
+    jobs: list[tuple[int, PlacedPage | None, dict | None, Any]] = []
+    for turn, page in wanted:
+        for p, span in where.get(turn, []):
+            if page is not None and p.record.page != page:
+                continue
+            future = reader.fetch(k, p.record.page, p.tier, turn=turn) if not p.tier.gone else None
+            jobs.append((turn, p, span, future))
+        if turn in recent and page is None:
+            jobs.append((turn, None, None, None))
+    fragments: list[Fragment] = []
+    read_pages: set[int] = set()
+    unread_pages: set[int] = set()
+    headers: dict[int, dict[int, list[str]]] = {}
+    for turn, p, span, future in jobs:
+        if p is None:
+            t = recent[turn]
+            fragments.append(Fragment(t.index, t.role, t.time, None, "text", 0.0, t.start, len(t.content),
+                                      t.content[t.start:], 1.0))
+            continue
+        page = p.record.page
+        decoded = None
+        if future is not None:
+            decoded = reader.wait(future, deadline)
+            if decoded is None:
+                unread_pages.add(page)
+                continue
+            read_pages.add(page)
+        if page not in headers:
+            headers[page] = headers_of(store, k, page)
+        fragments += fragments_from_decoded([span], decoded, headers[page], page, p.tier.name, p.age)
+    read_pages -= unread_pages
+
+    if q.text:
+        pages_unread = unsearched + len(unread_pages)
+        pages_read = max(0, searched - len(unread_pages))
+    else:
+        pages_read, pages_unread = len(read_pages), len(unread_pages)
+    fragments = fragments[:q.limit]
+    sources = store.sources(k, [f.turn for f in fragments]) if meta.keep_source else {}
+    found_by = "index" if q.text else "position" if q.turn is not None else "time"
     hits = []
-    for confidence, match, f in scored:
+    for f in fragments:
+        m = match.get(f.turn, 1.0)
         hit = Hit(turn=f.turn, role=f.role, time=f.time, page=f.page, tier=f.tier, age=f.age, span=[f.start, f.end],
-                  text=f.decoded, confidence=round(confidence, 4), match=round(match, 4))
+                  text=f.decoded, confidence=round(m * f.score, 4), match=round(m, 4), found_by=found_by,
+                  searched=searched_text.get(f.turn))
         if f.turn in sources:
             exact = sources[f.turn]["content"][f.start:f.end]
             hit.source, hit.char_error = exact, round(char_error(f.decoded, exact), 4)

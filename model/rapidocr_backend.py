@@ -7,13 +7,14 @@ worse, and that is the forgetting, measured rather than simulated.
 Two ways to read a view:
 
 - ``"lines"``: the renderer knows where every line is, so skip text detection, crop each line box
-  and only recognise. Lines come out in the renderer's reading order, each with its box's turn,
-  a turn's header apart from its text.
+  and only recognise. Lines come out in the renderer's reading order, each with its box's turn.
+  Header boxes (the "user 19:05:" prefix, metadata the renderer knows) are not read unless
+  ``headers=True``: readers of decoded text (recall, indexing, the lab) strip them anyway.
 - ``"page"``: detection, then recognition; each detected piece goes to the line box it overlaps
   most (and so to that box's turn). Detection reads a header and the first words of its turn,
   which share a row, as one line. Used whenever a view comes without line boxes.
 
-``bench/reader.py`` measures both on chat pages from the renderer: equal or better fidelity with
+An earlier ``bench/reader.py`` measured both on chat pages from the renderer: equal or better fidelity with
 line crops at every view (0.00% vs 0.06% CER at 1024 px, 0.5% vs 0.8% at 512), and 10-25% less
 time at 768-1024 px. Recognition, not detection, is most of the cost on chat pages (short lines,
 lots of them), so skipping detection saves less than the textbook half; "lines" is the default.
@@ -39,6 +40,7 @@ from optimem.model.tiers import DEEPSEEK_OCR2, Ladder
 Mode = Literal["lines", "page"]
 MODES: tuple[str, ...] = ("lines", "page")
 DEFAULT_MODE: Mode = "lines"
+LINES_PER_TURN_OF_LOCK = 8      # line crops recognised per hold of the engine lock
 
 
 def _default_threads() -> int:
@@ -58,10 +60,15 @@ class RapidOcrBackend:
     ``mode``: "lines" (recognise the renderer's line crops; default) or "page" (detect, then
     recognise). ``min_score``: lines the recogniser is less sure of are dropped, in both modes
     alike (0.5, rapidocr's own default). ``threads``: onnxruntime intra-op threads. ``batch``:
-    line crops per recogniser call; 1, because on a CPU batching saves nothing and padding
-    every crop to the widest of its batch costs (measured). ``pad``: white margin added above
-    and below each line crop, as a share of its height; 0 reads best, 0.1 reads ~15% faster
-    for a few more errors at 512 px (the recogniser's cost grows with width over height).
+    line crops per recogniser call (batched crops are grouped by similar width); 1, because on
+    a CPU batching saves nothing and padding every crop to the widest of its batch costs
+    (``bench/reader.py``: 8 width-sorted crops a call read a page ~50% slower). ``pad``: white
+    margin added above and below each line crop, as a share of its height; 0 reads best, 0.1
+    reads ~15% faster for a few more errors at 512 px (the recogniser's cost grows with width
+    over height). ``headers``: read the header boxes ("user 19:05:") too; off, since they are
+    metadata the renderer typeset and every reader of decoded text strips them again (a whole
+    page reads ~25% faster without them). ``engine``: the recogniser's runtime, "onnxruntime"
+    or "openvino" (same bundled model; 10-35% faster here, but not a dependency: opt in).
 
     The engine loads on first use, once per instance; reads are serialised per instance, since
     one page already keeps every thread busy.
@@ -71,7 +78,7 @@ class RapidOcrBackend:
 
     def __init__(self, ladder: Ladder = DEEPSEEK_OCR2, mode: Mode = DEFAULT_MODE, *,
                  min_score: float = 0.5, threads: int | None = None, batch: int = 1,
-                 pad: float = 0.0) -> None:
+                 pad: float = 0.0, headers: bool = False, engine: str = "onnxruntime") -> None:
         if mode not in MODES:
             raise ValueError(f"unknown rapidocr mode {mode!r}; choose one of {MODES}")
         self.ladder = ladder
@@ -80,12 +87,23 @@ class RapidOcrBackend:
         self.threads = threads or _default_threads()
         self.batch = batch
         self.pad = pad
+        self.headers = headers
+        self.engine = engine      # recogniser runtime: "onnxruntime", or "openvino" (if installed)
         self._engine: Any = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._models = _bundled_models()    # raises ModelUnavailable on a missing or broken install
+        # Reading header boxes or not changes what a page reads back as: a cache key of its own.
         self.revision = (f"rapidocr-{metadata.version('rapidocr')}/"
-                         f"{'+'.join(p.stem for p in self._models)}/{mode}")
+                         f"{'+'.join(p.stem for p in self._models)}/{mode}"
+                         f"{'+headers' if headers and mode == 'lines' else ''}"
+                         f"{'' if engine == 'onnxruntime' else '+' + engine}")
+
+    @property
+    def reads_line_subsets(self) -> bool:
+        """Whether a view carrying only some line boxes is read as just those lines (one turn's
+        lines for recall: ~0.15 s instead of a whole page's 5-17 s)."""
+        return self.mode == "lines"
 
     # --- interface -------------------------------------------------------------------------
 
@@ -101,10 +119,10 @@ class RapidOcrBackend:
         for view in views:
             start = time.perf_counter()
             image = _bgr(view.image)
-            with self._run_lock:
-                if self.mode == "lines" and view.lines:
-                    lines = self._read_lines(engine, image, view.lines)
-                else:
+            if self.mode == "lines" and view.lines:
+                lines = self._read_lines(engine, image, view.lines)   # serialised per chunk of lines
+            else:
+                with self._run_lock:
                     lines = self._read_page(engine, image, view.lines)
             out.append(Decoded("\n".join(line.text for line in lines), lines,
                                time.perf_counter() - start))
@@ -113,10 +131,14 @@ class RapidOcrBackend:
     # --- reading ---------------------------------------------------------------------------
 
     def _read_lines(self, engine: Any, image: np.ndarray, boxes: list[LineBox]) -> list[DecodedLine]:
-        """Recognition only, on each line box's crop, in the renderer's reading order."""
+        """Recognition only, on each line box's crop, in the renderer's reading order. Header boxes
+        (the "user 19:05:" prefix the renderer typeset from the turn's metadata) are not read
+        unless ``headers``: every reader of decoded text strips them again."""
         h, w = image.shape[:2]
         crops, owners = [], []
         for line in boxes:
+            if line.kind == "header" and not self.headers:
+                continue
             x0, y0, x1, y1 = (int(v) for v in line.box)
             x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
             if x1 - x0 < 2 or y1 - y0 < 2:
@@ -128,9 +150,21 @@ class RapidOcrBackend:
             owners.append(line.turn)
         if not crops:
             return []
-        rec = engine.recognize_txt(crops)
-        return [DecodedLine(text.strip(), float(score), turn)
-                for text, score, turn in zip(rec.txts, rec.scores, owners)
+        # The engine is taken per chunk of lines, not per page: a short read (one turn's lines for
+        # a recall) waits for one chunk of a whole-page read in progress, not for all of it.
+        # Batched (batch > 1), chunks take crops of similar width-to-height ratio, since every crop
+        # of a recogniser batch is padded to the widest one's; results go back in reading order.
+        order = list(range(len(crops)))
+        if self.batch > 1:
+            order.sort(key=lambda i: crops[i].shape[1] / crops[i].shape[0])
+        read: dict[int, tuple[str, float]] = {}
+        for i in range(0, len(order), LINES_PER_TURN_OF_LOCK):
+            chunk = order[i:i + LINES_PER_TURN_OF_LOCK]
+            with self._run_lock:
+                rec = engine.recognize_txt([crops[j] for j in chunk])
+            read.update(zip(chunk, zip(rec.txts, rec.scores)))
+        return [DecodedLine(text.strip(), float(score), owners[i])
+                for i, (text, score) in sorted(read.items())
                 if text.strip() and score >= self.min_score]
 
     def _read_page(self, engine: Any, image: np.ndarray, boxes: list[LineBox]) -> list[DecodedLine]:
@@ -192,6 +226,12 @@ class RapidOcrBackend:
             f"{ort}.inter_op_num_threads": 1,
             "Rec.rec_batch_num": self.batch,
         }
+        if self.engine == "openvino":       # the same bundled ONNX model, run by OpenVINO
+            from rapidocr import EngineType
+            params.update({"Rec.engine_type": EngineType.OPENVINO, "Rec.model_path": str(self._models[1]),
+                           "EngineConfig.openvino.inference_num_threads": self.threads})
+        elif self.engine != "onnxruntime":
+            raise ValueError(f"unknown rapidocr engine {self.engine!r}")
         try:
             engine = RapidOCR(params=params)
             # Load both models now, so a broken install fails here and not mid-read.

@@ -128,11 +128,16 @@ def read_by_lines(page, lines_reader):
         engine._load_det_model = original
 
 
+def body_of(lines: list[LineBox]) -> list[LineBox]:
+    """The turns' text lines: what a whole-page read in lines mode reads (headers are metadata)."""
+    return [l for l in lines if l.kind != "header"]
+
+
 def test_line_crops_read_the_page_back_at_1024(page, read_by_lines):
     _, lines = page
     sharp = read_by_lines[0]
-    assert cer(sharp.text, source_of(lines)) < 0.02
-    assert len(sharp.lines) == len(lines)
+    assert cer(sharp.text, source_of(body_of(lines))) < 0.02
+    assert len(sharp.lines) == len(body_of(lines))
     assert sharp.text == "\n".join(l.text for l in sharp.lines)
     assert all(0.5 <= l.score <= 1.0 for l in sharp.lines)
     assert sharp.seconds > 0
@@ -142,13 +147,36 @@ def test_line_crops_keep_each_lines_turn_in_page_order(page, read_by_lines):
     _, lines = page
     sharp = read_by_lines[0]
     assert_turns_right(sharp, lines)
-    assert [l.turn for l in sharp.lines] == [l.turn for l in lines]
+    assert [l.turn for l in sharp.lines] == [l.turn for l in body_of(lines)]
+
+
+def test_header_boxes_are_not_read_unless_asked(page, lines_reader):
+    """The header prefix ("user 10:02:") is metadata every reader of decoded text strips again:
+    lines mode spends no OCR on it by default; ``headers=True`` reads it (its own cache key)."""
+    image, lines = page
+    with_headers = RapidOcrBackend(mode="lines", headers=True)
+    got = with_headers.decode([view(image, lines, 1024)])[0]
+    assert len(got.lines) == len(lines) and cer(got.text, source_of(lines)) < 0.02
+    assert [l.turn for l in got.lines] == [l.turn for l in lines]
+    assert with_headers.revision != lines_reader.revision and not lines_reader.headers
+    from optimem.memory.recall import strip_header
+    heads = {l.turn: [l.text] for l in lines if l.kind == "header"}
+    stripped = [x for x in (strip_header({"text": l.text}, heads[l.turn]) for l in got.lines) if x]
+    assert cer("\n".join(x["text"] for x in stripped), source_of(body_of(lines))) < 0.02   # same body
+
+
+def test_batched_crops_come_back_in_reading_order(page):
+    """Crops batched by similar width are read out of order, and put back in the renderer's order."""
+    image, lines = page
+    got = RapidOcrBackend(mode="lines", batch=4).decode([view(image, lines, 1024)])[0]
+    assert [l.turn for l in got.lines] == [l.turn for l in body_of(lines)]
+    assert cer(got.text, source_of(body_of(lines))) < 0.02
 
 
 def test_a_page_shrunk_to_a_mosaic16_cell_reads_much_worse(page, read_by_lines):
     """The forgetting is real: 256 px of a 12 px-font page is mostly unreadable."""
     _, lines = page
-    sharp, faded = (cer(d.text, source_of(lines)) for d in read_by_lines)
+    sharp, faded = (cer(d.text, source_of(body_of(lines))) for d in read_by_lines)
     assert faded > 0.3
     assert faded > 10 * max(sharp, 0.005)
 

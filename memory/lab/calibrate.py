@@ -78,8 +78,9 @@ def page_tokens(page: renderer.Page, texts: list, tokenizer: str) -> int:
 
 def read_back(backend: Backend, page: renderer.Page, tier: Tier, page_px: int) -> tuple[int, float, float]:
     """(source characters, edits, seconds) of one page read at one tier's view; a misread costs at
-    most the whole page. The source is every line typeset, headers included, as the reader sees it."""
-    source = "\n".join(line.text for line in page.lines)
+    most the whole page. The source is every text line typeset: header prefixes are metadata the
+    reader does not read (``RapidOcrBackend(headers=False)``) and recall strips them anyway."""
+    source = "\n".join(line.text for line in page.lines if line.kind != "header")
     decoded = backend.decode([reading.page_view(page.png, page.lines, tier, page_px)])[0]
     n = len(recalling.squash(source))
     return n, min(n, recalling.char_error(decoded.text, source) * n), decoded.seconds
