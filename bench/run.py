@@ -10,8 +10,10 @@ on a busy or a small machine even when the absolute numbers don't:
   clients against ``optimem serve --no-worker`` on loopback (the model worker off, so reading pages
   doesn't compete), against an HTTP round trip to /healthz and a raw Redis HSET at the same
   concurrency;
-- context: assembly p50/p99 for sessions of 1k, 10k and 100k turns, against reading the same
-  turns back as plain text (HGETALL of a hash of turn JSON, parsed);
+- context: assembly p50/p99 (raw format, default curve, an 8k-token budget) for sessions of 1k, 10k and
+  100k turns, against the full read it replaced (every page record parsed, placed and assembled: the
+  path before the page index, issue 12) and against reading the same turns back as plain text
+  (HGETALL of a hash of turn JSON, parsed);
 - build: how fast those sessions were appended (1,000 turns a call), and Redis memory per 1k turns
   (INFO used_memory delta, the job stream left out) against the plain-text hash;
 - recall: latency by turn with the page read now (cold: the decode cache emptied) against the same
@@ -43,11 +45,13 @@ from optimem import renderer  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402
 from optimem.memory.lab.corpus import conversations  # noqa: E402
 from optimem.memory.redis_server import EmbeddedRedis  # noqa: E402
+from optimem.memory import context  # noqa: E402
 from optimem.memory.service import Memory  # noqa: E402
 from optimem.settings import Settings  # noqa: E402
 from optimem.memory.store import JOBS, SessionKeys  # noqa: E402
 
 TENANT = "bench"
+BUDGET = 8000   # tokens: the context benchmark's budget (issue 12)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -178,6 +182,15 @@ def used_memory(r: redis.Redis) -> int:
     return int(r.info("memory")["used_memory"]) - int(stream)
 
 
+def full_read_context(memory: Memory, session: str, budget: int):
+    """The context path before the page index (the same-run baseline): every page record read,
+    parsed and placed, then assembled."""
+    s = memory._open(session, TENANT)
+    placed = context.place(memory.store.pages(s.k), s.curve, memory.ladder, s.meta.turns)
+    built = context.assemble(memory.store.text_turns(s.k), placed, budget, ladder=memory.ladder)
+    return context.raw(s.k, s.meta, memory.ladder, built, None)
+
+
 def bench_sessions(memory: Memory, sizes: list[int], reps: int) -> list[dict]:
     r = memory.store.r
     rows = []
@@ -203,11 +216,13 @@ def bench_sessions(memory: Memory, sizes: list[int], reps: int) -> list[dict]:
             [json.loads(v) for v in r.hgetall(plain).values()]
 
         count = reps if n < 100_000 else max(5, reps // 4)
-        assembly = timed(lambda: memory.context(session, tenant=TENANT), count)
+        assembly = timed(lambda: memory.context(session, budget=BUDGET, tenant=TENANT), count)
+        full = timed(lambda: full_read_context(memory, session, BUDGET), count)
         baseline = timed(read_plain, count)
         pages = memory.store.seal_state(k)[1]
         rows.append({"turns": n, "pages": pages, "build_s": round(build, 1), "build_turns_per_s": round(n / build),
                      "context_p50_ms": ms(pct(assembly, 0.5)), "context_p99_ms": ms(pct(assembly, 0.99)),
+                     "full_read_p50_ms": ms(pct(full, 0.5)), "full_read_p99_ms": ms(pct(full, 0.99)),
                      "plain_p50_ms": ms(pct(baseline, 0.5)), "plain_p99_ms": ms(pct(baseline, 0.99)),
                      "redis_kb_per_1k_turns": round(session_bytes / 1024 / (n / 1000), 1),
                      "plain_kb_per_1k_turns": round(plain_bytes / 1024 / (n / 1000), 1)})
@@ -261,6 +276,11 @@ def table(report: dict) -> str:
                    f"Redis HSET p50 {x['p50_ms']:.2f} ms, {x['per_s']:,.0f}/s | "
                    f"{ratio(a['p50_ms'], h['p50_ms'])} /healthz, {ratio(a['p50_ms'], x['p50_ms'])} HSET |")
     for r in report["sessions"]:
+        out.append(f"| context, {r['turns']:,} turns ({r['pages']:,} pages), {BUDGET:,}-token budget | "
+                   f"p50 {r['context_p50_ms']:.1f} ms, p99 {r['context_p99_ms']:.1f} ms | full read of every page "
+                   f"record p50 {r['full_read_p50_ms']:.1f} ms, p99 {r['full_read_p99_ms']:.1f} ms | "
+                   f"{ratio(r['context_p50_ms'], r['full_read_p50_ms'])} |")
+    for r in report["sessions"]:
         out.append(f"| context, {r['turns']:,} turns ({r['pages']:,} pages) | p50 {r['context_p50_ms']:.1f} ms, "
                    f"p99 {r['context_p99_ms']:.1f} ms | plain text p50 {r['plain_p50_ms']:.1f} ms, "
                    f"p99 {r['plain_p99_ms']:.1f} ms | {ratio(r['context_p50_ms'], r['plain_p50_ms'])} |")
@@ -273,7 +293,9 @@ def table(report: dict) -> str:
         out.append(f"| Redis memory per 1k turns ({r['turns']:,}) | {r['redis_kb_per_1k_turns']:,.0f} KB | "
                    f"plain-text hash {r['plain_kb_per_1k_turns']:,.0f} KB | "
                    f"{ratio(r['redis_kb_per_1k_turns'], r['plain_kb_per_1k_turns'])} |")
-    c = report["recall"]
+    c = report.get("recall")
+    if not c:
+        return "\n".join(out)
     out.append(f"| recall by turn, cold (page read now) | p50 {c['cold_by_turn_p50_ms']:,.0f} ms | "
                f"cached p50 {c['cached_by_turn_p50_ms']:.1f} ms | {ratio(c['cold_by_turn_p50_ms'], c['cached_by_turn_p50_ms'])} |")
     out.append(f"| recall by query, cached ({c['pages']} pages) | p50 {c['cached_by_query_p50_ms']:.1f} ms, "
@@ -288,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", help="session sizes in turns (default 1000,10000,100000; quick: 1000)")
     parser.add_argument("--clients", default="1,8,32", help="concurrency levels for the append benchmark")
     parser.add_argument("--seconds", type=float, help="seconds per concurrency level and kind (default 8)")
+    parser.add_argument("--no-recall", action="store_true", help="skip the recall benchmark (it reads pages with OCR)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args(argv)
     sizes = [int(s) for s in (args.sizes or ("1000" if args.quick else "1000,10000,100000")).split(",")]
@@ -312,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
         memory = Memory(Settings.from_env(data_dir=Path(tmp) / "memory", redis_url="", worker=False)).open()
         try:
             report["sessions"] = bench_sessions(memory, sizes, reps)
-            report["recall"] = bench_recall(memory, reps, 1 if args.quick else 3)
+            if not args.no_recall:
+                report["recall"] = bench_recall(memory, reps, 1 if args.quick else 3)
         finally:
             memory.close()
     out = Path(args.out)

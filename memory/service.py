@@ -11,13 +11,12 @@ import base64
 import os
 import re
 import threading
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from optimem import renderer
 from optimem.errors import BadRequest, NotFound, SessionExists
-from optimem.memory import compactor, context, curves, jobs, recall as recalling, turns as turn_input
+from optimem.memory import compactor, context, curves, jobs, locks, recall as recalling, turns as turn_input
 from optimem.memory.context import Links, PlacedPage
 from optimem.memory.curves import Curve
 from optimem.memory.reading import Reader, token_unit, tier_png
@@ -31,7 +30,7 @@ from optimem.model.tiers import Ladder, Tier, ladder as ladder_for
 from optimem.settings import Settings
 
 DEFAULT_TENANT = "default"
-SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 RETIER_EVERY = 16  # turns; tiers are always computed exactly at read time, this only pre-reads
 
 
@@ -61,21 +60,27 @@ class Memory:
         self.store: Store | None = None
         self.worker: jobs.Worker | None = None
         self._reader: Reader | None = None
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks = locks.SessionLocks(lambda: self.store.r if self.store else None)  # across processes, in Redis
         self._backend_lock = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------------------------
     def open(self) -> "Memory":
+        from optimem.memory.metrics import MeteredStore  # the store, counted for /metrics
+
         client, self.server = connect(self.settings.redis_url, self.settings.data_dir, self.settings.redis_maxmemory)
-        self.store = Store(client)
+        self.store = MeteredStore(client)
+        self.store.jobs_max = self.settings.jobs_max
         jobs.ensure_group(client)
         if self.settings.worker:
             self.worker = jobs.Worker(client, self.handle_job).start()
         return self
 
-    def close(self, stop_server: bool = True) -> None:
+    def close(self, stop_server: bool = True, timeout_s: float = 30) -> None:
+        """Stop the worker (waiting up to ``timeout_s`` for the job in hand: a job is only
+        read-ahead, so one cut short is done again later), then the embedded Redis, which saves
+        and exits. Acknowledged turns are in Redis already: nothing here can lose them."""
         if self.worker:
-            self.worker.stop()
+            self.worker.stop(timeout_s)
             self.worker = None
         if self.server and stop_server:
             self.server.stop()
@@ -101,7 +106,8 @@ class Memory:
     @property
     def reader(self) -> Reader:
         if self._reader is None:
-            self._reader = Reader(self.store, self.backend, self.ladder, self.settings.token_ttl)
+            self._reader = Reader(self.store, self.backend, self.ladder, self.settings.token_ttl,
+                                  threads=self.settings.read_threads)
         return self._reader
 
     def encodes(self) -> bool:
@@ -110,7 +116,7 @@ class Memory:
 
     # -- sessions -----------------------------------------------------------------------------
     def _keys(self, session: Any, tenant: str) -> SessionKeys:
-        if not isinstance(session, str) or not SESSION_ID.match(session):
+        if not isinstance(session, str) or not SESSION_ID.fullmatch(session):
             raise BadRequest("session id must be 1-128 characters of letters, digits, '.', '_' or '-'")
         return SessionKeys(tenant, session)
 
@@ -147,7 +153,7 @@ class Memory:
     def set_curve(self, session: str, curve: Any, *, tenant: str = DEFAULT_TENANT) -> Session:
         s, loaded = self._open(session, tenant), self.curve(curve)
         self.store.set_curve(s.k, loaded.to_json())
-        self._retier(_Open(s.k, s.meta, loaded))
+        self._retier(_Open(s.k, s.meta, loaded), full=True)
         return self.session(session, tenant=tenant)
 
     # -- turns --------------------------------------------------------------------------------
@@ -161,8 +167,16 @@ class Memory:
             sealed = compactor.compact(self.store, k, self.settings.recent_tokens, self.layout, keep_source,
                                        self.settings.tokenizer)
         last = first + len(records)
-        if sealed or last // RETIER_EVERY != first // RETIER_EVERY:
-            self._retier(self._open(session, tenant))
+        # Re-tier on a seal and every RETIER_EVERY turns, only where read-ahead pays (jobs.kinds_for):
+        # reading only the pages that crossed a tier boundary since the last time (jobs.retier).
+        if (sealed or last // RETIER_EVERY != first // RETIER_EVERY) and (not keep_source or self.encodes()):
+            s = self._open(session, tenant)
+            changed = self._retier(s)
+            if not keep_source:   # a page faded out holds nothing: its decoded text leaves the index
+                gone = [p.record.page for p in changed if p.tier.gone]
+                if gone:
+                    indexed = self.store.indexed_pages(k)
+                    self.store.unindex_pages(k, [page for page in gone if page in indexed])
         return Appended(session=session, first_index=first, appended=len(records), turns=last,
                         sealed_pages=[p.page for p in sealed])
 
@@ -177,35 +191,75 @@ class Memory:
 
     # -- tiers and model work -----------------------------------------------------------------
     def _placed(self, s: _Open) -> list[PlacedPage]:
+        """Every page, with its full record (turn spans), at the tier its age gives it: what recall
+        and the inspector need. O(pages in the session): context and re-tiering use the page index."""
         return context.place(self.store.pages(s.k), s.curve, self.ladder, s.meta.turns)
 
-    def _tier_now(self, k: SessionKeys, page: int) -> Tier:
-        """The tier a page's age gives it now, under its session's curve."""
-        s = self._open(k.session, k.tenant)
-        return context.place([self.store.page(k, page)], s.curve, self.ladder, s.meta.turns)[0].tier
+    def _kept(self, s: _Open) -> tuple[list[PlacedPage], int]:
+        """The pages the curve still keeps (not gone), placed from the page index (light records),
+        and how many are gone. A turn curve reads only pages younger than its gone age (one
+        ZRANGEBYSCORE); a time curve reads the whole index (compact rows, no PageRecord)."""
+        after = None
+        if s.curve.unit == "turns" and (gone := context.gone_age(s.curve, self.ladder)) is not None:
+            after = s.meta.turns - 1 - gone   # age >= gone  <=>  last turn <= turns - 1 - gone
+        records, total = self.store.page_entries(s.k, after)
+        kept = [p for p in context.place(records, s.curve, self.ladder, s.meta.turns) if not p.tier.gone]
+        return kept, total - len(kept)
 
-    def _retier(self, s: _Open) -> int:
-        return jobs.retier(self.store, s.k, self._placed(s), self.encodes())
+    def _tier_now(self, k: SessionKeys, page: int) -> Tier:
+        """The tier a page's age gives it now, under its session's curve (from its page-index row)."""
+        s = self._open(k.session, k.tenant)
+        return context.place([self.store.page_entry(k, page)], s.curve, self.ladder, s.meta.turns)[0].tier
+
+    def _retier(self, s: _Open, full: bool = False) -> list[PlacedPage]:
+        return jobs.retier(self.store, s.k, s.meta, s.curve, self.ladder, self.encodes(), full=full)
 
     def handle_job(self, fields: dict[str, str]) -> None:
         """Do one model job from the stream (the worker calls this)."""
-        jobs.handle(jobs.Job.of(fields), self._tier_now, self.reader)
+        job = jobs.Job.of(fields)
+        jobs.handle(job, self._tier_now, self.reader)
+        if job.kind != "decode":
+            return
+        # Forget-for-real: a page is searchable once read; index what this read gave of it.
+        try:
+            s = self._open(job.k.session, job.k.tenant)
+            if s.meta.keep_source:
+                return
+            placed = context.place([self.store.page(s.k, job.page)], s.curve, self.ladder, s.meta.turns)[0]
+        except NotFound:
+            return
+        if placed.tier.name == job.tier and not placed.tier.gone:
+            decoded = self.reader.cached(s.k, job.page, placed.tier)
+            recalling.index_page(self.store, s.k, placed, self.reader.cache_key(placed.tier), decoded)
 
     # -- context ------------------------------------------------------------------------------
     def context(self, session: str, *, budget: int | None = None, format: str = "raw", links: Links | None = None,
-                tenant: str = DEFAULT_TENANT) -> RawContext | OpenAIContext | EmbeddingsContext:
-        """Recent turns plus pages at their tiers within ``budget`` tokens, as ``format``: raw,
-        openai (messages with page images) or embeddings (cached visual tokens). Images and tokens
-        are inline unless ``links`` says where they are served."""
+                min_memory_tokens: int = 0, tenant: str = DEFAULT_TENANT
+                ) -> RawContext | OpenAIContext | EmbeddingsContext:
+        """Recent turns plus pages within ``budget`` tokens, as ``format``: raw, openai (messages with
+        page images) or embeddings (cached visual tokens). Images and tokens are inline unless
+        ``links`` says where they are served.
+
+        Pages start at the tier their age gives them; when they don't fit what recent text leaves of
+        the budget they fade further (oldest first, one tier at a time) and are dropped, oldest
+        first, only when even the faintest view doesn't fit (``context.assemble``). Recent text
+        comes first, except for ``min_memory_tokens``: that much of the budget (no more than the
+        memory needs) is kept for pages even when recent text would fill it."""
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
             raise BadRequest("budget must be a whole number of tokens >= 0")
+        if isinstance(min_memory_tokens, bool) or not isinstance(min_memory_tokens, int) or min_memory_tokens < 0:
+            raise BadRequest("min_memory_tokens must be a whole number of tokens >= 0")
         if format not in context.FORMATS:
             raise BadRequest("format must be 'raw', 'openai' or 'embeddings'")
         if format == "embeddings" and not self.encodes():
             raise BadRequest("format=embeddings needs visual tokens: set OPTIMEM_BACKEND=deepseek-ocr2 "
                              "(the CPU reader only reads pages back; use format=openai for page images)")
         s = self._open(session, tenant)
-        built = context.assemble(self.store.text_turns(s.k), self._placed(s), budget)
+        kept, forgotten = self._kept(s)
+        built = context.assemble(self.store.text_turns(s.k), kept, budget, ladder=self.ladder,
+                                 min_memory_tokens=min_memory_tokens, forgotten=forgotten)
+        for p, record in zip(built.pages, self.store.pages_of(s.k, [p.record.page for p in built.pages])):
+            p.record = record    # full records only for the pages shown
         if format == "raw":
             return context.raw(s.k, s.meta, self.ladder, built, links)
         if format == "openai":

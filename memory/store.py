@@ -1,7 +1,10 @@
 """The Redis schema, written down in one place, and the atomic functions that change it.
 
 Every key of a session carries ``{tenant:session}`` as a hash tag, so one session lives on one
-Redis Cluster slot and multi-key changes stay atomic in MULTI/EXEC.
+Redis Cluster slot and multi-key changes stay atomic in MULTI/EXEC (with WATCH) on a cluster too
+(``redis_server.ClusterClient``: ``OPTIMEM_REDIS_URL=redis+cluster://host:port``). The global keys
+(``om:sessions:{tenant}``, ``om:jobs``, ``om:jobs:shed``) are each on a slot of their own and are
+only ever written alone or in non-transactional pipelines.
 
     key                              type    holds                                          written by
     om:sessions:{tenant}             SET     the tenant's session ids                       create, delete
@@ -13,13 +16,51 @@ Redis Cluster slot and multi-key changes stay atomic in MULTI/EXEC.
     om:{t:s}:source                  HASH    turn -> {role, content, time}: sealed turns'      seal (keep_source only)
                                              exact text
     om:{t:s}:pages                   HASH    page -> PageRecord JSON (span, times, tokens)   seal
+    om:{t:s}:pages:by_turn           ZSET    page -> its last turn: ages, tier crossings      seal (built lazily
+                                             (ZRANGEBYSCORE), without parsing PageRecords    from pages for an
+    om:{t:s}:pages:info              HASH    page -> [first_turn, last_turn, first_time,     older session:
+                                             last_time, text_tokens]: what tiers, costs and  page_entries)
+                                             context rows need
     om:{t:s}:png                     HASH    page -> full-resolution PNG: the truth         seal
     om:{t:s}:lines                   HASH    page -> line boxes JSON                         seal
     om:{t:s}:decoded                 HASH    "page:tier:backend@rev" -> Decoded JSON (cache)  model worker, recall
+    om:{t:s}:reading:{page}:{tier}:{backend@rev}                                               Reader (claim_read)
+                                     STRING  a random token: this page is being read at this
+                                             tier by some process (SET NX PX, short-lived);
+                                             others wait for the decoded cache instead
+    om:{t:s}:lock:compact            STRING  a random token: some API process is compacting    Memory.append
+                                             this session (SET NX PX 30 s, compare-and-delete;  (memory/locks.py)
+                                             saves wasted typesetting, the seal's WATCH keeps
+                                             correctness)
     om:{t:s}:queued                  HASH    page -> tier last sent to the model worker      retier
+                                             (read-ahead only: waiting or in progress; a
+                                             worker deletes an entry once done; past
+                                             OPTIMEM_JOBS_MAX entries the oldest are shed)
+    om:{t:s}:retiered                HASH    turns, pages, curve: the session as the last     retier
+                                             retier saw it; the next one reads only pages
+                                             that crossed a tier boundary since (or are new)
     om:{t:s}:vt:{unit}:{tier}:{rev}  STRING  visual tokens, safetensors bytes (cache, TTL);  model worker, context
                                              unit = page, or m<group> for a mosaic canvas
     om:jobs                          STREAM  model work; consumer group "workers"            enqueue, workers
+    om:jobs:shed                     STRING  count of jobs shed (trimmed unread) so far      enqueue
+
+The text index (``memory/index.py``; BM25 over turns, written in the same MULTI as what causes it).
+Documents: ``t<turn>`` a turn's exact text, ``p<page>:<turn>`` what a read of a page gave of a turn.
+
+    om:{t:s}:ix:p:{term}             ZSET    doc -> tf * 2^20 + doc length (a posting list)   append, seal,
+                                                                                            index_decoded
+    om:{t:s}:ix:vocab                ZSET    term -> document frequency (no zeros kept)       (same)
+    om:{t:s}:ix:docs                 HASH    doc -> "<length> <term> ...": what to remove     (same)
+    om:{t:s}:ix:stats                HASH    docs, tokens (average document length)           (same)
+    om:{t:s}:ix:pages                HASH    page -> tier key its decoded text was indexed at index_decoded,
+                                             (forget-for-real sessions only)                  unindex_pages
+
+Keep-source sessions index every turn's source at append and keep it (a page that fades to gone
+still has its source). Forget-for-real sessions index a turn's text at append, drop it when the
+turn is sealed onto a page (``seal``), index a page's decoded text when it is read
+(``index_decoded``, replacing an earlier read) and drop it when the page is gone (``unindex_pages``).
+A turn read by recall alone (only its lines) is cached in ``decoded`` as
+"page:tier:t<turn>:backend@rev" beside the whole-page entries.
 
 Turns are never deleted before the page covering them is committed: ``seal`` writes the pages and
 trims their turns in one transaction, guarded by WATCH on the seal state.
@@ -32,10 +73,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 import redis
+from redis.cluster import RedisCluster
 
 from optimem.errors import NotFound
+from optimem.memory import index as ix
 
 JOBS = "om:jobs"
+JOBS_SHED = "om:jobs:shed"
+JOBS_MAX = 10_000   # default cap of the job stream (Settings.jobs_max; Memory.open sets it per store)
 
 
 class Conflict(RuntimeError):
@@ -86,8 +131,13 @@ class SessionKeys:
                                                          f"{tag}:source")
         self.pages, self.png, self.lines = f"{tag}:pages", f"{tag}:png", f"{tag}:lines"
         self.decoded, self.queued = f"{tag}:decoded", f"{tag}:queued"
+        self.by_turn, self.page_info, self.retiered = f"{tag}:pages:by_turn", f"{tag}:pages:info", f"{tag}:retiered"
         self.tag = tag
         self.index = f"om:sessions:{{{tenant}}}"
+
+    def reading(self, page: int, tier: str, reader: str) -> str:
+        """The claim key of a page read in flight at a tier (``tier`` as in the decoded cache)."""
+        return f"{self.tag}:reading:{page}:{tier}:{reader}"
 
     def visual_tokens(self, unit: str, tier: str, revision: str) -> str:
         """``unit`` is a page number, or "m<group>" for a mosaic canvas of several pages."""
@@ -95,7 +145,22 @@ class SessionKeys:
 
     def all(self) -> list[str]:
         return [self.meta, self.seal, self.turns, self.source, self.pages, self.png, self.lines,
-                self.decoded, self.queued]
+                self.decoded, self.queued, self.by_turn, self.page_info, self.retiered]
+
+
+def page_entry(record: PageRecord) -> str:
+    """A page's row in ``pages:info``: what its tier, cost and context row need, nothing else."""
+    return json.dumps([record.first_turn, record.last_turn, record.first_time, record.last_time,
+                       record.text_tokens], separators=(",", ":"))
+
+
+def light_record(page: int, raw: bytes | str) -> PageRecord:
+    """A PageRecord from a ``pages:info`` row: spans' offsets, seal time and ``turns`` left empty
+    (read the full record with ``Store.pages_of`` where those are needed)."""
+    first_turn, last_turn, first_time, last_time, text_tokens = json.loads(raw)
+    return PageRecord(page=page, first_turn=first_turn, first_offset=0, last_turn=last_turn, end_offset=0,
+                      sealed_at_turn=0, sealed_time=0.0, first_time=first_time, last_time=last_time,
+                      text_tokens=text_tokens)
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -130,11 +195,34 @@ class Store:
         return sorted(_s(s) for s in self.r.smembers(f"om:sessions:{{{tenant}}}"))
 
     def delete_session(self, k: SessionKeys) -> None:
-        vt_keys = list(self.r.scan_iter(match=f"{k.tag}:vt:*", count=1000))
+        vt_keys = self._keys_with_prefix(k, f"{k.tag}:vt:")
         with self.r.pipeline() as p:
-            p.delete(*k.all(), *vt_keys)
-            p.execute()
+            while True:
+                try:
+                    # WATCH the vocabulary: a term added by a concurrent append is not left behind.
+                    p.watch(ix.vocab_key(k.tag))
+                    terms = [_s(t) for t in p.zrange(ix.vocab_key(k.tag), 0, -1)]
+                    p.multi()
+                    p.delete(*k.all(), *vt_keys, *ix.fixed_keys(k.tag))
+                    for i in range(0, len(terms), 10_000):
+                        p.delete(*(ix.post_key(k.tag, t) for t in terms[i:i + 10_000]))
+                    p.execute()
+                    break
+                except redis.WatchError:
+                    continue
         self.r.srem(k.index, k.session)
+
+    def _keys_with_prefix(self, k: SessionKeys, prefix: str) -> list:
+        """The session's keys that start with ``prefix``: SCAN on one server; on a Redis Cluster only
+        the session's slot is listed (CLUSTER GETKEYSINSLOT on the node that owns it), since a SCAN
+        would walk every node's whole keyspace."""
+        if isinstance(self.r, RedisCluster):
+            slot = self.r.keyslot(k.meta)
+            node = self.r.nodes_manager.get_node_from_slot(slot)
+            count = int(self.r.execute_command("CLUSTER COUNTKEYSINSLOT", slot, target_nodes=node))
+            keys = self.r.execute_command("CLUSTER GETKEYSINSLOT", slot, count, target_nodes=node) if count else []
+            return [key for key in keys if _s(key).startswith(prefix)]
+        return list(self.r.scan_iter(match=f"{prefix}*", count=1000))
 
     def set_curve(self, k: SessionKeys, curve_json: str) -> None:
         self.r.hset(k.meta, "curve", curve_json)
@@ -153,6 +241,7 @@ class Store:
                     for offset, turn in enumerate(turns):
                         turn.index = first + offset
                         p.hset(k.turns, turn.index, json.dumps(asdict(turn)))
+                        ix.add(p, k.tag, ix.source_doc(turn.index), turn.content)
                     p.hset(k.meta, "next_turn", first + len(turns))
                     p.execute()
                     return first
@@ -181,9 +270,19 @@ class Store:
                 p.watch(k.seal)
                 if self.seal_state_of(p, k) != expect:
                     raise Conflict("seal state moved")
+                finished_turns = [i for i in range(expect[0], last.last_turn + 1)
+                                  if i != last.last_turn or last.end_offset >= len(turns[i].content)]
+                # A forget-for-real session no longer holds a sealed turn in words: its text leaves
+                # the index with it (the page's decoded text comes in when the page is read).
+                unindex = {} if keep_source or not finished_turns else dict(zip(
+                    (ix.source_doc(i) for i in finished_turns),
+                    p.hmget(ix.docs_key(k.tag), [ix.source_doc(i) for i in finished_turns])))
                 p.multi()
+                ix.remove(p, k.tag, unindex)
                 for record, png, lines in pages:
                     p.hset(k.pages, record.page, json.dumps(asdict(record)))
+                    p.zadd(k.by_turn, {record.page: record.last_turn})
+                    p.hset(k.page_info, record.page, page_entry(record))
                     p.hset(k.png, record.page, png)
                     p.hset(k.lines, record.page, json.dumps(lines))
                 for index in range(expect[0], last.last_turn + 1):
@@ -218,6 +317,93 @@ class Store:
             raise NotFound(f"session {k.session!r} has no page {page}")
         return PageRecord(**json.loads(raw))
 
+    def pages_of(self, k: SessionKeys, pages: list[int]) -> list[PageRecord]:
+        """Full records of these pages (those that exist), in the order asked."""
+        if not pages:
+            return []
+        return [PageRecord(**json.loads(raw)) for raw in self.r.hmget(k.pages, pages) if raw]
+
+    # -- the page index (pages:by_turn, pages:info): ages, tiers and costs without PageRecords ------
+    def build_page_index(self, k: SessionKeys) -> int:
+        """Write the page index from the page records (a session sealed before the index existed):
+        one pass, guarded by WATCH on the seal state so a concurrent seal is not missed. Returns
+        how many pages it holds."""
+        with self.r.pipeline() as p:
+            while True:
+                try:
+                    p.watch(k.seal)
+                    raw = p.hgetall(k.pages)
+                    records = [PageRecord(**json.loads(v)) for v in raw.values()]
+                    p.multi()
+                    for i in range(0, len(records), 1000):
+                        chunk = records[i:i + 1000]
+                        p.zadd(k.by_turn, {r.page: r.last_turn for r in chunk})
+                        p.hset(k.page_info, mapping={r.page: page_entry(r) for r in chunk})
+                    p.execute()
+                    return len(records)
+                except redis.WatchError:
+                    continue
+
+    def page_entries(self, k: SessionKeys, after_turn: float | None = None) -> tuple[list[PageRecord], int]:
+        """Light records (``light_record``) of the pages whose last turn is after ``after_turn``
+        (None: every page), by page number, and how many pages the session has in all: one round
+        trip for every page, two for a range. Builds the index first where it is missing or short
+        (an older session; the seal writes it in the same transaction as the pages)."""
+        for _ in range(3):
+            with self.r.pipeline(transaction=False) as p:
+                p.zcard(k.by_turn)
+                p.hlen(k.pages)
+                if after_turn is None:
+                    p.hgetall(k.page_info)
+                else:
+                    p.zrangebyscore(k.by_turn, f"({after_turn}", "+inf")
+                indexed, total, got = p.execute()
+            if indexed < total:
+                self.build_page_index(k)
+                continue
+            if after_turn is None:
+                rows = [(int(page), raw) for page, raw in got.items()]
+            else:
+                wanted = [int(page) for page in got]
+                rows = list(zip(wanted, self.r.hmget(k.page_info, wanted))) if wanted else []
+            return sorted((light_record(page, raw) for page, raw in rows if raw), key=lambda r: r.page), indexed
+        raise RuntimeError("the page index could not be built")  # pragma: no cover
+
+    def page_entries_of(self, k: SessionKeys, pages: Iterable[int]) -> list[PageRecord]:
+        """Light records of these pages (those that exist), by page number."""
+        wanted = sorted(set(pages))
+        if not wanted:
+            return []
+        raws = self.r.hmget(k.page_info, wanted)
+        if any(raw is None for raw in raws) and self.r.zcard(k.by_turn) < self.r.hlen(k.pages):
+            self.build_page_index(k)
+            raws = self.r.hmget(k.page_info, wanted)
+        return [light_record(page, raw) for page, raw in zip(wanted, raws) if raw]
+
+    def page_entry(self, k: SessionKeys, page: int) -> PageRecord:
+        got = self.page_entries_of(k, [page])
+        if not got:
+            raise NotFound(f"session {k.session!r} has no page {page}")
+        return got[0]
+
+    def pages_ending_in(self, k: SessionKeys, ranges: list[tuple[float, float]]) -> set[int]:
+        """Pages whose last turn lies in any of the ranges (lo, hi], in one round trip."""
+        ranges = [(lo, hi) for lo, hi in ranges if hi > lo]
+        if not ranges:
+            return set()
+        with self.r.pipeline(transaction=False) as p:
+            for lo, hi in ranges:
+                p.zrangebyscore(k.by_turn, f"({lo}", hi)
+            return {int(page) for got in p.execute() for page in got}
+
+    def retier_mark(self, k: SessionKeys) -> tuple[int, int, str] | None:
+        """(turns, pages, curve JSON) as the last retier saw the session, or None."""
+        turns, pages, curve = self.r.hmget(k.retiered, "turns", "pages", "curve")
+        return None if turns is None or pages is None or curve is None else (int(turns), int(pages), _s(curve))
+
+    def set_retier_mark(self, k: SessionKeys, turns: int, pages: int, curve: str) -> None:
+        self.r.hset(k.retiered, mapping={"turns": turns, "pages": pages, "curve": curve})
+
     def png(self, k: SessionKeys, page: int) -> bytes:
         data = self.r.hget(k.png, page)
         if data is None:
@@ -249,6 +435,61 @@ class Store:
                     out[index] = {"role": t["role"], "content": t["content"], "time": t["time"]}
         return out
 
+    # -- text index (memory/index.py) -------------------------------------------------------
+    def search(self, k: SessionKeys, query: str, limit: int = 50) -> list[tuple[str, float, float]]:
+        return ix.search(self.r, k.tag, query, limit)
+
+    def indexed_pages(self, k: SessionKeys) -> dict[int, str]:
+        return {int(a): _s(b) for a, b in self.r.hgetall(ix.pages_key(k.tag)).items()}
+
+    def index_decoded(self, k: SessionKeys, page: int, tier: str, texts: dict[int, str]) -> bool:
+        """Index what a read of ``page`` at ``tier`` gave of each turn (forget-for-real), replacing
+        what an earlier read of the page gave, in one transaction. False if the session is gone."""
+        with self.r.pipeline() as p:
+            while True:
+                try:
+                    p.watch(k.meta, ix.docs_key(k.tag))
+                    if not p.exists(k.meta):
+                        return False
+                    old = self._page_docs(p, k, page)
+                    p.multi()
+                    ix.remove(p, k.tag, old)
+                    for turn, text in texts.items():
+                        ix.add(p, k.tag, ix.page_doc(page, turn), text)
+                    p.hset(ix.pages_key(k.tag), page, tier)
+                    p.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def unindex_pages(self, k: SessionKeys, pages: Iterable[int]) -> None:
+        """Take pages' decoded text out of the index (a page faded to gone), in one transaction."""
+        pages = list(pages)
+        if not pages:
+            return
+        with self.r.pipeline() as p:
+            while True:
+                try:
+                    p.watch(ix.docs_key(k.tag))
+                    old: dict = {}
+                    for page in pages:
+                        old.update(self._page_docs(p, k, page))
+                    p.multi()
+                    ix.remove(p, k.tag, old)
+                    p.hdel(ix.pages_key(k.tag), *pages)
+                    p.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def _page_docs(self, p, k: SessionKeys, page: int) -> dict[str, Any]:
+        """The index entries of a page's decoded text (read on a watched pipeline)."""
+        raw = p.hget(k.pages, page)
+        if raw is None:
+            return {}
+        docs = [ix.page_doc(page, s["index"]) for s in json.loads(raw)["turns"]]
+        return dict(zip(docs, p.hmget(ix.docs_key(k.tag), docs)))
+
     # -- caches -----------------------------------------------------------------------------
     def cached_decoded(self, k: SessionKeys, page: int, tier: str, reader: str) -> dict | None:
         raw = self.r.hget(k.decoded, f"{page}:{tier}:{reader}")
@@ -257,6 +498,25 @@ class Store:
     def cache_decoded(self, k: SessionKeys, page: int, tier: str, reader: str, decoded: dict) -> None:
         # HSETNX: two workers reading the same page never leave two different answers behind.
         self.r.hsetnx(k.decoded, f"{page}:{tier}:{reader}", json.dumps(decoded))
+
+    def claim_read(self, k: SessionKeys, page: int, tier: str, reader: str, token: str, ms: int,
+                   refresh: bool = False) -> bool:
+        """Claim a page read for ``ms`` milliseconds (SET NX PX), so other API processes wait for the
+        decoded cache instead of reading the page too. ``refresh``: extend a claim already held
+        (or take it again if it expired); False when another process holds it."""
+        key = k.reading(page, tier, reader)
+        if refresh and _s(self.r.get(key)) == token:
+            return bool(self.r.set(key, token, px=ms, xx=True))
+        return bool(self.r.set(key, token, nx=True, px=ms))
+
+    def read_claimed(self, k: SessionKeys, page: int, tier: str, reader: str) -> bool:
+        return bool(self.r.exists(k.reading(page, tier, reader)))
+
+    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+    def release_read(self, k: SessionKeys, page: int, tier: str, reader: str, token: str) -> None:
+        """Drop a read claim, only if it is still ours (compare-and-delete in one script)."""
+        self.r.eval(self._RELEASE, 1, k.reading(page, tier, reader), token)
 
     def cached_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str) -> bytes | None:
         return self.r.get(k.visual_tokens(unit, tier, revision))
@@ -270,16 +530,52 @@ class Store:
         self.r.delete(k.visual_tokens(unit, tier, revision))
 
     # -- model jobs -------------------------------------------------------------------------
-    def queued_tiers(self, k: SessionKeys) -> dict[int, str]:
-        return {int(a): _s(b) for a, b in self.r.hgetall(k.queued).items()}
+    def queued_tiers(self, k: SessionKeys, pages: list[int] | None = None) -> dict[int, str]:
+        """page -> tier last sent to the workers: every page, or only ``pages``."""
+        if pages is None:
+            return {int(a): _s(b) for a, b in self.r.hgetall(k.queued).items()}
+        if not pages:
+            return {}
+        return {page: _s(tier) for page, tier in zip(pages, self.r.hmget(k.queued, pages)) if tier is not None}
 
-    def enqueue(self, k: SessionKeys, jobs: list[tuple[str, int, str]]) -> None:
+    def enqueue(self, k: SessionKeys, jobs: list[tuple[str, int, str]]) -> int:
         """Send (kind, page, tier) jobs to the model workers and note each page's tier as queued,
-        in one round trip; the note goes after the XADDs, so a crash between them re-sends."""
+        in one round trip; the note goes after the XADDs, so a crash between them re-sends.
+
+        Backpressure: the stream holds at most ``jobs_max`` entries (``OPTIMEM_JOBS_MAX``; 0: no
+        cap); past it the oldest are trimmed (shed) and counted in ``om:jobs:shed``. Jobs are only
+        read-ahead for caches, never turns: a shed page is read when a recall or context wants it,
+        or ahead again when its tier changes. Returns how many jobs were shed."""
+        if not jobs:
+            return 0
+        cap = int(getattr(self, "jobs_max", JOBS_MAX) or 0)
         with self.r.pipeline(transaction=False) as pipe:
             for kind, page, tier in jobs:
                 pipe.xadd(JOBS, {"kind": kind, "tenant": k.tenant, "session": k.session, "page": page,
-                                 "tier": tier}, maxlen=1_000_000, approximate=True)
+                                 "tier": tier})
+            if cap > 0:
+                pipe.xtrim(JOBS, maxlen=cap, approximate=False)
             for _, page, tier in jobs:
                 pipe.hset(k.queued, page, tier)
-            pipe.execute()
+            done = pipe.execute()
+        shed = int(done[len(jobs)]) if cap > 0 else 0
+        if shed:
+            self.r.incrby(JOBS_SHED, shed)
+        return shed
+
+    def jobs_state(self) -> tuple[int, float, int]:
+        """(backlog, age in seconds of the oldest entry, jobs shed so far), in one round trip (two
+        when there is a backlog: the server's clock, asked apart because a Redis Cluster pipeline
+        refuses TIME). The stream holds only jobs waiting or in progress (workers delete what they
+        finish)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.xlen(JOBS)
+            pipe.xrange(JOBS, count=1)
+            pipe.get(JOBS_SHED)
+            length, first, shed = pipe.execute()
+        oldest = 0.0
+        if first:
+            secs, micros = self.r.time()
+            ms = int(_s(first[0][0]).split("-")[0])
+            oldest = max(0.0, secs + micros / 1e6 - ms / 1000)
+        return int(length), round(oldest, 3), int(shed or 0)

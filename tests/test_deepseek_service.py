@@ -91,7 +91,7 @@ def test_a_corrupted_token_entry_is_recomputed_not_served(api, memory, tenant):
 
 def test_a_job_left_by_a_dead_worker_is_claimed_by_another(memory, tenant):
     memory.create_session("claim", curve="keep", tenant=tenant)
-    memory.append("claim", longest()[1][:120], tenant=tenant)
+    memory.append("claim", longest()[1][:240], tenant=tenant)   # >= 2 pages: one encode job each (keep-source)
     r = memory.store.r
     dead = r.xreadgroup(jobs.GROUP, "dead-worker", {JOBS: ">"}, count=100)   # takes the jobs, then dies
     taken = len(dead[0][1])
