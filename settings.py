@@ -44,9 +44,14 @@ class Settings:
     curve: str = "default"
     max_turn_chars: int = 100_000
     recall_read_s: int = 60        # a recall reads unread pages itself for at most this long
+    read_threads: int = 1          # page reads at once per process (a dedicated pool, off the request threads)
+    recall_concurrency: int = 64   # recalls at once per process, on their own threads (not FastAPI's pool); past it 503
+    jobs_max: int = 10_000         # model jobs (read-ahead) the stream holds; past it the oldest are shed (0: no cap)
+    shutdown_s: float = 3.0        # on SIGTERM: seconds in-flight requests get to finish before the server stops
     worker: bool = True            # run one model worker in-process
     api_keys: str = ""             # "key:tenant,key2:tenant2"; empty = no auth, tenant "default"
     log: str = "WARNING"           # the CLI's logging level
+    log_format: str = "text"       # text | json (JSON lines with request id, tenant and session)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> "Settings":
