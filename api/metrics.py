@@ -20,12 +20,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from optimem.api.auth import api_key
 from optimem.memory import metrics
+from optimem.memory.service import SESSION_CHARS
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("optimem_request_id", default="-")
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("optimem_tenant", default="-")
 SESSION: contextvars.ContextVar[str] = contextvars.ContextVar("optimem_session", default="-")
 GOOD_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")   # a caller's id is kept only if it is this tame
-SESSION_IN_PATH = re.compile(r"^/(?:v1/sessions|inspect)/([A-Za-z0-9._-]{1,128})(?:/|$)")
+SESSION_IN_PATH = re.compile(rf"^/(?:v1/sessions|inspect)/({SESSION_CHARS})(?:/|$)")
 access = logging.getLogger("optimem.access")
 
 

@@ -6,12 +6,13 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from pydantic_core import PydanticCustomError
 
+from optimem.memory.service import SESSION_CHARS
 from optimem.memory.turns import lone_surrogate
 
 CURVE_DOC = ("A preset name (default, keep, gentle, exponential, aggressive, power, daily) or a curve "
              "object: {kind: step, unit: turns|seconds, steps: [[age, tier], ...]}, "
              "{kind: exponential, unit, half_life} or {kind: power, unit, scale, exponent}.")
-SESSION_ID = r"^[A-Za-z0-9._-]{1,128}$"
+SESSION_ID = rf"^{SESSION_CHARS}$"
 NOT_BLANK = r"[^\s\x1c-\x1f]"     # at least one character that is not whitespace (Python's str.strip)
 CURVE = Union[str, dict[str, Any], None]
 

@@ -30,7 +30,8 @@ from optimem.model.tiers import Ladder, Tier, ladder as ladder_for
 from optimem.settings import Settings
 
 DEFAULT_TENANT = "default"
-SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+SESSION_CHARS = r"[A-Za-z0-9._-]{1,128}"   # a session id: the one definition the API's schemas reuse
+SESSION_ID = re.compile(SESSION_CHARS)
 RETIER_EVERY = 16  # turns; tiers are always computed exactly at read time, this only pre-reads
 
 
