@@ -11,9 +11,15 @@
   BM25 over the exact source turns (bm25s, English stop words, no stemming) in the same run; then
   optimem end to end (``Memory.recall``: index, then reading the hit turns' lines off the pages at
   their tiers, nothing read before): hit@5 and seconds per recall, cold and asked again (warm).
-- scale: sessions of ``--sizes`` turns (real turns, repeated): index search p50/p95, cold end-to-end
-  recall p50/p95, one-turn append p50 with the index and without it (the index writes patched out),
-  and the index's Redis bytes per 1k turns.
+  Also the Chinese lab text (``memory/lab/data/zh.txt``, 22 turns): ``zh-keywords`` (3 character
+  pairs only that turn has) and ``zh-question`` (two of them inside a Chinese question), against a
+  plain BM25 over single characters and pairs of the source.
+- scale: sessions of ``--sizes`` turns (real chitchat turns, conversation after conversation):
+  index search p50/p95; locating the hit turn's pages by the page index against reading and
+  placing every page record (the path before, same run); end-to-end recall p50/p95 of questions on
+  turns the default curve still shows, cold (nothing decoded) and asked again at once (warm);
+  one-turn append p50 with the index and without it (its writes patched out, interleaved one by
+  one); and the index's Redis bytes per 1k turns.
 """
 from __future__ import annotations
 
@@ -31,11 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import bm25s  # noqa: E402
 
-from optimem.memory import index as ix  # noqa: E402
+from optimem.memory import context, index as ix  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402
-from optimem.memory.lab.corpus import conversations, longest  # noqa: E402
+from optimem.memory.lab.corpus import chinese, conversations, longest  # noqa: E402
 from optimem.memory.redis_server import EmbeddedRedis  # noqa: E402
 from optimem.memory.service import Memory  # noqa: E402
+from optimem.memory.recall import Turns  # noqa: E402
 from optimem.memory.store import SessionKeys  # noqa: E402
 from optimem.settings import Settings  # noqa: E402
 
@@ -71,6 +78,31 @@ def questions(turns: list[dict], per: int, rng: random.Random) -> list[tuple[int
     return out
 
 
+CJK_PAIR = re.compile(r"(?=([\u4e00-\u9fff]{2}))")
+
+
+def zh_questions(turns: list[dict], rng: random.Random) -> list[tuple[int, str, str]]:
+    """(answer turn, form, query) on the Chinese lab text: character pairs only that turn has,
+    asked as bare keywords and inside a question ("did I say anything about X and Y?")."""
+    pairs = [set(CJK_PAIR.findall(t["content"])) for t in turns]
+    df = Counter(p for ps in pairs for p in ps)
+    out = []
+    for i, ps in enumerate(pairs):
+        rare = sorted(p for p in ps if df[p] == 1)
+        if len(rare) < 3:
+            continue
+        keys = rng.sample(rare, 3)
+        out.append((i, "zh-keywords", " ".join(keys)))
+        out.append((i, "zh-question", f"我以前有没有说过{keys[0]}和{keys[1]}的事？"))
+    return out
+
+
+def cjk_tokens(text: str) -> list[str]:
+    """The plain baseline's tokens for Chinese: single characters and pairs of them."""
+    chars = re.findall(r"[\u4e00-\u9fff]", text)
+    return chars + CJK_PAIR.findall(text)
+
+
 def held_out(n: int) -> list[tuple[str, list[dict]]]:
     skip = longest()[0]
     out = []
@@ -85,20 +117,28 @@ def held_out(n: int) -> list[tuple[str, list[dict]]]:
 def quality(memory: Memory, convs, per: int, e2e: int, rng: random.Random) -> dict:
     rows = []
     e2e_left = e2e
+    convs = list(convs) + [("zh-lab-text", chinese())]
     for n, (key, turns) in enumerate(convs):
         session = f"q{n}"
+        zh = key == "zh-lab-text"
         memory.create_session(session, tenant=TENANT)        # the default curve, keep source
         memory.append(session, turns, tenant=TENANT)
         k = SessionKeys(TENANT, session)
-        corpus = bm25s.tokenize([t["content"] for t in turns], stopwords="en", show_progress=False)
         baseline = bm25s.BM25()
-        baseline.index(corpus, show_progress=False)
-        for answer, form, query in questions(turns, per, rng):
+        if zh:
+            baseline.index([cjk_tokens(t["content"]) for t in turns], show_progress=False)
+        else:
+            baseline.index(bm25s.tokenize([t["content"] for t in turns], stopwords="en", show_progress=False),
+                           show_progress=False)
+        for answer, form, query in (zh_questions(turns, rng) if zh else questions(turns, per, rng)):
             t0 = time.perf_counter()
             ours = [ix.doc_turn(d)[0] for d, _, _ in memory.store.search(k, query, limit=5)]
             search_s = time.perf_counter() - t0
-            qt = bm25s.tokenize([query], stopwords="en", show_progress=False)
-            docs, _ = baseline.retrieve(qt, k=5, show_progress=False) if qt.vocab else ([[]], None)
+            if zh:
+                docs, _ = baseline.retrieve([cjk_tokens(query)], k=5, show_progress=False)
+            else:
+                qt = bm25s.tokenize([query], stopwords="en", show_progress=False)
+                docs, _ = baseline.retrieve(qt, k=5, show_progress=False) if qt.vocab else ([[]], None)
             theirs = [int(d) for d in docs[0]]
             row = {"conversation": key, "turns": len(turns), "answer": answer, "form": form, "query": query,
                    "index_top5": ours, "bm25_top5": theirs, "search_ms": round(search_s * 1000, 3)}
@@ -120,7 +160,7 @@ def quality(memory: Memory, convs, per: int, e2e: int, rng: random.Random) -> di
         return round(sum(r["answer"] in r[field][:at] for r in rs) / max(1, len(rs)), 3)
 
     summary = {}
-    for form in ("keywords", "question", "shared", "all"):
+    for form in ("keywords", "question", "shared", "zh-keywords", "zh-question", "all"):
         rs = [r for r in rows if form == "all" or r["form"] == form]
         e = [r for r in rs if "recall_cold_top5" in r]
         summary[form] = {"questions": len(rs), "optimem_hit1": hit(rs, "index_top5", 1),
@@ -136,47 +176,71 @@ def quality(memory: Memory, convs, per: int, e2e: int, rng: random.Random) -> di
 
 
 def scale(memory: Memory, size: int, rng: random.Random, queries: int = 20) -> dict:
-    source = [t for _, ts in held_out(8) for t in ts]
+    # Real turns, conversation after conversation (no repeats below ~200k turns: a repeated turn
+    # would tie with its copies and send recall to the oldest, faded one, reading nothing).
+    source = []
+    for _, ts in conversations():
+        source += ts
+        if len(source) >= size + 200:
+            break
     turns = [dict(source[i % len(source)]) for i in range(size)]
     session = f"s{size}"
     memory.create_session(session, tenant=TENANT)
     t0 = time.perf_counter()
     for i in range(0, size, 1000):
         memory.append(session, turns[i:i + 1000], tenant=TENANT)
+    memory.settle(session, tenant=TENANT)
     build_s = time.perf_counter() - t0
     k = SessionKeys(TENANT, session)
-    picks = questions(turns[:min(size, 5000)], queries, rng)[:queries]
-    search, cold = [], []
+    # Questions on turns the default curve still shows (younger than its gone age of 5,000 turns),
+    # so a cold recall really reads their lines.
+    window = max(0, size - 4000)
+    picks = [(turn + window, kind, query) for turn, kind, query in questions(turns[window:], queries, rng)][:queries]
+    search, cold, locate_all, locate = [], [], [], []
     for _, _, query in picks:
         t0 = time.perf_counter()
         memory.store.search(k, query, limit=5)
         search.append(time.perf_counter() - t0)
-    for _, _, query in picks[:10]:
+    for turn, _, _ in picks:
+        # Locating the hit turns' pages: today's path (page index, O(hits)) against the path before
+        # it, in the same run: every page record read and placed, every turn's span mapped.
+        s = memory._open(session, TENANT)
+        t0 = time.perf_counter()
+        placed = memory._placed(s)
+        {span["index"]: p for p in placed for span in p.record.turns}.get(turn)
+        locate_all.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        Turns(memory.store, k, lambda rs: context.place(rs, s.curve, memory.ladder, s.meta.turns),
+              memory.store.text_turns(k), memory.store.seal_state(k)[1]).where([turn])
+        locate.append(time.perf_counter() - t0)
+    warm, read = [], []
+    for _, _, query in picks[:10]:      # each asked cold (nothing decoded), then again at once (warm)
         memory.store.r.delete(k.decoded)
         t0 = time.perf_counter()
-        memory.recall(session, query, tenant=TENANT)
+        got = memory.recall(session, query, tenant=TENANT)
         cold.append(time.perf_counter() - t0)
-    warm = []
-    for _, _, query in picks[:10]:
+        read.append(sum(1 for h in got.hits if h.page is not None and h.text))
         t0 = time.perf_counter()
         memory.recall(session, query, tenant=TENANT)
         warm.append(time.perf_counter() - t0)
     size_b = ix.size_bytes(memory.store.r, k.tag)
-    # One-turn appends onto this session, with the index and with its writes patched out.
-    appends = {}
+    # One-turn appends onto this session, with the index and with its writes patched out,
+    # interleaved one by one so the two see the same session size and machine load.
+    times: dict[str, list[float]] = {"with_index": [], "without_index": []}
     real_add = ix.add
-    for label, patched in (("with_index", real_add), ("without_index", lambda *a, **kw: None)):
-        ix.add = patched
+    for i in range(120):
+        label = "with_index" if i % 2 == 0 else "without_index"
+        ix.add = real_add if label == "with_index" else (lambda *a, **kw: None)
         try:
-            times = []
-            for i in range(60):
-                t0 = time.perf_counter()
-                memory.append(session, [dict(source[(size + i) % len(source)])], tenant=TENANT)
-                times.append(time.perf_counter() - t0)
-            appends[label] = round(pct(times, 0.5) * 1000, 3)
+            t0 = time.perf_counter()
+            memory.append(session, [dict(source[(size + i) % len(source)])], tenant=TENANT)
+            times[label].append(time.perf_counter() - t0)
         finally:
             ix.add = real_add
+    appends = {label: round(pct(v, 0.5) * 1000, 3) for label, v in times.items()}
     return {"turns": size, "build_s": round(build_s, 1), "search_p50_ms": round(pct(search, 0.5) * 1000, 2),
+            "locate_p50_ms": round(pct(locate, 0.5) * 1000, 2), "hits_read_per_recall": round(sum(read) / len(read), 1),
+            "locate_every_page_p50_ms": round(pct(locate_all, 0.5) * 1000, 2),
             "search_p95_ms": round(pct(search, 0.95) * 1000, 2),
             "recall_cold_p50_s": round(pct(cold, 0.5), 3), "recall_cold_p95_s": round(pct(cold, 0.95), 3),
             "recall_warm_p50_s": round(pct(warm, 0.5), 3), "recall_warm_p95_s": round(pct(warm, 0.95), 3),

@@ -12,7 +12,8 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
 
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
@@ -22,7 +23,7 @@ from optimem.memory import index as ix
 from optimem.memory.context import PlacedPage, parse_time
 from optimem.memory.reading import Reader
 from optimem.memory.results import Hit, Recall
-from optimem.memory.store import SessionKeys, SessionMeta, Store, TurnRecord
+from optimem.memory.store import PageRecord, SessionKeys, SessionMeta, Store, TurnRecord
 from optimem.memory.turns import normalise_time
 
 STOPWORDS = set("""a about above after again all am an and any are as at be been before being below
@@ -154,16 +155,87 @@ class Query:
         return not (self.until is not None and parse_time(when) > self.until)
 
 
-def chosen_turns(q: Query, placed: list[PlacedPage], text: list[TurnRecord]) -> set[int]:
-    """The turns a query may return. Turn positions are known without reading any page."""
-    known = [(s["index"], s["role"], s["time"]) for p in placed for s in p.record.turns]
-    known += [(t.index, t.role, t.time) for t in text]
-    candidates = sorted({i for i, r, w in known if q.wants(r, w)})
-    if q.turn is None:
-        return set(candidates)
-    target = ((candidates[0] if candidates else None) if q.turn == "first" else
-              (candidates[-1] if candidates else None) if q.turn == "last" else q.turn)
-    return {target} if target in candidates else set()
+def iso(stamp: float | None) -> str | None:
+    """A time as stored turns carry it (``turns.normalise_time``): such strings sort as times do."""
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Turns:
+    """Where a recall's turns are and what they are (role, time), read for the turns it looks at,
+    not for the whole session: pages are located through the page index (``Store.pages_holding``,
+    ``Store.pages_in_time``), full records are read only for them, in batches while scanning."""
+    BATCH = 16      # full page records read at a time when scanning for 'first', 'last' or a time range
+
+    def __init__(self, store: Store, k: SessionKeys, place: Callable[[list[PageRecord]], list[PlacedPage]],
+                 text: list[TurnRecord], page_count: int):
+        self.store, self.k, self.place, self.text, self.page_count = store, k, place, text, page_count
+        self.recent = {t.index: t for t in text}
+        self._where: dict[int, list[tuple[PlacedPage, dict]]] = {}
+        self._placed: dict[int, PlacedPage] = {}
+
+    def _add(self, records: list[PageRecord]) -> None:
+        for p in self.place([r for r in records if r.page not in self._placed]):
+            self._placed[p.record.page] = p
+            for span in p.record.turns:
+                self._where.setdefault(span["index"], []).append((p, span))
+
+    def where(self, turns: Iterable[int]) -> dict[int, list[tuple[PlacedPage, dict]]]:
+        """turn -> the pages holding it, each with its span there (empty for a turn still text)."""
+        missing = {t for t in turns if t not in self._where and t not in self.recent}
+        if missing:
+            self._add(self.store.pages_holding(self.k, missing))
+            for t in missing:
+                self._where.setdefault(t, [])
+        return {t: sorted(self._where.get(t, []), key=lambda ps: ps[0].record.page) for t in turns}
+
+    def role_time(self, turn: int) -> tuple[str, str] | None:
+        if turn in self.recent:
+            return self.recent[turn].role, self.recent[turn].time
+        held = self.where([turn])[turn]
+        return (held[0][1]["role"], held[0][1]["time"]) if held else None
+
+    def allowed(self, q: "Query", turn: int) -> bool:
+        known = self.role_time(turn)
+        return known is not None and q.wants(*known)
+
+    def scan(self, q: "Query", need: int, backwards: bool) -> list[int]:
+        """The first ``need`` turns (the last, ``backwards``) that ``q`` wants, in turn order."""
+        found: list[int] = []
+        text = [t for t in self.text if t.start == 0]    # a turn with start > 0 begins on a page
+        for t in (reversed(text) if backwards else []):
+            if len(found) < need and q.wants(t.role, t.time):
+                found.append(t.index)
+        if q.since is not None or q.until is not None:
+            pages = self.store.pages_in_time(self.k, iso(q.since), iso(q.until))
+        else:
+            pages = list(range(self.page_count))
+        if backwards:
+            pages.reverse()
+        seen = {t.index for t in text}
+        for i in range(0, len(pages), self.BATCH):
+            if len(found) >= need:
+                break
+            records = self.store.pages_of(self.k, pages[i:i + self.BATCH])
+            self._add(records)
+            spans = [s for r in records for s in r.turns]
+            for span in (reversed(spans) if backwards else spans):
+                if len(found) < need and span["index"] not in seen and q.wants(span["role"], span["time"]):
+                    found.append(span["index"])
+                seen.add(span["index"])
+        for t in ([] if backwards else text):
+            if len(found) < need and q.wants(t.role, t.time):
+                found.append(t.index)
+        return sorted(found[:need])
+
+    def chosen(self, q: "Query") -> list[int]:
+        """The turns a recall by position or time returns, in turn order (at most ``q.limit``)."""
+        if isinstance(q.turn, int):
+            return [q.turn] if self.allowed(q, q.turn) else []
+        if q.turn in ("first", "last"):
+            return self.scan(q, 1, backwards=q.turn == "last")
+        return self.scan(q, q.limit, backwards=False)
 
 
 def headers_of(store: Store, k: SessionKeys, page: int) -> dict[int, list[str]]:
@@ -239,11 +311,13 @@ def _searchable_forgotten(k: SessionKeys, placed: list[PlacedPage], reader: Read
     return len(live) - unread, unread
 
 
-def recall(q: Query, k: SessionKeys, meta: SessionMeta, placed: list[PlacedPage], text: list[TurnRecord],
-           reader: Reader | None, store: Store, read_budget_s: float) -> Recall:
+def recall(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader],
+           store: Store, read_budget_s: float, placed: Callable[[], list[PlacedPage]]) -> Recall:
     """Old turns back as decoded text: find the turns (by the text index for a content query, by
     position or time otherwise), then read only those turns' lines at their pages' tiers now.
-    ``reader`` may be None when there are no pages (nothing to read: the backend need not load).
+    ``reader`` gives the Reader, asked for only when a page must be read (the backend need not
+    load otherwise); ``placed`` gives every page placed, asked for only by a content query on a
+    forget-for-real session (whose unread pages must be read to be searchable).
 
     ``pages_read``/``pages_unread``: for a content query, pages whose text was searched (by index:
     the source of a keep-source session, the decoded text of a forget-for-real one) and answered in
@@ -254,25 +328,24 @@ def recall(q: Query, k: SessionKeys, meta: SessionMeta, placed: list[PlacedPage]
     page's read ``p<page>:<turn>``)."""
     started = time.perf_counter()
     deadline = time.monotonic() + read_budget_s
-    chosen = chosen_turns(q, placed, text)
-    where: dict[int, list[tuple[PlacedPage, dict]]] = defaultdict(list)
-    for p in placed:
-        for span in p.record.turns:
-            where[span["index"]].append((p, span))
-    recent = {t.index: t for t in text}
     match: dict[int, float] = {}
     # (turn, page or None for "every page it is on") in the order the answer lists them
     wanted: list[tuple[int, int | None]] = []
     searched_text: dict[int, str] = {}        # turn -> "source" or "decoded": the text the index matched
     searched = unsearched = 0
     if q.text:
-        if not meta.keep_source and reader is not None and placed:
-            searched, unsearched = _searchable_forgotten(k, placed, reader, store, deadline)
+        only = turns.chosen(Query(turn=q.turn, role=q.role, since=q.since, until=q.until)) \
+            if q.turn is not None else None
+        if not meta.keep_source and turns.page_count:
+            searched, unsearched = _searchable_forgotten(k, placed(), reader(), store, deadline)
         else:
-            searched = len(placed)
-        for doc, _, coverage in store.search(k, q.text, limit=max(50, 10 * q.limit)):
+            searched = turns.page_count
+        hits = [(doc, coverage) for doc, _, coverage in store.search(k, q.text, limit=max(50, 10 * q.limit))]
+        for n, (doc, coverage) in enumerate(hits):
             turn, page = ix.doc_turn(doc)
-            if turn not in chosen or turn in match:
+            if n % (2 * q.limit) == 0:   # locate the next few hits' pages in one go
+                where = turns.where({ix.doc_turn(d)[0] for d, _ in hits[n:n + 2 * q.limit]})
+            if turn in match or (only is not None and turn not in only) or not turns.allowed(q, turn):
                 continue
             if page is not None and not any(p.record.page == page and not p.tier.gone for p, _ in where[turn]):
                 continue              # a page that faded out since it was indexed holds nothing now
@@ -282,7 +355,9 @@ def recall(q: Query, k: SessionKeys, meta: SessionMeta, placed: list[PlacedPage]
             if len(wanted) >= q.limit:
                 break
     else:
-        wanted = [(turn, None) for turn in sorted(chosen)[:q.limit]]
+        wanted = [(turn, None) for turn in turns.chosen(q)]
+    where = turns.where([turn for turn, _ in wanted])
+    recent = turns.recent
 
     # Start every read first (they share the reader's pools), then collect them until the deadline.
     jobs: list[tuple[int, PlacedPage | None, dict | None, Any]] = []
@@ -290,7 +365,7 @@ def recall(q: Query, k: SessionKeys, meta: SessionMeta, placed: list[PlacedPage]
         for p, span in where.get(turn, []):
             if page is not None and p.record.page != page:
                 continue
-            future = reader.fetch(k, p.record.page, p.tier, turn=turn) if not p.tier.gone else None
+            future = reader().fetch(k, p.record.page, p.tier, turn=turn) if not p.tier.gone else None
             jobs.append((turn, p, span, future))
         if turn in recent and page is None:
             jobs.append((turn, None, None, None))
@@ -307,7 +382,7 @@ def recall(q: Query, k: SessionKeys, meta: SessionMeta, placed: list[PlacedPage]
         page = p.record.page
         decoded = None
         if future is not None:
-            decoded = reader.wait(future, deadline)
+            decoded = reader().wait(future, deadline)
             if decoded is None:
                 unread_pages.add(page)
                 continue

@@ -322,7 +322,9 @@ class Memory:
         'last') or by time (``since``/``until``), optionally only one speaker's."""
         q = recalling.Query.of(query, turn, since, until, role, limit)
         s = self._open(session, tenant)
-        placed = self._placed(s)
-        reader = self.reader if placed else None
-        return recalling.recall(q, s.k, s.meta, placed, self.store.text_turns(s.k), reader, self.store,
-                                self.settings.recall_read_s)
+        # Pages are located and placed for the turns the recall looks at only (O(hits), not O(pages)).
+        located = recalling.Turns(self.store, s.k, lambda records: context.place(records, s.curve, self.ladder,
+                                                                                 s.meta.turns),
+                                  self.store.text_turns(s.k), self.store.seal_state(s.k)[1])
+        return recalling.recall(q, s.k, s.meta, located, lambda: self.reader, self.store,
+                                self.settings.recall_read_s, lambda: self._placed(s))

@@ -8,7 +8,8 @@ only ever written alone or in non-transactional pipelines.
 
     key                              type    holds                                          written by
     om:sessions:{tenant}             SET     the tenant's session ids                       create, delete
-    om:{t:s}:meta                    HASH    created, curve, keep_source, next_turn          create, append, set_curve
+    om:{t:s}:meta                    HASH    created, curve, keep_source, next_turn,         create, append, set_curve,
+                                             text_tokens (of the turns not sealed yet)       seal
     om:{t:s}:seal                    HASH    unsealed_from (first turn still text), next_page  seal
     om:{t:s}:turns                   HASH    turn -> {role, content, time, start, tokens}:    append, seal
                                              turns still (partly) text; ``start`` = chars
@@ -19,8 +20,10 @@ only ever written alone or in non-transactional pipelines.
     om:{t:s}:pages:by_turn           ZSET    page -> its last turn: ages, tier crossings      seal (built lazily
                                              (ZRANGEBYSCORE), without parsing PageRecords    from pages for an
     om:{t:s}:pages:info              HASH    page -> [first_turn, last_turn, first_time,     older session:
-                                             last_time, text_tokens]: what tiers, costs and  page_entries)
-                                             context rows need
+                                             last_time, text_tokens, min_time, max_time]:    page_entries)
+                                             what tiers, costs, context rows and recall by
+                                             time need (rows of older sessions lack the
+                                             last two)
     om:{t:s}:png                     HASH    page -> full-resolution PNG: the truth         seal
     om:{t:s}:lines                   HASH    page -> line boxes JSON                         seal
     om:{t:s}:decoded                 HASH    "page:tier:backend@rev" -> Decoded JSON (cache)  model worker, recall
@@ -149,15 +152,17 @@ class SessionKeys:
 
 
 def page_entry(record: PageRecord) -> str:
-    """A page's row in ``pages:info``: what its tier, cost and context row need, nothing else."""
+    """A page's row in ``pages:info``: what its tier, cost and context row need, and the earliest
+    and latest time of its turns (callers may send times out of order), for recall by time."""
+    times = [span["time"] for span in record.turns] or [record.first_time, record.last_time]
     return json.dumps([record.first_turn, record.last_turn, record.first_time, record.last_time,
-                       record.text_tokens], separators=(",", ":"))
+                       record.text_tokens, min(times), max(times)], separators=(",", ":"))
 
 
 def light_record(page: int, raw: bytes | str) -> PageRecord:
     """A PageRecord from a ``pages:info`` row: spans' offsets, seal time and ``turns`` left empty
     (read the full record with ``Store.pages_of`` where those are needed)."""
-    first_turn, last_turn, first_time, last_time, text_tokens = json.loads(raw)
+    first_turn, last_turn, first_time, last_time, text_tokens = json.loads(raw)[:5]
     return PageRecord(page=page, first_turn=first_turn, first_offset=0, last_turn=last_turn, end_offset=0,
                       sealed_at_turn=0, sealed_time=0.0, first_time=first_time, last_time=last_time,
                       text_tokens=text_tokens)
@@ -236,17 +241,27 @@ class Store:
                     p.watch(k.meta)
                     if not p.exists(k.meta):
                         raise NotFound(f"no session {k.session!r}")
-                    first = int(p.hget(k.meta, "next_turn"))
+                    first, counted = p.hmget(k.meta, "next_turn", "text_tokens")
+                    first = int(first)
+                    if counted is None:     # a session from before the count: count its text once
+                        counted = sum(json.loads(v)["tokens"] for v in p.hvals(k.turns))
                     p.multi()
                     for offset, turn in enumerate(turns):
                         turn.index = first + offset
                         p.hset(k.turns, turn.index, json.dumps(asdict(turn)))
                         ix.add(p, k.tag, ix.source_doc(turn.index), turn.content)
-                    p.hset(k.meta, "next_turn", first + len(turns))
+                    p.hset(k.meta, mapping={"next_turn": first + len(turns),
+                                            "text_tokens": int(counted) + sum(t.tokens for t in turns)})
                     p.execute()
                     return first
                 except redis.WatchError:
                     continue
+
+    def text_tokens(self, k: SessionKeys) -> int:
+        """Tokens of the text not sealed yet (kept in ``meta`` by append and seal): whether a seal
+        may be due, without reading the turns."""
+        counted = self.r.hget(k.meta, "text_tokens")
+        return int(counted) if counted is not None else 1 << 62
 
     def text_turns(self, k: SessionKeys) -> list[TurnRecord]:
         raw = self.r.hgetall(k.turns)
@@ -256,13 +271,13 @@ class Store:
         return self.seal_state_of(self.r, k)
 
     def seal(self, k: SessionKeys, expect: tuple[int, int], pages: list[tuple[PageRecord, bytes, list]],
-             turns: dict[int, TurnRecord], keep_source: bool) -> None:
+             turns: dict[int, TurnRecord], keep_source: bool, sealed_tokens: int = 0) -> None:
         """Commit sealed pages and trim the turns they cover, in one transaction.
 
         ``expect`` is the seal state the pages were typeset from; if it moved, nothing is written
         and Conflict is raised. A turn finished on a page leaves ``turns`` (and goes to ``source``
         when the session keeps source text); a turn that continues past the last page stays, with
-        ``start`` moved past what was sealed.
+        ``start`` moved past what was sealed. ``sealed_tokens``: text tokens that leave the text.
         """
         last = pages[-1][0]
         with self.r.pipeline() as p:
@@ -297,6 +312,7 @@ class Store:
                 finished = last.end_offset >= len(turns[last.last_turn].content)
                 p.hset(k.seal, mapping={"unsealed_from": last.last_turn + (1 if finished else 0),
                                         "next_page": last.page + 1})
+                p.hincrby(k.meta, "text_tokens", -sealed_tokens)
                 p.execute()
             except redis.WatchError:
                 raise Conflict("seal state moved") from None
@@ -386,6 +402,36 @@ class Store:
             raise NotFound(f"session {k.session!r} has no page {page}")
         return got[0]
 
+    def pages_holding(self, k: SessionKeys, turns: Iterable[int]) -> list[PageRecord]:
+        """Full records of the pages that hold any of these turns, by page number: O(turns asked),
+        not O(pages). Pages are in turn order, so the pages holding turn t are those whose last
+        turn is t (ZRANGEBYSCORE t t: a long turn runs over several) and the first page ending
+        after t, where that page begins at or before t."""
+        wanted = sorted(set(turns))
+        if not wanted:
+            return []
+        self.page_entries_of(k, [0])      # builds the page index of an older session (cheap if there)
+        with self.r.pipeline(transaction=False) as p:
+            for t in wanted:
+                p.zrangebyscore(k.by_turn, t, t)
+                p.zrangebyscore(k.by_turn, f"({t}", "+inf", start=0, num=1)
+            got = p.execute()
+        pages = {int(page) for found in got for page in found}
+        records = self.pages_of(k, sorted(pages))
+        return [r for r in records if any(r.first_turn <= t <= r.last_turn for t in wanted)]
+
+    def pages_in_time(self, k: SessionKeys, since: str | None, until: str | None) -> list[int]:
+        """Pages that may hold a turn timed within [since, until] (normalised ISO strings, which sort
+        as times do), by page number: one HGETALL of the compact index, no PageRecord parsed. A row
+        written before it carried its min/max times is kept (it may hold one)."""
+        self.page_entries_of(k, [0])
+        out = []
+        for page, raw in self.r.hgetall(k.page_info).items():
+            row = json.loads(raw)
+            if len(row) < 7 or ((since is None or row[6] >= since) and (until is None or row[5] <= until)):
+                out.append(int(page))
+        return sorted(out)
+
     def pages_ending_in(self, k: SessionKeys, ranges: list[tuple[float, float]]) -> set[int]:
         """Pages whose last turn lies in any of the ranges (lo, hi], in one round trip."""
         ranges = [(lo, hi) for lo, hi in ranges if hi > lo]
@@ -423,16 +469,19 @@ class Store:
         wanted = list(dict.fromkeys(turns))
         if not wanted:
             return {}
+        # Both hashes in one MULTI: a seal moving a turn from ``turns`` to ``source`` in between
+        # two reads would otherwise hide it from both.
+        with self.r.pipeline(transaction=True) as p:
+            p.hmget(k.source, wanted)
+            p.hmget(k.turns, wanted)
+            sealed, text = p.execute()
         out: dict[int, dict] = {}
-        for index, raw in zip(wanted, self.r.hmget(k.source, wanted)):
-            if raw:
-                out[index] = json.loads(raw)
-        missing = [i for i in wanted if i not in out]
-        if missing:
-            for index, raw in zip(missing, self.r.hmget(k.turns, missing)):
-                if raw:
-                    t = json.loads(raw)
-                    out[index] = {"role": t["role"], "content": t["content"], "time": t["time"]}
+        for index, kept, raw in zip(wanted, sealed, text):
+            if kept:
+                out[index] = json.loads(kept)
+            elif raw:
+                t = json.loads(raw)
+                out[index] = {"role": t["role"], "content": t["content"], "time": t["time"]}
         return out
 
     # -- text index (memory/index.py) -------------------------------------------------------

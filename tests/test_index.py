@@ -86,3 +86,22 @@ def test_forget_for_real_finds_readable_pages_by_decoded_text_and_nothing_once_g
     for query in ("Marguerite sailboat", "Tortuga pier 47 Halifax", "sister"):
         assert 6 not in found(memory, k, query, top=50)
         assert all(h.turn != 6 for h in memory.recall("ffr", query, tenant=tenant).hits)
+
+
+def test_a_term_past_the_postings_cap_keeps_its_true_weight(memory, tenant, monkeypatch):
+    """Past MAX_POSTINGS docs a term is read only for its heaviest docs; its idf still comes from
+    its true document count, and a turn it misses is still found by the query's rarer words."""
+    memory.create_session("cap", curve="keep", tenant=tenant)
+    turns = [{"role": "user", "content": f"the weather today is fine number {i}"} for i in range(60)]
+    turns[30] = {"role": "user", "content": "the weather at the pier of Halifax today"}
+    memory.append("cap", turns, tenant=tenant)
+    k = SessionKeys(tenant, "cap")
+    whole = memory.store.search(k, "weather Halifax", limit=100)
+    monkeypatch.setattr(ix, "MAX_POSTINGS", 10)
+    capped = memory.store.search(k, "weather Halifax", limit=100)
+    assert ix.doc_turn(capped[0][0])[0] == 30 == ix.doc_turn(whole[0][0])[0]
+    scores = dict((doc, score) for doc, score, _ in whole)
+    read = [(doc, score) for doc, score, _ in capped if doc != capped[0][0]]
+    assert len(read) == 10                                  # the cap: 'weather' read for 10 docs
+    for doc, score in read:                                 # same idf: the vocabulary's true count
+        assert score == pytest.approx(scores[doc])
