@@ -105,8 +105,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(data: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "OPTIMEM_DATA_DIR": str(data), "OPTIMEM_REDIS_URL": "", "OPTIMEM_API_KEYS": ""}
+def serve(data: Path, port: int, **more: str) -> subprocess.Popen:
+    env = {**os.environ, "OPTIMEM_DATA_DIR": str(data), "OPTIMEM_REDIS_URL": "", "OPTIMEM_API_KEYS": "", **more}
     process = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "serve", "--no-worker", "--port", str(port),
                                 "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -203,6 +203,7 @@ def bench_sessions(memory: Memory, sizes: list[int], reps: int) -> list[dict]:
         start = time.perf_counter()
         for i in tqdm(range(0, n, 1000), desc=f"building a {n:,}-turn session", unit="call", leave=False):
             memory.append(session, turns[i:i + 1000], tenant=TENANT)
+        memory.settle(session, tenant=TENANT)     # background sealing: the build ends when the pages do
         build = time.perf_counter() - start
         session_bytes = used_memory(r) - before
 
@@ -236,6 +237,7 @@ def bench_recall(memory: Memory, reps: int, cold_reps: int) -> dict:
     memory.create_session(session, tenant=TENANT)
     turns = chat(1000)
     memory.append(session, turns, tenant=TENANT)
+    memory.settle(session, tenant=TENANT)
     k = SessionKeys(TENANT, session)
     target = memory.store.pages(k)[0].turns[2]["index"]   # a turn on the first page
 
@@ -275,6 +277,11 @@ def table(report: dict) -> str:
                    f"{a['per_s']:,.0f} turns/s | GET /healthz p50 {h['p50_ms']:.1f} ms, {h['per_s']:,.0f}/s; "
                    f"Redis HSET p50 {x['p50_ms']:.2f} ms, {x['per_s']:,.0f}/s | "
                    f"{ratio(a['p50_ms'], h['p50_ms'])} /healthz, {ratio(a['p50_ms'], x['p50_ms'])} HSET |")
+    for r, base in zip(report["append"], report.get("append_inline", [])):
+        a, b = r["append"], base["append"]
+        out.append(f"| append p99/p50, {r['clients']} clients | {a['p99_ms'] / a['p50_ms']:.1f}x (sealed after the "
+                   f"answer) | {b['p99_ms'] / b['p50_ms']:.1f}x (sealed inside: p50 {b['p50_ms']:.1f} ms, p99 "
+                   f"{b['p99_ms']:.1f} ms, {b['per_s']:,.0f} turns/s) | - |")
     for r in report["sessions"]:
         out.append(f"| context, {r['turns']:,} turns ({r['pages']:,} pages), {BUDGET:,}-token budget | "
                    f"p50 {r['context_p50_ms']:.1f} ms, p99 {r['context_p99_ms']:.1f} ms | full read of every page "
@@ -321,17 +328,20 @@ def main(argv: list[str] | None = None) -> None:
                               "machine": machine(), "command": " ".join(["python bench/run.py", *(argv or sys.argv[1:])])}
     report["render"] = bench_render(args.quick)
     with tempfile.TemporaryDirectory(prefix="optimem-bench-") as tmp:
-        port = free_port()
-        server = serve(Path(tmp) / "server", port)
-        try:
-            turns = chat(2000)
-            report["append"] = asyncio.run(bench_append(
-                f"http://127.0.0.1:{port}", str(Path(tmp) / "server" / "redis" / "redis.sock"),
-                [int(c) for c in args.clients.split(",")], seconds, turns))
-        finally:
-            server.terminate()  # a graceful stop: the app stops its embedded Redis
-            server.wait(timeout=60)
-            EmbeddedRedis(Path(tmp) / "server").stop()  # in case it didn't
+        # Appends with pages sealed just after the answer (the default), and the same-run baseline
+        # with them sealed inside the append (OPTIMEM_SEAL_BACKGROUND=0), each on a fresh server.
+        for key, background in (("append_inline", "0"), ("append", "1")):
+            port, data = free_port(), Path(tmp) / f"server-{key}"
+            server = serve(data, port, OPTIMEM_SEAL_BACKGROUND=background)
+            try:
+                turns = chat(2000)
+                report[key] = asyncio.run(bench_append(
+                    f"http://127.0.0.1:{port}", str(data / "redis" / "redis.sock"),
+                    [int(c) for c in args.clients.split(",")], seconds, turns))
+            finally:
+                server.terminate()  # a graceful stop: the app stops its embedded Redis
+                server.wait(timeout=60)
+                EmbeddedRedis(data).stop()  # in case it didn't
         memory = Memory(Settings.from_env(data_dir=Path(tmp) / "memory", redis_url="", worker=False)).open()
         try:
             report["sessions"] = bench_sessions(memory, sizes, reps)

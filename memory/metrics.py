@@ -49,8 +49,8 @@ class MeteredStore(Store):
         APPENDED.inc(len(turns))
         return first
 
-    def seal(self, k, expect, pages, turns, keep_source):
-        super().seal(k, expect, pages, turns, keep_source)
+    def seal(self, k, expect, pages, turns, keep_source, sealed_tokens=0):
+        super().seal(k, expect, pages, turns, keep_source, sealed_tokens)
         SEALS.inc()
         SEALED.inc(len(pages))
 

@@ -23,7 +23,11 @@ class Appended(BaseModel):
     first_index: int = Field(description="Index given to the first appended turn.")
     appended: int
     turns: int = Field(description="Turns in the session now.")
-    sealed_pages: list[int] = Field(description="Pages this append sealed.")
+    sealed_pages: list[int] = Field(description="Pages this append sealed (empty when they are sealed just after "
+                                                "it: see `sealing`).")
+    sealing: bool = Field(False, description="True when pages are being sealed just after this append "
+                                             "(OPTIMEM_SEAL_BACKGROUND): this process's reads of the session "
+                                             "wait for it; the turns are stored either way.")
 
 
 class TextTurn(BaseModel):

@@ -23,7 +23,9 @@ from optimem.memory.reading import Reader, token_unit, tier_png
 from optimem.memory.redis_server import EmbeddedRedis, connect
 from optimem.memory.results import (Appended, EmbeddingsContext, OpenAIContext, PageSpans, RawContext, Recall,
                                     Session)
+from optimem.memory.sealer import Sealer
 from optimem.memory.store import SessionKeys, SessionMeta, Store
+from optimem.memory.typesetter import Typesetter
 from optimem.model import backends
 from optimem.model.base import Backend
 from optimem.model.tiers import Ladder, Tier, ladder as ladder_for
@@ -33,6 +35,17 @@ DEFAULT_TENANT = "default"
 SESSION_CHARS = r"[A-Za-z0-9._-]{1,128}"   # a session id: the one definition the API's schemas reuse
 SESSION_ID = re.compile(SESSION_CHARS)
 RETIER_EVERY = 16  # turns; tiers are always computed exactly at read time, this only pre-reads
+
+
+@dataclass(frozen=True)
+class _Seal:
+    """A seal owed to a session after an append (``Memory._seal``)."""
+    k: SessionKeys
+    keep_source: bool
+    retier: bool
+
+    def merge(self, other: "_Seal") -> "_Seal":
+        return _Seal(self.k, self.keep_source, self.retier or other.retier)
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,9 @@ class Memory:
         self._reader: Reader | None = None
         self._locks = locks.SessionLocks(lambda: self.store.r if self.store else None)  # across processes, in Redis
         self._backend_lock = threading.Lock()
+        self._sealer: Sealer | None = Sealer(self._seal) if self.settings.seal_background else None
+        # Sealing behind requests typesets in a child process (no GIL shared with them); inline, here.
+        self._typeset = Typesetter() if self.settings.seal_background else renderer.typeset
 
     # -- life cycle ---------------------------------------------------------------------------
     def open(self) -> "Memory":
@@ -80,6 +96,10 @@ class Memory:
         """Stop the worker (waiting up to ``timeout_s`` for the job in hand: a job is only
         read-ahead, so one cut short is done again later), then the embedded Redis, which saves
         and exits. Acknowledged turns are in Redis already: nothing here can lose them."""
+        if self._sealer is not None:
+            self._sealer.stop(timeout_s)          # seal what appends left pending
+            self._sealer = Sealer(self._seal)     # (a Memory may be opened again)
+            self._typeset.close()                 # its child process; started again on next use
         if self.worker:
             self.worker.stop(timeout_s)
             self.worker = None
@@ -121,8 +141,10 @@ class Memory:
             raise BadRequest("session id must be 1-128 characters of letters, digits, '.', '_' or '-'")
         return SessionKeys(tenant, session)
 
-    def _open(self, session: Any, tenant: str) -> _Open:
+    def _open(self, session: Any, tenant: str, settle: bool = True) -> _Open:
         k = self._keys(session, tenant)
+        if settle and self._sealer is not None:
+            self._sealer.settle(k.tag)     # a seal this process still owes the session comes first
         meta = self.store.meta(k)
         return _Open(k, meta, curves.load(meta.curve, self.ladder))
 
@@ -159,27 +181,54 @@ class Memory:
 
     # -- turns --------------------------------------------------------------------------------
     def append(self, session: str, turns: list[dict[str, Any]], *, tenant: str = DEFAULT_TENANT) -> Appended:
-        """Store turns ({role, content, time?}) in order; seal full pages past the recent-text budget."""
+        """Store turns ({role, content, time?}) in order; seal full pages past the recent-text budget:
+        inside this call, or just after it (``OPTIMEM_SEAL_BACKGROUND``, the default: ``sealing``
+        says a seal is under way; reads of the session in this process wait for it)."""
         k = self._keys(session, tenant)
         records = turn_input.parse_turns(turns, self.settings.max_turn_chars, self.settings.tokenizer)
         keep_source = self.store.meta(k).keep_source
         first = self.store.append(k, records)
-        with self._locks[k.tag]:
-            sealed = compactor.compact(self.store, k, self.settings.recent_tokens, self.layout, keep_source,
-                                       self.settings.tokenizer)
         last = first + len(records)
         # Re-tier on a seal and every RETIER_EVERY turns, only where read-ahead pays (jobs.kinds_for):
         # reading only the pages that crossed a tier boundary since the last time (jobs.retier).
-        if (sealed or last // RETIER_EVERY != first // RETIER_EVERY) and (not keep_source or self.encodes()):
-            s = self._open(session, tenant)
+        job = _Seal(k, keep_source, retier=last // RETIER_EVERY != first // RETIER_EVERY)
+        if self._sealer is not None and self._may_seal(k):
+            self._sealer.request(k.tag, job)
+            return Appended(session=session, first_index=first, appended=len(records), turns=last,
+                            sealed_pages=[], sealing=True)
+        sealed = self._seal(job)
+        return Appended(session=session, first_index=first, appended=len(records), turns=last,
+                        sealed_pages=[p.page for p in sealed])
+
+    def _may_seal(self, k: SessionKeys) -> bool:
+        """Whether the recent text is past its budget (a seal may be due): one HGET."""
+        return self.store.text_tokens(k) > self.settings.recent_tokens
+
+    def _seal(self, job: "_Seal") -> list:
+        """Seal the full pages past the recent-text budget (under the session's lock), then re-tier
+        where read-ahead pays."""
+        k, keep_source = job.k, job.keep_source
+        with self._locks[k.tag]:
+            sealed = compactor.compact(self.store, k, self.settings.recent_tokens, self.layout, keep_source,
+                                       self.settings.tokenizer, typeset=self._typeset)
+        if (sealed or job.retier) and (not keep_source or self.encodes()):
+            try:
+                s = self._open(k.session, k.tenant, settle=False)
+            except NotFound:          # deleted meanwhile
+                return sealed
             changed = self._retier(s)
             if not keep_source:   # a page faded out holds nothing: its decoded text leaves the index
                 gone = [p.record.page for p in changed if p.tier.gone]
                 if gone:
                     indexed = self.store.indexed_pages(k)
                     self.store.unindex_pages(k, [page for page in gone if page in indexed])
-        return Appended(session=session, first_index=first, appended=len(records), turns=last,
-                        sealed_pages=[p.page for p in sealed])
+        return sealed
+
+    def settle(self, session: str, *, tenant: str = DEFAULT_TENANT) -> None:
+        """Wait until the pages this process owes the session are sealed (background sealing),
+        however long that takes (a read of the session waits at most 30 s, then reads what is there)."""
+        if self._sealer is not None:
+            self._sealer.settle(self._keys(session, tenant).tag, timeout_s=None)
 
     def add(self, session: str, content: str, role: str = "user", *, time: str | None = None,
             tenant: str = DEFAULT_TENANT) -> Appended:
@@ -259,8 +308,8 @@ class Memory:
         kept, forgotten = self._kept(s)
         built = context.assemble(self.store.text_turns(s.k), kept, budget, ladder=self.ladder,
                                  min_memory_tokens=min_memory_tokens, forgotten=forgotten)
-        for p, record in zip(built.pages, self.store.pages_of(s.k, [p.record.page for p in built.pages])):
-            p.record = record    # full records only for the pages shown
+        # The formats need a page's number, turn range, times and token costs: all in the light
+        # records of the page index; no full PageRecord (turn spans) is read.
         if format == "raw":
             return context.raw(s.k, s.meta, self.ladder, built, links)
         if format == "openai":

@@ -33,6 +33,7 @@ class Line:
 _WIDE = ("\u1100-\u115f\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf"
          "\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff01-\uff60\uffe0-\uffe6"
          "\U0001f300-\U0001faff\U00020000-\U0003fffd")
+WIDE = re.compile(f"[{_WIDE}]")   # one wide character (a full em: CJK, kana, hangul, fullwidth)
 _CLOSE = "、。，．：；！？）］｝〉》」』】〕〗〙〛”’…‥・ー々ぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ,.:;!?)\\]}%"
 _OPEN = "（［｛〈《「『【〔〖〘〚“‘(\\[{"
 # An atom is what a break cannot split: a run of spaces, one wide character, or a run of other

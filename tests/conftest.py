@@ -26,7 +26,8 @@ def reader():
 
 
 def settings_for(server: EmbeddedRedis, tmp_path, **overrides) -> Settings:
-    values = dict(data_dir=tmp_path, redis_url=f"unix://{server.socket}", worker=False, recent_tokens=300)
+    values = dict(data_dir=tmp_path, redis_url=f"unix://{server.socket}", worker=False, recent_tokens=300,
+                  seal_background=False)   # pages sealed inside append: tests read them at once
     values.update(overrides)
     return Settings(**values)
 

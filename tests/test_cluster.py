@@ -126,6 +126,8 @@ def test_the_whole_loop_on_a_cluster(memory, tenant):
     for t in threads:
         t.join()
     assert not errors, errors[0]
+    for sid in sids:               # pages are sealed just after the appends (background sealing)
+        memory.settle(sid, tenant=tenant)
     assert check_one_session(memory.store, tenant, sids[0], sent) >= 2
     for sid in sids:
         info = memory.session(sid, tenant=tenant)

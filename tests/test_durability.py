@@ -78,7 +78,8 @@ CHILD = textwrap.dedent("""
     from optimem.settings import Settings
     from optimem.memory.store import Store
 
-    data_dir, when, nth, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    data_dir, when, nth, start, background = (sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                                              sys.argv[5] == "1")
     real_seal, calls = Store.seal, [0]
     def seal(self, *args, **kwargs):
         calls[0] += 1
@@ -88,7 +89,7 @@ CHILD = textwrap.dedent("""
         if calls[0] == nth and when == "after":
             os.kill(os.getpid(), signal.SIGKILL)
     Store.seal = seal
-    memory = Memory(Settings(data_dir=data_dir, recent_tokens=300, worker=False)).open()
+    memory = Memory(Settings(data_dir=data_dir, recent_tokens=300, worker=False, seal_background=background)).open()
     if start == 0:
         memory.create_session("crash", tenant="default")
     for turn in longest()[1][start:start + 150]:
@@ -97,12 +98,16 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_a_kill_between_sealing_steps_loses_no_turn(tmp_path, when):
+def test_a_kill_between_sealing_steps_loses_no_turn(tmp_path, when, background):
+    """Sealing inside the append or just after it (on the sealer thread, while appends go on)."""
     turns = longest()[1]
     sent = 0
-    for nth in (1, 2):
-        child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), when, str(nth), str(sent)])
+    # the sealer may seal several pages in one call: the first seal of each child is the one killed
+    for nth in ((1, 1) if background else (1, 2)):
+        child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), when, str(nth), str(sent),
+                                str(int(background))])
         assert child.returncode == -signal.SIGKILL
         memory = Memory(Settings(data_dir=tmp_path, recent_tokens=300, worker=False)).open()
         try:

@@ -67,7 +67,7 @@ def test_context_from_the_index_is_the_full_read(memory, tenant, chat, monkeypat
         for budget in (None, 0, 300, 1200, 8000):
             assert memory.context(name, budget=budget, tenant=tenant).model_dump() == \
                 full_read(memory, name, tenant, budget), (name, budget)
-    # reads no page record but those it shows
+    # reads no full page record at all: the page index has what the formats show
     asked: list[list[int]] = []
     real = Store.pages_of
 
@@ -78,7 +78,7 @@ def test_context_from_the_index_is_the_full_read(memory, tenant, chat, monkeypat
     monkeypatch.setattr(Store, "pages", lambda *a: pytest.fail("context read every page record"))
     monkeypatch.setattr(Store, "pages_of", pages_of)
     ctx = memory.context("steep", budget=1200, tenant=tenant)
-    assert asked == [[p.page for p in ctx.pages]]
+    assert asked == [] and ctx.pages
     assert ctx.accounting.pages_forgotten >= 1 and len(ctx.pages) < total
 
 
@@ -172,3 +172,29 @@ def test_a_curve_change_retiers_every_page(memory, tenant, chat):
     memory.set_curve("cc", {"kind": "step", "steps": [[0, "v768"], [40, "mosaic16"]]}, tenant=tenant)
     tiers = {p.page: p.tier for p in memory.pages("cc", tenant=tenant)}
     assert memory.store.queued_tiers(k) == tiers
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_row_estimate_never_skips_a_full_page(language):
+    """Compaction skips the typesetter when the overflow's estimated rows are surely short of a
+    page (compactor.estimated_rows): on real chat, wherever the typesetter would find a full page,
+    the estimate is above that mark, so no seal is missed or put off."""
+    from optimem import renderer
+    from optimem.memory import compactor
+    from optimem.memory.lab.corpus import chinese
+    from optimem.memory.store import TurnRecord
+
+    chat = longest()[1][:900] if language == "en" else chinese() * 12
+    turns = [TurnRecord(i, t["role"], t["content"], t["time"]) for i, t in enumerate(chat)]
+    layout = renderer.Layout(page_px=1024, font_px=12, line_spacing=1.15)
+    checked = 0
+    for start in range(0, len(turns) - 120, 41 if language == "en" else 11):
+        for end in range(start + 1, min(len(turns), start + 120)):
+            spill = turns[start:end]
+            full = renderer.typeset([renderer.TurnText(t.index, t.role, t.content, t.time, t.start) for t in spill],
+                                    layout, full_only=True)
+            if full:
+                assert compactor.estimated_rows(spill, layout) >= compactor.SURELY_SHORT * layout.rows
+                checked += 1
+                break
+    assert checked >= 5

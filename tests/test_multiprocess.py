@@ -175,6 +175,8 @@ def test_two_api_processes_and_two_workers_on_one_redis(tmp_path):
         began = time.perf_counter()
         latencies = append_concurrently(urls, "shared", sent)
         elapsed = time.perf_counter() - began
+        for u in urls:   # a read through each process waits for the seals it still owes the session
+            httpx.get(f"{u}/v1/sessions/shared").raise_for_status()
         pages = check_one_session(Store(r), "default", "shared", sent)
         assert pages >= 8, f"only {pages} pages sealed: the test should seal several under contention"
         latencies.sort()
