@@ -79,6 +79,16 @@ def env_name(field_name: str) -> str:
     return PREFIX + field_name.upper()
 
 
+def as_env(**values: Any) -> dict[str, str]:
+    """Fields as the environment variables a child process's ``Settings.from_env`` reads back
+    (``serve --workers N`` hands its children the Redis it started this way)."""
+    unknown = set(values) - {f.name for f in fields(Settings)}
+    if unknown:
+        raise TypeError(f"not settings: {sorted(unknown)}")
+    return {env_name(name): ("1" if value else "0") if isinstance(value, bool) else str(value)
+            for name, value in values.items()}
+
+
 def _parse(name: str, raw: str, kind: Any) -> Any:
     if kind is bool:
         return raw.strip().lower() not in _FALSE

@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from optimem.api.app import create_app
-    from optimem.memory.service import Memory
     from optimem.settings import Settings
 
     settings = Settings.from_env()
     settings.worker = settings.worker and not args.no_worker  # OPTIMEM_WORKER=0 and --no-worker both hold
-    memory = Memory(settings)
-    where = memory.settings.redis_url or f"embedded Redis under {memory.settings.data_dir}"
-    print(f"optimem: store = {where}; backend = {memory.settings.backend}; docs at http://{args.host}:{args.port}/docs",
-          file=sys.stderr)
     # Logging is ours (configured in main: text or JSON lines with request id, tenant, session); the
     # access lines come from optimem.access, so uvicorn's own access log is off.
     level = args.log_level.upper()
@@ -26,8 +21,63 @@ def serve(args: argparse.Namespace) -> None:
         logging.getLogger(name).setLevel(level)
     # SIGTERM: stop accepting, give in-flight requests OPTIMEM_SHUTDOWN_S, then close the memory
     # (worker, then the embedded Redis with a final save). Every acknowledged turn is in Redis already.
-    uvicorn.run(create_app(memory), host=args.host, port=args.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=max(0.1, settings.shutdown_s))
+    common = dict(host=args.host, port=args.port, log_config=None, access_log=False,
+                  timeout_graceful_shutdown=max(0.1, settings.shutdown_s))
+    if args.workers > 1:
+        return serve_processes(args, settings, common)
+
+    from optimem.api.app import create_app
+    from optimem.memory.service import Memory
+
+    memory = Memory(settings)
+    where = memory.settings.redis_url or f"embedded Redis under {memory.settings.data_dir}"
+    print(f"optimem: store = {where}; backend = {memory.settings.backend}; docs at http://{args.host}:{args.port}/docs",
+          file=sys.stderr)
+    uvicorn.run(create_app(memory), **common)
+
+
+def serve_processes(args: argparse.Namespace, settings, common: dict) -> None:
+    """``serve --workers N``: uvicorn starts N processes that share the listening socket; each builds
+    its own Memory from the environment (``process_app``). They must share one Redis, so the embedded
+    one is started here, once, handed down as OPTIMEM_REDIS_URL and stopped (with its save) after
+    the last child has exited. Each child runs its own model worker (the job stream is a consumer
+    group) unless --no-worker / OPTIMEM_WORKER=0."""
+    import uvicorn
+
+    from optimem.memory.redis_server import EmbeddedRedis
+    from optimem.settings import as_env
+
+    server = None
+    if not settings.redis_url:
+        server = EmbeddedRedis(settings.data_dir, settings.redis_maxmemory).start()
+        os.environ.update(as_env(redis_url=f"unix://{server.socket}"))
+    os.environ.update(as_env(worker=settings.worker))
+    where = settings.redis_url or f"embedded Redis under {settings.data_dir}"
+    print(f"optimem: store = {where}; {args.workers} processes; backend = {settings.backend}; "
+          f"docs at http://{args.host}:{args.port}/docs", file=sys.stderr)
+    try:
+        # The supervisor kills a child that misses a 5 s health ping (its default); a busy child on a
+        # small machine can, and a kill drops its in-flight requests: allow 30 s.
+        uvicorn.run("optimem.api.cli:process_app", factory=True, workers=args.workers,
+                    log_level=args.log_level.lower(), timeout_worker_healthcheck=30, **common)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def process_app():
+    """The app of one ``serve --workers N`` process. Children are spawned fresh, so logging is set up
+    again here; uvicorn has already set its loggers to --log-level, and optimem.access follows."""
+    from optimem.api.app import create_app
+    from optimem.api.metrics import configure_logging
+    from optimem.settings import Settings
+
+    settings = Settings.from_env()
+    configure_logging(settings.log, settings.log_format)
+    level = logging.getLogger("uvicorn.error").level
+    for name in ("uvicorn", "optimem.access"):
+        logging.getLogger(name).setLevel(level)
+    return create_app()
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -73,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("serve", help="run the API (embedded Redis unless OPTIMEM_REDIS_URL is set)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--no-worker", action="store_true", help="don't run a model worker in-process")
+    p.add_argument("--workers", type=int, default=1,
+                   help="API processes on the one port (embedded Redis: started once and shared)")
+    p.add_argument("--no-worker", action="store_true", help="don't run a model worker in-process (in any of them)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)
 

@@ -123,3 +123,14 @@ def test_load_never_reads_the_environment(env, tmp_path):
 def test_load_names_an_unknown_backend():
     with pytest.raises(ModelUnavailable, match="unknown backend 'tesseract' in OPTIMEM_BACKEND"):
         backends.load(Settings(backend="tesseract"))
+
+
+def test_as_env_round_trips_through_from_env():
+    from optimem.settings import as_env
+
+    env = as_env(redis_url="unix:///tmp/r.sock", worker=False, recent_tokens=700)
+    assert env == {"OPTIMEM_REDIS_URL": "unix:///tmp/r.sock", "OPTIMEM_WORKER": "0", "OPTIMEM_RECENT_TOKENS": "700"}
+    s = Settings.from_env(env)
+    assert (s.redis_url, s.worker, s.recent_tokens) == ("unix:///tmp/r.sock", False, 700)
+    with pytest.raises(TypeError):
+        as_env(no_such_setting=1)
