@@ -70,12 +70,13 @@ def run(url: str | None, turns: int, out: str, curve: str, wait: float) -> None:
         c.delete(f"/v1/sessions/{SESSION}")
         ok(c.post("/v1/sessions", json={"id": SESSION, "curve": curve}))
         started = time.perf_counter()
-        sealed = []
         for i in tqdm(range(0, len(conversation), 25), desc="appending turns", unit="batch"):
-            sealed += ok(c.post(f"/v1/sessions/{SESSION}/turns", json={"turns": conversation[i:i + 25]}))["sealed_pages"]
+            ok(c.post(f"/v1/sessions/{SESSION}/turns", json={"turns": conversation[i:i + 25]}))
+        answered_s = time.perf_counter() - started
+        pages = ok(c.get(f"/v1/sessions/{SESSION}"))["pages"]   # waits for pages sealed after the answers
         append_s = time.perf_counter() - started
-        print(f"Appended in {append_s:.1f} s; {len(sealed)} pages sealed "
-              f"({1000 * append_s / max(1, len(sealed)):.0f} ms of append time per sealed page, typesetting included)")
+        print(f"Appended in {answered_s:.1f} s (answers); {pages} pages sealed by {append_s:.1f} s "
+              f"({1000 * append_s / max(1, pages):.0f} ms per sealed page, typesetting included)")
 
         backlog = ok(c.get("/healthz"))["jobs_backlog"]
         with tqdm(total=backlog, desc="reading pages in the background", unit="page") as bar:

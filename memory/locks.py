@@ -28,7 +28,10 @@ from typing import Callable, Iterator
 import redis
 
 LEASE_MS = 30_000     # a compaction that takes longer than this may overlap another (still safe)
-WAIT_S = 30.0         # past this a waiter compacts without the lock (still safe; may be wasted work)
+# Past this a waiter compacts without the lock (still safe; may be wasted work). Well under the
+# 30 s a read waits for a seal it is owed (sealer.settle), so a lock left by a killed process (its
+# lease runs 30 s) delays the next seal 10 s, and a read still sees that seal.
+WAIT_S = 10.0
 POLL_S = (0.002, 0.05)  # first and longest pause between tries (doubling)
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"

@@ -158,6 +158,7 @@ def replay(memory: Memory, key: str, session: str, turns: list[dict], needles: l
     for i in tqdm(range(0, len(turns), batch), desc=f"replaying {key[:8]} (typesetting pages)",
                   unit="batch", leave=False):
         memory.append(session, turns[i:i + batch], tenant=TENANT)
+    memory.settle(session, tenant=TENANT)    # pages may be sealed just after the appends
     rep.render_seconds = time.perf_counter() - started
     rep.pages, rep.text = memory.store.pages(rep.k), memory.store.text_turns(rep.k)
     return rep
