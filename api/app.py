@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import json
+import logging
 import math
 import threading
 from contextlib import asynccontextmanager
@@ -28,6 +30,7 @@ from optimem.api.openai_protocol import error_body
 from optimem.api.deps import HttpLinks, links, memory
 from optimem.errors import OptimemError
 from optimem.memory import metrics as observed, results
+from optimem.memory.reading import COMPUTE, Threads
 from optimem.memory.service import Memory
 
 PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
@@ -37,6 +40,7 @@ SessionId = Annotated[str, Path(pattern=schemas.SESSION_ID, max_length=128,
                                 description="Session id: 1-128 letters, digits, '.', '_' or '-'.")]
 
 router = APIRouter()
+log = logging.getLogger("optimem.api")
 
 
 def run(fn, *args, **kwargs):
@@ -52,12 +56,13 @@ class Health(schemas.Health):
 
 
 @router.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["service"])
-async def healthz(m: Memory = Depends(memory),
+async def healthz(request: Request,
                   authorization: Optional[str] = Header(None, description="Bearer API key: with keys set, "
                                                                           "the backlog is shown only to callers "
                                                                           "with a valid key")):
     """Liveness, for anyone; the global job backlog, its age and the shed jobs only for a valid key
     when API keys are set."""
+    m: Memory = request.app.state.memory   # not Depends(memory): a sync dependency is a thread hop
     health = {"status": "ok", "backend": m.backend_name, "family": m.ladder.family}
     keys = m.settings.tenants()
     if not keys or api_key(authorization) in keys:
@@ -153,27 +158,53 @@ async def visual_tokens(session: SessionId, unit: str, tier: str = Query(descrip
 SLOT_WAIT_S = 1.0   # a recall waits this long for a free recall slot, then is refused (503)
 
 
-def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:
+class RecallsBusy(Exception):
+    """Every recall slot stayed taken for ``SLOT_WAIT_S``: answered 503 with Retry-After."""
+
+    def __init__(self, m: Memory):
+        self.retry_s = max(1, min(60, int(m.settings.recall_read_s) or 1))
+        super().__init__(f"too many recalls at once (OPTIMEM_RECALL_CONCURRENCY = {m.settings.recall_concurrency}); "
+                         f"retry in {self.retry_s} s")
+
+
+def _settle(future: asyncio.Future, result, exc: BaseException | None, slots: asyncio.Semaphore) -> None:
+    slots.release()
     if not future.done():   # the request may have been cancelled meanwhile
         future.set_exception(exc) if exc is not None else future.set_result(result)
 
 
-async def off_pool(fn, *args, **kwargs):
-    """``fn`` on a thread of its own (a daemon: a recall waiting for its deadline neither holds one of
-    FastAPI's ~40 threadpool threads nor keeps a stopping server alive), awaited without blocking."""
+async def run_recall(request: Request, fn, *args, **kwargs):
+    """``fn`` (a recall) in one of the process's recall slots, on one of its recall threads, awaited
+    without blocking; ``RecallsBusy`` when no slot frees within ``SLOT_WAIT_S``.
+
+    Never on FastAPI's threadpool: a recall waiting up to ``OPTIMEM_RECALL_READ_S`` for reads holds
+    none of its ~40 threads. The threads are started with the app, one per slot, not per recall:
+    ``Thread.start`` blocks until the new thread runs, and in a burst of 45 recalls that held the
+    event loop 351 ms (127 ms once). On its thread a recall computes in a turn (``COMPUTE``: a few at
+    a time, handed on while it waits for reads). A slot is freed when the recall ends, not when its
+    request does, so a thread is free for every slot."""
+    state, m = request.app.state, request.app.state.memory
+    try:
+        await asyncio.wait_for(state.recall_slots.acquire(), SLOT_WAIT_S)
+    except asyncio.TimeoutError:
+        observed.RECALLS_REFUSED.inc()
+        raise RecallsBusy(m) from None
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
     ctx = contextvars.copy_context()   # the request's log context follows it
 
-    def target():
+    def job():
         try:
-            result = ctx.run(fn, *args, **kwargs)
+            with COMPUTE.held():
+                outcome = ctx.run(fn, *args, **kwargs), None
         except BaseException as exc:  # handed to the request, raised there
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, result, None)
+            outcome = None, exc
+        try:
+            loop.call_soon_threadsafe(_settle, done, *outcome, state.recall_slots)
+        except RuntimeError:   # the loop is closed (the server stopped): no one is waiting
+            pass
 
-    threading.Thread(target=target, name="optimem-recall", daemon=True).start()
+    state.recall_threads.submit(job)
     return await done
 
 
@@ -185,20 +216,11 @@ async def recall(session: SessionId, body: schemas.RecallIn, request: Request, t
     """Recalls run on their own threads, at most ``OPTIMEM_RECALL_CONCURRENCY`` at once per process
     (past that, after a short wait, 503 with Retry-After): a recall waiting for its pages to be read
     (up to ``OPTIMEM_RECALL_READ_S``) never holds a request thread, so /healthz and appends stay fast."""
-    slots: asyncio.Semaphore = request.app.state.recall_slots
     try:
-        await asyncio.wait_for(slots.acquire(), SLOT_WAIT_S)
-    except asyncio.TimeoutError:
-        observed.RECALLS_REFUSED.inc()
-        retry = max(1, min(60, int(m.settings.recall_read_s) or 1))
-        return SafeJSON({"detail": f"too many recalls at once (OPTIMEM_RECALL_CONCURRENCY = "
-                                   f"{m.settings.recall_concurrency}); retry in {retry} s"},
-                        status_code=503, headers={"Retry-After": str(retry)})
-    try:
-        got = await off_pool(m.recall, session, body.query, turn=body.turn, since=body.since, until=body.until,
-                             role=body.role, limit=body.limit, tenant=t)
-    finally:
-        slots.release()
+        got = await run_recall(request, m.recall, session, body.query, turn=body.turn, since=body.since,
+                               until=body.until, role=body.role, limit=body.limit, tenant=t)
+    except RecallsBusy as busy:
+        return SafeJSON({"detail": str(busy)}, status_code=503, headers={"Retry-After": str(busy.retry_s)})
     observed.RECALLS.inc()
     observed.RECALL_SECONDS.observe(got.seconds)
     observed.RECALL_PAGES.labels("read").inc(got.pages_read)
@@ -328,6 +350,30 @@ def document_errors(app: FastAPI, memory_: Memory) -> dict:
     return doc
 
 
+_frozen = threading.Event()
+
+
+def load_reader(m: Memory) -> None:
+    """Load the model backend (and warm it) now, beside the starting server, not in the first
+    recall: loading imports C extensions that hold the GIL up to ~130 ms at a stretch, and during a
+    first burst of recalls that stopped every request ~350 ms (issue 10). A backend that cannot
+    load says so again, as a 503, when a recall needs it.
+
+    Then, once per process, what is loaded is moved out of the GC's full collections (``gc.freeze``,
+    after a collection so no garbage is kept): they walked all of it (~180k objects, ~100 ms here)
+    with every thread stopped, and a burst of recalls set one off."""
+    try:
+        warm = getattr(m.backend, "warm", None)
+        if warm is not None:
+            warm()
+    except Exception as exc:  # noqa: BLE001  logged; recall reports it to its caller
+        log.warning("the %s backend did not load at start: %s", m.settings.backend, exc)
+    if not _frozen.is_set():
+        _frozen.set()
+        gc.collect()
+        gc.freeze()
+
+
 def create_app(m: Memory | None = None) -> FastAPI:
     """An app over ``m`` (opened and closed with the app), or over a Memory from the environment."""
     own = m or Memory()
@@ -337,8 +383,12 @@ def create_app(m: Memory | None = None) -> FastAPI:
         if own.store is None:
             own.open()
         app.state.memory = own
-        app.state.recall_slots = asyncio.Semaphore(max(1, own.settings.recall_concurrency))
+        threading.Thread(target=load_reader, args=(own,), name="optimem-load-reader", daemon=True).start()
+        slots = max(1, own.settings.recall_concurrency)
+        app.state.recall_slots = asyncio.Semaphore(slots)
+        app.state.recall_threads = Threads(slots, name="optimem-recall")   # one per slot: see run_recall
         yield
+        app.state.recall_threads.stop()
         own.close(timeout_s=1.0)  # the worker's job in hand is only read-ahead: cut it short, redone later
 
     app = FastAPI(title="optimem", version=__version__, lifespan=lifespan,

@@ -51,8 +51,8 @@ def page_sources(page: dict, sources: dict[int, dict]) -> list[dict]:
     return out
 
 
-def session_view(memory: Memory, t: str, session: str, base_url: str, query: str) -> dict[str, Any]:
-    """Everything the session page shows. Blocking (Redis, and the reader when there is a query)."""
+def session_view(memory: Memory, t: str, session: str, base_url: str) -> dict[str, Any]:
+    """Everything the session page shows but the recall. Blocking (Redis)."""
     links = HttpLinks(base_url)
     info = memory.session(session, tenant=t).model_dump()
     ctx = memory.context(session, links=links, tenant=t).model_dump()
@@ -63,19 +63,12 @@ def session_view(memory: Memory, t: str, session: str, base_url: str, query: str
         sources = memory.sources(session, [span["index"] for p in shown for span in p["turns"]], tenant=t)
     for page in shown:
         page["source"] = page_sources(page, sources) if info["keep_source"] else None
-    recall, recall_error = None, None
-    if query:
-        try:
-            recall = memory.recall(session, query, limit=RECALL_LIMIT, tenant=t).model_dump()
-        except (BadRequest, ModelUnavailable) as exc:
-            recall_error = str(exc)
     accounting = ctx["accounting"]
     return {"view": "session", "info": info, "turns": ctx["turns"], "pages": shown,
             "hidden_pages": len(pages) - len(shown), "accounting": accounting,
             "full_text_tokens": accounting["text_tokens_replaced"] + accounting["recent_text_tokens"]
             + sum(p["text_tokens"] for p in pages if p["tier"] == "gone"),
-            "unit": info["curve"].get("unit", "turns"), "query": query, "recall": recall,
-            "recall_error": recall_error}
+            "unit": info["curve"].get("unit", "turns")}
 
 
 def horizon(memory: Memory, spec: dict) -> float:
@@ -145,14 +138,26 @@ async def sessions(request: Request, t: str = Depends(tenant)) -> HTMLResponse:
 async def inspect(request: Request, session: str, t: str = Depends(tenant),
                   q: Optional[str] = Query(None, max_length=2000, description="Recall query")) -> HTMLResponse:
     """One session: its pages at their tiers, recent turns, curve, accounting and recall."""
+    from optimem.api.app import RecallsBusy, run_recall   # (app imports this module)
+
     memory: Memory = request.app.state.memory
+    query = (q or "").strip()
     try:
-        view = await run_in_threadpool(session_view, memory, t, session, str(request.base_url), (q or "").strip())
+        view = await run_in_threadpool(session_view, memory, t, session, str(request.base_url))
     except NotFound as exc:
         return _error(request, 404, str(exc))
     except BadRequest as exc:
         return _error(request, 422, str(exc))
-    return _render(request, session=session, **view)
+    recall, recall_error = None, None
+    if query:   # the way the API's recall runs: in a recall slot, on a recall thread, never on the threadpool
+        try:
+            recall = (await run_recall(request, memory.recall, session, query, limit=RECALL_LIMIT,
+                                       tenant=t)).model_dump()
+        except (BadRequest, ModelUnavailable, RecallsBusy) as exc:
+            recall_error = str(exc)
+        except NotFound as exc:   # deleted meanwhile
+            return _error(request, 404, str(exc))
+    return _render(request, session=session, query=query, recall=recall, recall_error=recall_error, **view)
 
 
 @router.get("/inspect/{session}/curve.png", response_class=Response,

@@ -11,6 +11,10 @@ and waits for it with its own deadline; across processes a short-lived claim key
 A deadline bounds the waiting, not the read: a read whose caller gave up finishes in the
 background and lands in the cache for the next caller.
 
+Recall threads compute a few at a time (``COMPUTE``): each holds a turn while it runs and hands it on
+while it waits for a read, so a burst of recalls never has dozens of Python threads queueing for
+the GIL at once (the event loop needs the GIL after every poll, and waits behind all of them).
+
 Reading one turn (``fetch(..., turn=)``): a backend that reads the renderer's line boxes
 (``reads_line_subsets``) reads just that turn's text lines, headers skipped (~0.15 s instead of
 5-17 s a page), cached per page, tier, turn and reader revision, shared and claimed like a page
@@ -20,6 +24,7 @@ whole pages reads the page once and every turn on it shares that read.
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import os
@@ -27,6 +32,7 @@ import queue
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
@@ -93,12 +99,12 @@ class Reader:
         self.id = f"{backend.name}@{backend.revision}"
         self.threads, self.claim_ms = max(1, int(threads)), claim_ms
         self._lock = threading.Lock()                # guards the dicts below, never held across I/O
-        self._pool: _Pool | None = None
+        self._pool: Threads | None = None
         self._inflight: dict[tuple[str, int, str], Future] = {}    # (session tag, page, cache key)
         self._watched: dict[tuple[str, int, str], tuple[SessionKeys, int, Tier, Future]] = {}
         self._watcher: threading.Thread | None = None
         self._wake = threading.Event()
-        self._line_pool: _Pool | None = None
+        self._line_pool: Threads | None = None
         self.reads_lines = bool(getattr(backend, "reads_line_subsets", False))
 
     def turn_lines(self, k: SessionKeys, page: int, turn: int) -> list[LineBox]:
@@ -167,13 +173,17 @@ class Reader:
 
     @staticmethod
     def wait(future: Future, deadline: float | None) -> dict | None:
-        """The result of a ``fetch`` future, or None if ``deadline`` passes first."""
-        if future.done() or deadline is None:
+        """The result of a ``fetch`` future, or None if ``deadline`` passes first. A thread holding
+        a compute turn (``COMPUTE``) hands it on while it waits."""
+        if future.done():
             return future.result()
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            return None
+        with COMPUTE.aside():
+            if deadline is None:
+                return future.result()
+            try:
+                return future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                return None
 
     def fetch(self, k: SessionKeys, page: int, tier: Tier, turn: int | None = None) -> Future:
         """A future of the page's decoded text: done if cached, else the read in flight for this
@@ -239,12 +249,12 @@ class Reader:
         with self._lock:
             if turn is None:
                 if self._pool is None:
-                    self._pool = _Pool(self.threads)
+                    self._pool = Threads(self.threads)
                     weakref.finalize(self, self._pool.stop)
                 pool = self._pool
             else:   # one turn's lines: a pool of its own, never queued behind whole pages
                 if self._line_pool is None:
-                    self._line_pool = _Pool(self.threads)
+                    self._line_pool = Threads(self.threads)
                     weakref.finalize(self, self._line_pool.stop)
                 pool = self._line_pool
         pool.submit(self._read, k, page, tier, token, future, turn)
@@ -275,6 +285,7 @@ class Reader:
                 self.store.release_read(k, page, ckey, self.id, token)
             except Exception:  # the claim expires by itself
                 log.warning("could not release the read claim of page %s of %s", page, k.tag, exc_info=True)
+            HEAP.trim()
 
     def _read_now(self, k: SessionKeys, page: int, tier: Tier, turn: int | None = None) -> dict | None:
         if turn is not None:
@@ -349,33 +360,102 @@ class Reader:
             time.sleep(POLL_S)
 
 
-class _Pool:
-    """A fixed number of daemon threads over one queue. Not a ThreadPoolExecutor: that one makes
-    the interpreter wait at exit for every queued read; an abandoned read is harmless here (the
-    cache is written set-if-absent, the claim expires)."""
+class _Heap:
+    """Hands the C heap's free memory back to the OS (glibc's ``malloc_trim``) after reads, at most
+    once a second (a trim took 11-16 ms). A read allocates and frees tens of MB (the page image,
+    its views, the crops) in whichever malloc arena its thread uses, and glibc keeps what is freed
+    for reuse: a soak's server once held ~225 MB free in its arenas beside ~90 MB in use, and its
+    RSS crept up with it. Elsewhere than glibc this does nothing."""
 
-    def __init__(self, threads: int):
+    def __init__(self):
+        try:
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self._trim = None
+        self._last = 0.0
+
+    def trim(self) -> None:
+        now = time.monotonic()
+        if self._trim is not None and now - self._last >= 1.0:
+            self._last = now
+            self._trim(0)
+
+
+HEAP = _Heap()
+
+
+class Gate:
+    """At most ``n`` threads at once between ``held()`` and its end; a thread that waits (``aside()``)
+    lets another take its turn meanwhile, and takes one back after.
+
+    Python threads share one GIL: two threads computing keep a 2-core machine's Python busy, and
+    every further one only lengthens the queue for the GIL, which the event loop joins after every
+    poll. 45 recalls computing at once held the loop up to ~120 ms at a time (issue 10).
+    """
+
+    def __init__(self, n: int):
+        self._free = threading.Semaphore(n)
+        self._mine = threading.local()
+
+    @contextmanager
+    def held(self):
+        if getattr(self._mine, "held", False):   # nested: the thread's turn already covers it
+            yield
+            return
+        self._free.acquire()
+        self._mine.held = True
+        try:
+            yield
+        finally:
+            self._mine.held = False
+            self._free.release()
+
+    @contextmanager
+    def aside(self):
+        """While the calling thread waits: its turn (if it holds one) goes to another thread."""
+        if not getattr(self._mine, "held", False):
+            yield
+            return
+        self._mine.held = False
+        self._free.release()
+        try:
+            yield
+        finally:
+            self._free.acquire()
+            self._mine.held = True
+
+
+COMPUTE = Gate(2)     # recall threads computing at once per process (see the module)
+
+
+class Threads:
+    """A fixed number of daemon threads over one queue (the reader's pools; the API's recall
+    threads). Not a ThreadPoolExecutor: that one makes the interpreter wait at exit for every
+    queued job; an abandoned read is harmless here (the cache is written set-if-absent, the claim
+    expires), and a recall cut short by shutdown has no one left to answer."""
+
+    def __init__(self, threads: int, name: str = "optimem-read"):
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads = threads
+        self.threads, self.name = threads, name
         for i in range(threads):
-            threading.Thread(target=_Pool.run, args=(self.queue,), name=f"optimem-read-{i}", daemon=True).start()
+            threading.Thread(target=Threads.run, args=(self.queue, name), name=f"{name}-{i}", daemon=True).start()
 
     def submit(self, fn, *args) -> None:
         self.queue.put((fn, args))
 
     def stop(self) -> None:
-        """Let the threads end once what is queued is done (the Reader is gone)."""
+        """Let the threads end once what is queued is done."""
         for _ in range(self.threads):
             self.queue.put(None)
 
     @staticmethod
-    def run(q: queue.SimpleQueue) -> None:
+    def run(q: queue.SimpleQueue, name: str) -> None:
         while (item := q.get()) is not None:
             fn, args = item
             try:
                 fn(*args)
-            except BaseException:  # fn reports to its future; never let one read end the thread
-                log.exception("page read failed")
+            except BaseException:  # fn reports to its future; never let one job end the thread
+                log.exception("%s: job failed", name)
             del item, fn, args
 
 

@@ -141,3 +141,42 @@ def test_the_inspector_takes_the_api_key_as_basic_auth(client, keyed):
     assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Basic")
     basic = base64.b64encode(f"anyone:{keyed}".encode()).decode()
     assert client.get("/inspect", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+
+
+def test_the_inspector_recall_runs_like_the_api_recall_in_a_slot_on_a_recall_thread(memory, tenant, keyed,
+                                                                                    monkeypatch):
+    """Never on the shared threadpool: it takes one of the recall slots (OPTIMEM_RECALL_CONCURRENCY)
+    and says so on the page when every slot stays taken."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from optimem.api import app as app_module
+
+    monkeypatch.setattr(app_module, "SLOT_WAIT_S", 0.2)
+    memory.settings.recall_concurrency = 1
+    real, threads = memory.recall, []
+    entered, release = threading.Event(), threading.Event()
+
+    def recall(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        if not release.is_set():
+            entered.set()
+            assert release.wait(20)
+        return real(*args, **kwargs)
+
+    with TestClient(create_app(memory)) as c:
+        c.headers["Authorization"] = f"Bearer {keyed}"
+        c.post("/v1/sessions", json={"id": "s"})
+        c.post("/v1/sessions/s/turns", json={"turns": [{"role": "user", "content": "we played chess on sunday"}]})
+        monkeypatch.setattr(memory, "recall", recall)
+        held = threading.Thread(target=lambda: c.post("/v1/sessions/s/recall", json={"turn": 0}))
+        held.start()
+        assert entered.wait(20)
+        busy = c.get("/inspect/s", params={"q": "chess"})
+        assert busy.status_code == 200 and "too many recalls at once" in busy.text
+        release.set()
+        held.join(20)
+        shown = c.get("/inspect/s", params={"q": "chess"})
+        assert shown.status_code == 200 and "too many recalls" not in shown.text and "sunday" in shown.text
+    assert threads and all(name.startswith("optimem-recall-") for name in threads)
