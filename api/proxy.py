@@ -388,11 +388,15 @@ def sse_events(answer: dict, include_usage: bool) -> list[bytes]:
 
 
 async def with_recall_tool(memory: Memory, t: str, session: str, mode: str, base: str, payload: dict,
-                           client: httpx.AsyncClient, gone_pages: int) -> tuple[dict | None, JSONResponse | None,
-                                                                                  int, int]:
+                           client: httpx.AsyncClient, gone_pages: int, http: Request
+                           ) -> tuple[dict | None, JSONResponse | None, int, int]:
     """Ask the upstream, answering its recall_memory calls, until it answers the caller.
 
+    Each look-up runs as the API's recalls do (``app.run_recall``: a recall slot and thread, never
+    the request threadpool); with every slot taken the tool answers that memory is busy.
     Returns (the final chat.completion, or an error response; tool rounds run; tokens they added)."""
+    from optimem.api.app import RecallsBusy, run_recall   # (app imports this module)
+
     messages = list(payload["messages"])
     request = {key: value for key, value in payload.items() if key != "stream_options"}
     request["stream"] = False
@@ -440,7 +444,10 @@ async def with_recall_tool(memory: Memory, t: str, session: str, mode: str, base
             messages.append({"role": "assistant", "content": message.get("content"), "tool_calls": ours})
             for call in ours:
                 arguments = (call.get("function") or {}).get("arguments")
-                text = await run_in_threadpool(recall_text, memory, t, session, arguments, gone_pages)
+                try:
+                    text = await run_recall(http, recall_text, memory, t, session, arguments, gone_pages)
+                except RecallsBusy as busy:
+                    text = f"{RECALL_TOOL} could not run now: {busy}"
                 if rounds >= MAX_TOOL_ROUNDS:
                     text = f"{text}\n\n{LAST_LOOKUP}"
                 messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": text})
@@ -496,7 +503,7 @@ async def chat_completions(
         gone = sum(p.tier == "gone" for p in pages)
         async with httpx.AsyncClient(timeout=TIMEOUT, headers=upstream_headers(memory, authorization)) as client:
             answer, error, rounds, tokens = await with_recall_tool(memory, t, session, mode, base, payload, client,
-                                                                   gone)
+                                                                   gone, request)
         headers.update({"X-Optimem-Tool-Rounds": str(rounds), "X-Optimem-Tool-Tokens": str(tokens)})
         if error is not None:
             error.headers.update(headers)

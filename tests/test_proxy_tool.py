@@ -137,3 +137,24 @@ def test_modes_come_from_the_header_or_the_setting_and_bad_ones_are_refused(opti
     with pytest.raises(openai.BadRequestError) as caught:  # an upstream without tool calling
         pal.chat.completions.create(model="fake-vl", messages=[{"role": "user", "content": "NO TOOLS here"}])
     assert "X-Optimem-Memory: images" in caught.value.message and "tool-call" in caught.value.message
+
+
+def test_the_tool_recalls_run_on_recall_threads_not_the_request_pool(optimem, upstream, memory, tenant, monkeypatch):
+    """Like the API's and the inspector's recalls (issue 10): a recall slot and a recall thread."""
+    import threading
+
+    memory.create_session("pool", tenant=tenant)
+    memory.append("pool", [{"role": "user", "content": FACT}, {"role": "assistant", "content": "Noted."}],
+                  tenant=tenant)
+    real, names = memory.recall, []
+
+    def recall(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "recall", recall)
+    reply = client(optimem, tenant, "pool").chat.completions.create(
+        model="fake-vl", messages=[{"role": "user", "content": "What is my storage locker code?"}],
+        extra_headers=TOOL).choices[0].message.content
+    assert "4817-QX" in reply
+    assert names and all(name.startswith("optimem-recall") for name in names), names
