@@ -208,9 +208,11 @@ class Memory:
         """Seal the full pages past the recent-text budget (under the session's lock), then re-tier
         where read-ahead pays."""
         k, keep_source = job.k, job.keep_source
-        with self._locks[k.tag]:
-            sealed = compactor.compact(self.store, k, self.settings.recent_tokens, self.layout, keep_source,
-                                       self.settings.tokenizer, typeset=self._typeset)
+        sealed = []
+        if self._may_seal(k):    # text within budget: nothing to seal, no lock, no read of the turns
+            with self._locks[k.tag]:
+                sealed = compactor.compact(self.store, k, self.settings.recent_tokens, self.layout, keep_source,
+                                           self.settings.tokenizer, typeset=self._typeset)
         if (sealed or job.retier) and (not keep_source or self.encodes()):
             try:
                 s = self._open(k.session, k.tenant, settle=False)
