@@ -1,6 +1,6 @@
 """Exact identifiers after fading (issue 14): one command, a table and JSON.
 
-    python bench/identifiers.py [--settings off,serif+4_r5] [--per-kind 12] [--seed 14]
+    python bench/identifiers.py [--settings off,serif+6_r8+mono_l0] [--per-kind 12] [--seeds 14,15]
                                 [--tiers crops,g1024,v768,mosaic4,mosaic16] [--out bench/identifiers.json]
 
 For each identifier setting (``renderer.faces.IDENT_FACES``; "off" = before: identifiers set as
@@ -24,12 +24,30 @@ from optimem.memory.lab.common import machine  # noqa: E402
 from optimem.renderer.faces import IDENT_DEFAULT  # noqa: E402
 
 
+def pooled(reports: list[dict]) -> str:
+    """Exact read-back per setting and view over every seed, per kind, and mean prose precision."""
+    sums: dict[tuple[str, str], dict] = {}
+    for r in reports:
+        for px, v in r["views"].items():
+            s = sums.setdefault((r["ident"], ",".join(v["tiers"])), {"kinds": {}, "prose": []})
+            for kind, k in v["kinds"].items():
+                got, of = s["kinds"].get(kind, (0, 0))
+                s["kinds"][kind] = (got + k["exact"], of + k["of"])
+            s["prose"].append(v["prose_precision"])
+    rows = ["pooled over seeds: setting, tiers, exact, per kind, prose precision (mean)"]
+    for (ident, tiers), s in sums.items():
+        got, of = (sum(k[i] for k in s["kinds"].values()) for i in (0, 1))
+        kinds = " ".join(f"{kind} {k[0]}/{k[1]}" for kind, k in s["kinds"].items())
+        rows.append(f"{ident:<20} {tiers:<13} {got / of:6.1%} ({got}/{of})  {kinds}  prose {sum(s['prose']) / len(s['prose']):.4f}")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default=f"off,{IDENT_DEFAULT}",
                         help="identifier settings to compare, comma-separated (first = before)")
     parser.add_argument("--per-kind", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument("--seeds", default="14,15", help="generator seeds, comma-separated (pooled at the end)")
     parser.add_argument("--tiers", default=None, help="tier names (default: all but gone)")
     parser.add_argument("--prose-pages", type=int, default=2)
     parser.add_argument("--capacity-conversations", type=int, default=300)
@@ -38,19 +56,22 @@ def main(argv: list[str] | None = None) -> None:
     tiers = args.tiers.split(",") if args.tiers else None
     reports = []
     for setting in args.settings.split(","):
-        start = time.perf_counter()
-        report = identifiers.run(setting, seed=args.seed, per_kind=args.per_kind, tiers=tiers,
-                                 prose_pages=args.prose_pages, capacity_conversations=args.capacity_conversations)
-        report["seconds"] = round(time.perf_counter() - start, 1)
-        reports.append(report)
-        print(f"{setting}: {report['seconds']} s", file=sys.stderr, flush=True)
-    text = identifiers.table(reports)
-    print(text)
-    if len(reports) > 1 and all("capacity" in r for r in reports):
-        base = reports[0]["capacity"]["tokens_per_page"]
-        for r in reports[1:]:
-            loss = 1 - r["capacity"]["tokens_per_page"] / base
-            print(f"capacity {r['ident']} vs {reports[0]['ident']}: {loss:+.2%} tokens per page lost")
+        for n, seed in enumerate(int(s) for s in args.seeds.split(",")):
+            start = time.perf_counter()
+            report = identifiers.run(setting, seed=seed, per_kind=args.per_kind, tiers=tiers,
+                                     prose_pages=args.prose_pages,
+                                     # capacity is real chitchat, the same for every seed
+                                     capacity_conversations=0 if n else args.capacity_conversations)
+            report["seconds"] = round(time.perf_counter() - start, 1)
+            reports.append(report)
+            print(f"{setting} seed {seed}: {report['seconds']} s", file=sys.stderr, flush=True)
+    print(identifiers.table(reports))
+    print()
+    print(pooled(reports))
+    capacity = [r for r in reports if "capacity" in r]
+    for r in capacity[1:]:
+        loss = 1 - r["capacity"]["tokens_per_page"] / capacity[0]["capacity"]["tokens_per_page"]
+        print(f"capacity {r['ident']} vs {capacity[0]['ident']}: {loss:+.2%} tokens per page lost")
     args.out.write_text(json.dumps({"machine": machine(), "reports": reports}, ensure_ascii=False, indent=1))
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -33,28 +33,29 @@ class Ident(NamedTuple):
     path: Path
     step: int = 0
     lead: int = 0
-    alt: Path | None = None     # a second face, same size, for the characters in ``alt_chars``
-    alt_chars: str = ""
+    alts: tuple[tuple[Path, str], ...] = ()    # (face, characters): other faces, same size, for those characters
 
 
-# How identifiers in prose (``identifiers.find``) are set: "name": Ident(face, size step, row lead).
-# Chosen by ``bench/identifiers.py`` (CPU reader, the lab's layout: 12 px, 1.15 line spacing; exact
-# read-back of 144 planted identifiers, seeds 14 and 15, at g1024 / v768 / mosaic4):
-#   off (as prose)                 87.5 / 86.8 / 68.8 %
-#   serif+4_r5  (the default)      94.4 / 94.4 / 90.3 %
-#   serif+2_r3                     96.5 / 95.8 / 84.7 %
-#   sans+3_r4  (body face larger)  88.9 / 88.2 / 82.6 %
-# (serif+1, no lead, seed 14 only: 97.2 / 94.4 / 56.9 %.) DejaVu Serif tells I from l from 1 and
-# sets a round O beside a narrow 0; four pixels larger it survives the 512 px mosaic cell, where
-# pages live under the default curve (weighed most; serif+2_r3 reads one identifier in 50 more at
-# full size, one in 18 fewer in the cell). A face more than a pixel larger needs a taller row: at
-# 1.15 line spacing its ink reaches the rows above and below, whose descenders then read as
-# accents; so a row that holds an identifier is ``lead`` px taller (5 px: two such rows fit in the
-# slack a 1024 px page's grid leaves, so real chitchat, with an identifier row every few pages,
-# loses no capacity). DejaVu Sans Mono (dotted zero) reads back worse than the body face: the
-# reader takes its narrow O for 0 and misreads case. DejaVu Sans Bold (+1, +2 px) lost to the
-# regular face at every tier.
-# "off" sets identifiers as the prose around them: today's pages, byte for byte.
+# How identifiers in prose (``identifiers.find``) are set: "name": Ident(face, size step, row lead,
+# other faces for some characters). Chosen by ``bench/identifiers.py`` (CPU reader, the lab's layout:
+# 12 px, 1.15 line spacing; exact read-back at g1024 / v768 / mosaic4 of 288 identifiers planted in
+# a real chat, seeds 20-23; seeds 14-17 were kept back to confirm the choice, docs/lab):
+#   off (as prose)                        85.1 / 85.1 / 66.3 %
+#   serif+4_r5  (the previous default)    92.0 / 91.3 / 86.5 %
+#   serif+6_r8                            93.4 / 92.4 / 87.2 %
+#   serif+6_r8+mono_l0  (the default)     99.3 / 99.0 / 95.8 %
+# DejaVu Serif tells I from 1 (serifs, a flag) and sets a round O; six pixels larger it survives the
+# 512 px mosaic cell, where pages live under the default curve. What it cannot do is an l among
+# digits: its l has serifs like its 1 and the reader, primed by the digits, reads 1 (or I). So l
+# and 0 come from DejaVu Sans Mono, whose l has a tail to the right and whose 0 has a dot: random
+# O0Il1rnmB8S5 strings went from 27 to 46 of 48 at g1024. Faces tried for those two glyphs
+# (not shipped): Hack's l reads a shade better (99.7 / 99.7 / 96.5 %: one or two more of 288),
+# Go's l reads "lI" as "U" and its slashed 0 as a theta in the cell, JetBrains Mono's l is read as 1
+# after a 0, Noto Sans Mono's l fails outright. A face larger than the body needs a taller row
+# (``lead``): at 1.15 line spacing its ink would reach the rows above and below. One such row fits
+# the slack a 1024 px page's grid leaves, so real chitchat, with an identifier row every few pages,
+# loses 0.01% of its tokens a page.
+# "off" sets identifiers as the prose around them: the pages before issue 14, byte for byte.
 IDENT_FACES: dict[str, Ident | None] = {
     "off": None,
     "mono": Ident(MONO),
@@ -64,12 +65,14 @@ IDENT_FACES: dict[str, Ident | None] = {
     "serif+2_r4": Ident(SERIF, 2, 4),
     "serif+3_r4": Ident(SERIF, 3, 4),
     "serif+4_r5": Ident(SERIF, 4, 5),
+    "serif+6_r8": Ident(SERIF, 6, 8),
+    "serif+6_r8+mono_l0": Ident(SERIF, 6, 8, ((MONO, "l0"),)),     # with the monospace's tailed l and dotted 0
     "sans+2_r3": Ident(SANS, 2, 3),
     "sans+3_r4": Ident(SANS, 3, 4),
     "sans+4_r5": Ident(SANS, 4, 5),
-    "mixed+3_r4": Ident(SANS, 3, 4, SERIF, "Il"),    # the body face, with serif I and l
+    "mixed+3_r4": Ident(SANS, 3, 4, ((SERIF, "Il"),)),    # the body face, with serif I and l
 }
-IDENT_DEFAULT = "serif+4_r5"
+IDENT_DEFAULT = "serif+6_r8+mono_l0"
 
 FALLBACK = "\u25a1"     # WHITE SQUARE, in DejaVu Sans: a visible mark where a character was
 TAB_STOP = 4
@@ -82,7 +85,7 @@ _SILENT = frozenset([*range(0xFE00, 0xFE10), *range(0x1F3FB, 0x1F400), *range(0x
 
 # Face chains by line kind; indices into Faces.fonts.
 _CHAINS = {"text": (0, 2), "header": (0, 2), "code": (1, 0, 2), "ident": (3, 0, 2)}
-_ALT = 4    # the identifier's second face, for its ``alt_chars`` only
+_ALTS = 4   # the identifier's other faces (``Ident.alts``) follow the four above
 
 
 @lru_cache(maxsize=None)
@@ -106,15 +109,17 @@ class Faces:
     def __init__(self, px: int, ident: str = IDENT_DEFAULT) -> None:
         if ident not in IDENT_FACES:
             raise ValueError(f"unknown identifier face {ident!r}; choose one of {sorted(IDENT_FACES)}")
-        path, step, lead, alt, self._alt_chars = IDENT_FACES[ident] or Ident(MONO)
+        path, step, lead, alts = IDENT_FACES[ident] or Ident(MONO)
         self.marks = IDENT_FACES[ident] is not None
         self.lead = lead        # extra pixels of height on a row that holds an identifier
         self.ident = ident
         # BASIC layout: no dependence on whether libraqm happens to be installed, and faster.
         self.fonts = tuple(ImageFont.truetype(str(p), size, layout_engine=ImageFont.Layout.BASIC)
                            for p, size in ((SANS, px), (MONO, px), (CJK, px), (path, px + step),
-                                           (alt or path, px + step)))
-        self._covers = tuple(_coverage(p) for p in (SANS, MONO, CJK, path, alt or path))
+                                           *((alt, px + step) for alt, _ in alts)))
+        self._covers = tuple(_coverage(p) for p in (SANS, MONO, CJK, path))
+        # which other face draws a character of an identifier
+        self._alt = {c: _ALTS + i for i, (alt, chars) in enumerate(alts) for c in chars if ord(c) in _coverage(alt)}
         self._glyphs: dict[tuple[str, str], tuple[str, int]] = {}
         self._widths: dict[tuple[str, str], float] = {}
         self._stamps: dict[tuple[str, str], Stamp | None] = {}
@@ -136,8 +141,8 @@ class Faces:
         code = ord(char)
         if code in _SILENT or unicodedata.category(char) in ("Cc", "Cf"):
             return "", -1
-        if kind == "ident" and char in self._alt_chars:
-            return char, _ALT
+        if kind == "ident" and char in self._alt:
+            return char, self._alt[char]
         for face in _CHAINS[kind]:
             if code in self._covers[face]:
                 return char, face

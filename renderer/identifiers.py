@@ -2,9 +2,10 @@
 
 Order numbers, locker codes, emails, URLs, phone numbers and hashes are what people ask a chat
 memory to keep, and they are what OCR gets wrong: one misread ``0``/``O`` or ``1``/``l`` and the
-string is useless. The typesetter sets the spans found here in the identifier face (DejaVu Serif, a face
-that tells those glyphs apart, four pixels larger, on a row 5 px taller so it survives the mosaic
-cell; see ``faces.IDENT_FACES``) and everything else in the body face.
+string is useless. The typesetter sets the spans found here in the identifier face (DejaVu Serif
+with DejaVu Sans Mono's tailed l and dotted 0, glyphs the reader tells apart, six pixels larger on a
+row 8 px taller so it survives the mosaic cell; see ``faces.IDENT_FACES``) and everything else in
+the body face.
 
 What counts (spans in the text as drawn, never across a line break of the source):
 

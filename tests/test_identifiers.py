@@ -13,7 +13,7 @@ from PIL import Image
 from optimem.memory.lab import identifiers as bench
 from optimem.model.base import Decoded, DecodedLine
 from optimem.renderer import Layout, TurnText, typeset
-from optimem.renderer.faces import IDENT_DEFAULT, IDENT_FACES, SERIF, Ident, faces
+from optimem.renderer.faces import IDENT_DEFAULT, IDENT_FACES, MONO, SERIF, Ident, faces
 from optimem.renderer.identifiers import find
 from optimem.renderer.transcript import Record
 from optimem.renderer.wrap import wrap
@@ -100,7 +100,8 @@ def test_line_boxes_still_hold_the_exact_source_text():
 def test_every_identifier_face_is_shipped_and_the_layout_refuses_unknown_ones():
     for entry in IDENT_FACES.values():
         if entry is not None:
-            assert entry[0].is_file() and "fonts" in entry[0].parts
+            for path in (entry.path, *(alt for alt, _ in entry.alts)):
+                assert path.is_file() and "fonts" in path.parts
     with pytest.raises(ValueError):
         Layout(ident="comic")
 
@@ -193,21 +194,29 @@ def test_off_pages_keep_the_fixed_grid():
     assert all(abs(box[1] - heads[0][1] - n * lay.pitch) < 1.01 for n, box in enumerate(heads))
 
 
-def test_the_default_sets_identifiers_four_pixels_larger_in_serif_on_rows_five_pixels_taller():
-    # Chosen by bench/identifiers.py (seeds 14 and 15, 144 identifiers, exact at g1024 / v768 / mosaic4):
-    # off 87.5 / 86.8 / 68.8 %, serif+4_r5 94.4 / 94.4 / 90.3 %.
-    assert IDENT_DEFAULT == "serif+4_r5" and IDENT_FACES[IDENT_DEFAULT] == Ident(SERIF, 4, 5)
-    assert Layout().ident == IDENT_DEFAULT and Layout().lead == 5 and Layout(ident="off").lead == 0
-    assert faces(12).fonts[3].size == 16
+def test_the_default_sets_identifiers_six_pixels_larger_in_serif_with_the_monospaces_l_and_0_on_taller_rows():
+    # Chosen by bench/identifiers.py on seeds 20-23, confirmed on held-out seeds 14-17 (see faces.IDENT_FACES).
+    assert IDENT_DEFAULT == "serif+6_r8+mono_l0" and IDENT_FACES[IDENT_DEFAULT] == Ident(SERIF, 6, 8, ((MONO, "l0"),))
+    assert Layout().ident == IDENT_DEFAULT and Layout().lead == 8 and Layout(ident="off").lead == 0
+    face = faces(12)
+    assert face.fonts[3].size == face.fonts[4].size == 18
+    mono, serif = face.glyph("l", "ident")[1], face.glyph("I", "ident")[1]
+    assert face.fonts[mono].path.endswith("DejaVuSansMono.ttf") and face.glyph("0", "ident")[1] == mono
+    assert face.fonts[serif].path.endswith("DejaVuSerif.ttf") and {face.glyph(c, "ident")[1] for c in "1O5S8B"} == {serif}
+    assert face.glyph("l", "text")[1] == face.glyph("0", "text")[1] == 0      # prose keeps the body face
 
 
-def test_real_chitchat_pages_break_where_they_did():
+def test_real_chitchat_loses_almost_no_page_capacity():
+    """Identifier rows are rare in real chat, and a page's grid has slack for one taller row: pages
+    hold what they did (issue 14 allows 5% fewer tokens a page; real chitchat loses well under 1%)."""
     from optimem.memory.lab import corpus
     turns = [t for _, chat in corpus.conversations(limit=60) for t in chat]
     texts = [TurnText(i, t["role"], t["content"], t.get("time")) for i, t in enumerate(turns)]
-    edges = [[(p.last_turn, p.end_offset) for p in typeset(texts, Layout(**LAB, ident=ident))]
-             for ident in ("off", IDENT_DEFAULT)]
-    assert len(edges[0]) > 20 and edges[0] == edges[1]      # capacity on chitchat: unchanged
+    pages = {ident: typeset(texts, Layout(**LAB, ident=ident)) for ident in ("off", IDENT_DEFAULT)}
+    edges = {ident: [(p.last_turn, p.end_offset) for p in got] for ident, got in pages.items()}
+    assert len(edges["off"]) > 20 and sum(a != b for a, b in zip(*edges.values())) <= len(edges["off"]) // 4
+    before, after = (bench.tokens_per_page(texts, pages[ident]) for ident in ("off", IDENT_DEFAULT))
+    assert after >= 0.99 * before, (before, after)
 
 
 def test_the_cpu_reader_reads_identifiers_back_exactly_in_the_mosaic_cell():
@@ -222,3 +231,22 @@ def test_the_cpu_reader_reads_identifiers_back_exactly_in_the_mosaic_cell():
     got = bench.read_turns(reader, [page], set(range(len(values))), 512, 1024, bench.DEEPSEEK_OCR2)[0]
     for i, v in enumerate(values):
         assert bench.exact(v, got.get(i, "")), (v, got.get(i))
+
+
+def read_at_full_size(values: list[str], ident: str) -> dict[int, str]:
+    rapidocr = pytest.importorskip("optimem.model.rapidocr_backend")
+    try:
+        reader = rapidocr.RapidOcrBackend()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no CPU reader here: {exc}")
+    turns = [TurnText(i, "user", f"the wifi password is {v}", "2018-05-02T19:38:00Z") for i, v in enumerate(values)]
+    page = typeset(turns, Layout(**LAB, ident=ident))[0]
+    return bench.read_turns(reader, [page], set(range(len(values))), 1024, 1024, bench.DEEPSEEK_OCR2)[0]
+
+
+def test_an_l_among_digits_and_a_zero_beside_letters_read_back_exactly():
+    # Confusable-glyph strings the previous default (DejaVu Serif's own l and 0) read back wrong at
+    # full size: an l after a digit came back as 1, a 0 beside letters as O.
+    values = ["0lS8m8Bl1O", "1SB85OBl", "nB0l0mnm8", "S5B1rl5l", "5n0m1BlO"]
+    got = read_at_full_size(values, IDENT_DEFAULT)
+    assert [v for i, v in enumerate(values) if not bench.exact(v, got.get(i, ""))] == []

@@ -272,14 +272,14 @@ def run(ident: str, *, seed: int = 14, per_kind: int = 12, tiers: list[str] | No
 
 def table(reports: list[dict[str, Any]]) -> str:
     """One row per setting and view: exact read-back overall and by kind, prose precision, capacity."""
-    head = f"{'setting':<8} {'tiers':<13} {'exact':>6} " + " ".join(f"{k:>10}" for k in KINDS) + \
+    head = f"{'setting':<20} {'seed':>4} {'tiers':<13} {'exact':>6} " + " ".join(f"{k:>10}" for k in KINDS) + \
            f" {'cjk':>6} {'prose':>7} {'tok/page':>8}"
     rows = [head]
     for r in reports:
         cap = r.get("capacity", {}).get("tokens_per_page")
         for px, v in r["views"].items():
             kinds = " ".join(f"{v['kinds'][k]['exact']:>4}/{v['kinds'][k]['of']:<2}  " for k in KINDS)
-            rows.append(f"{r['ident']:<8} {','.join(v['tiers']):<13} {v['exact']:>6.1%} {kinds}"
+            rows.append(f"{r['ident']:<20} {r['seed']:>4} {','.join(v['tiers']):<13} {v['exact']:>6.1%} {kinds}"
                         f"{v['cjk']['exact']:>3}/{v['cjk']['of']:<2} {v['prose_precision']:>7.4f} "
                         f"{cap if cap is not None else '-':>8}")
     return "\n".join(rows)
