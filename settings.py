@@ -47,6 +47,7 @@ class Settings:
     recall_read_s: int = 60        # a recall reads unread pages itself for at most this long
     read_threads: int = 1          # page reads at once per process (a dedicated pool, off the request threads)
     recall_concurrency: int = 64   # recalls at once per process, on their own threads (not FastAPI's pool); past it 503
+    recall_compute: int = 2        # of those, computing at once (the rest wait for reads or a turn): about the cores
     jobs_max: int = 10_000         # model jobs (read-ahead) the stream holds; past it the oldest are shed (0: no cap)
     shutdown_s: float = 3.0        # on SIGTERM: seconds in-flight requests get to finish before the server stops
     worker: bool = True            # run one model worker in-process

@@ -385,6 +385,7 @@ def create_app(m: Memory | None = None) -> FastAPI:
         app.state.memory = own
         threading.Thread(target=load_reader, args=(own,), name="optimem-load-reader", daemon=True).start()
         slots = max(1, own.settings.recall_concurrency)
+        COMPUTE.resize(own.settings.recall_compute)
         app.state.recall_slots = asyncio.Semaphore(slots)
         app.state.recall_threads = Threads(slots, name="optimem-recall")   # one per slot: see run_recall
         yield

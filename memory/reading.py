@@ -11,7 +11,7 @@ and waits for it with its own deadline; across processes a short-lived claim key
 A deadline bounds the waiting, not the read: a read whose caller gave up finishes in the
 background and lands in the cache for the next caller.
 
-Recall threads compute a few at a time (``COMPUTE``): each holds a turn while it runs and hands it on
+Recall threads compute a few at a time (``COMPUTE``, ``OPTIMEM_RECALL_COMPUTE``): each holds a turn while it runs and hands it on
 while it waits for a read, so a burst of recalls never has dozens of Python threads queueing for
 the GIL at once (the event loop needs the GIL after every poll, and waits behind all of them).
 
@@ -397,35 +397,42 @@ class Gate:
         self._free = threading.Semaphore(n)
         self._mine = threading.local()
 
+    def resize(self, n: int) -> None:
+        """At most ``n`` from now on (``OPTIMEM_RECALL_COMPUTE``). A thread holding a turn of the old
+        size gives that one back, so nothing is counted twice."""
+        self._free = threading.Semaphore(max(1, n))
+
     @contextmanager
     def held(self):
-        if getattr(self._mine, "held", False):   # nested: the thread's turn already covers it
+        if getattr(self._mine, "held", None) is not None:   # nested: the thread's turn already covers it
             yield
             return
-        self._free.acquire()
-        self._mine.held = True
+        free = self._free
+        free.acquire()
+        self._mine.held = free
         try:
             yield
         finally:
-            self._mine.held = False
-            self._free.release()
+            self._mine.held = None
+            free.release()
 
     @contextmanager
     def aside(self):
         """While the calling thread waits: its turn (if it holds one) goes to another thread."""
-        if not getattr(self._mine, "held", False):
+        free = getattr(self._mine, "held", None)
+        if free is None:
             yield
             return
-        self._mine.held = False
-        self._free.release()
+        self._mine.held = None
+        free.release()
         try:
             yield
         finally:
-            self._free.acquire()
-            self._mine.held = True
+            free.acquire()
+            self._mine.held = free
 
 
-COMPUTE = Gate(2)     # recall threads computing at once per process (see the module)
+COMPUTE = Gate(2)     # recall threads computing at once per process (see the module; OPTIMEM_RECALL_COMPUTE)
 
 
 class Threads:

@@ -165,3 +165,46 @@ def test_the_recogniser_runs_without_onnxruntimes_memory_pattern_and_with_its_ar
     engine = reader._load()
     assert engine.text_rec.session.session.get_session_options().enable_mem_pattern is False
     assert engine.text_rec.session.session.get_session_options().enable_cpu_mem_arena is True
+
+
+def holders_at_once(gate: Gate, tries: int) -> int:
+    """How many of ``tries`` threads get into ``gate`` together (each holds until all have tried)."""
+    inside, tried, done = [], threading.Barrier(tries + 1), threading.Event()
+
+    def hold():
+        got = gate._free.acquire(timeout=0.5)       # what held() would wait for, without blocking forever
+        if got:
+            inside.append(1)
+        tried.wait(10)
+        done.wait(10)
+        if got:
+            gate._free.release()
+
+    threads = [threading.Thread(target=hold) for _ in range(tries)]
+    for t in threads:
+        t.start()
+    tried.wait(10)
+    done.set()
+    for t in threads:
+        t.join(10)
+    return len(inside)
+
+
+def test_recalls_computing_at_once_follow_the_setting_and_a_turn_of_the_old_size_goes_back_to_it():
+    gate = Gate(2)
+    with gate.held():                    # a turn of the old size, held across the resize
+        gate.resize(3)
+        assert holders_at_once(gate, 5) == 3
+    assert holders_at_once(gate, 5) == 3         # giving it back did not add a fourth
+    gate.resize(0)
+    assert holders_at_once(gate, 3) == 1         # never none
+
+
+def test_the_app_sizes_the_compute_turns_from_its_settings(app_with):
+    try:
+        with app_with(recall_compute=3):
+            assert holders_at_once(COMPUTE, 5) == 3
+        with app_with(recall_compute=1):
+            assert holders_at_once(COMPUTE, 3) == 1
+    finally:
+        COMPUTE.resize(2)
