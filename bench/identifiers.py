@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prose-pages", type=int, default=2)
     parser.add_argument("--capacity-conversations", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "identifiers.json")
+    parser.add_argument("--picture", type=Path, default=None,
+                        help="also draw a few identifiers in each setting at 1024 and 512 px (PNG), e.g. docs/lab/identifiers.png")
     args = parser.parse_args(argv)
+    if args.picture:
+        identifiers.picture(args.settings.split(","), args.picture)
     tiers = args.tiers.split(",") if args.tiers else None
     reports = []
     for setting in args.settings.split(","):

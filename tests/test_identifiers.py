@@ -250,3 +250,13 @@ def test_an_l_among_digits_and_a_zero_beside_letters_read_back_exactly():
     values = ["0lS8m8Bl1O", "1SB85OBl", "nB0l0mnm8", "S5B1rl5l", "5n0m1BlO"]
     got = read_at_full_size(values, IDENT_DEFAULT)
     assert [v for i, v in enumerate(values) if not bench.exact(v, got.get(i, ""))] == []
+
+
+def test_the_picture_shows_each_setting_at_both_sizes(tmp_path):
+    text = ("the locker code is QX-4817-A2B",)
+    bench.picture(["off"], tmp_path / "one.png", texts=text)
+    bench.picture(["off", IDENT_DEFAULT], tmp_path / "two.png", texts=text)
+    one, two = (np.array(Image.open(tmp_path / name).convert("L")) for name in ("one.png", "two.png"))
+    assert one.shape[1] == two.shape[1] == 560 and two.shape[0] > one.shape[0]
+    assert np.array_equal(two[:one.shape[0]], one)              # "off" first, as drawn alone ...
+    assert not np.array_equal(two[one.shape[0]:2 * one.shape[0]], one)   # ... then the default, set otherwise

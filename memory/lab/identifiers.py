@@ -283,3 +283,31 @@ def table(reports: list[dict[str, Any]]) -> str:
                         f"{v['cjk']['exact']:>3}/{v['cjk']['of']:<2} {v['prose_precision']:>7.4f} "
                         f"{cap if cap is not None else '-':>8}")
     return "\n".join(rows)
+
+
+def picture(idents: list[str], path, texts: tuple[str, ...] = (
+        "the wifi password is r01S5l1l", "my order number is QX-4817-A2B, can you keep it?",
+        "the commit was 0x6e8efcc0c7")) -> None:
+    """A PNG of the same short chat typeset with each identifier setting, at 1024 px and as the
+    512 px mosaic cell sees it (scaled back up, so its blur shows): what the reader is given."""
+    from PIL import Image, ImageDraw
+
+    from optimem.renderer.views import view
+    turns = [renderer.TurnText(i, "user", t, "2018-05-02T19:38:00Z") for i, t in enumerate(texts)]
+    strips = []
+    for ident in idents:
+        page = renderer.typeset(turns, layout(ident))[0]
+        bottom = max(line.box[3] for line in page.lines) + 8
+        for px in (1024, 512):
+            image = view(page.png, px).resize((1024, 1024), Image.Resampling.NEAREST) if px != 1024 \
+                else view(page.png, px)
+            strip = image.crop((0, 0, 560, bottom)).convert("L")
+            label = Image.new("L", (560, 18), 235)
+            ImageDraw.Draw(label).text((8, 3), f"{ident} at {px} px", fill=0)
+            strips += [label, strip]
+    out = Image.new("L", (560, sum(s.height for s in strips)), 255)
+    y = 0
+    for s in strips:
+        out.paste(s, (0, y))
+        y += s.height
+    out.save(path)
