@@ -24,24 +24,6 @@ from optimem.memory.lab.common import machine  # noqa: E402
 from optimem.renderer.faces import IDENT_DEFAULT  # noqa: E402
 
 
-def pooled(reports: list[dict]) -> str:
-    """Exact read-back per setting and view over every seed, per kind, and mean prose precision."""
-    sums: dict[tuple[str, str], dict] = {}
-    for r in reports:
-        for px, v in r["views"].items():
-            s = sums.setdefault((r["ident"], ",".join(v["tiers"])), {"kinds": {}, "prose": []})
-            for kind, k in v["kinds"].items():
-                got, of = s["kinds"].get(kind, (0, 0))
-                s["kinds"][kind] = (got + k["exact"], of + k["of"])
-            s["prose"].append(v["prose_precision"])
-    rows = ["pooled over seeds: setting, tiers, exact, per kind, prose precision (mean)"]
-    for (ident, tiers), s in sums.items():
-        got, of = (sum(k[i] for k in s["kinds"].values()) for i in (0, 1))
-        kinds = " ".join(f"{kind} {k[0]}/{k[1]}" for kind, k in s["kinds"].items())
-        rows.append(f"{ident:<20} {tiers:<13} {got / of:6.1%} ({got}/{of})  {kinds}  prose {sum(s['prose']) / len(s['prose']):.4f}")
-    return "\n".join(rows)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default=f"off,{IDENT_DEFAULT}",
@@ -71,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{setting} seed {seed}: {report['seconds']} s", file=sys.stderr, flush=True)
     print(identifiers.table(reports))
     print()
-    print(pooled(reports))
+    print(identifiers.pooled(reports))
     capacity = [r for r in reports if "capacity" in r]
     for r in capacity[1:]:
         loss = 1 - r["capacity"]["tokens_per_page"] / capacity[0]["capacity"]["tokens_per_page"]

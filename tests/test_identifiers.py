@@ -133,19 +133,17 @@ def test_the_benchmark_scores_a_perfect_reader_perfect():
     assert "setting" in bench.table([report])
 
 
-def test_the_cpu_reader_reads_identifiers_back_exactly_at_full_size():
-    rapidocr = pytest.importorskip("optimem.model.rapidocr_backend")
-    try:
-        reader = rapidocr.RapidOcrBackend()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no CPU reader here: {exc}")
-    # (A URL ending "...Zr0l" read back as "...Zr01" here: an l after digits is the confusable the
-    # default face, chosen for the mosaic cell, still loses at full size; see faces.IDENT_FACES.)
+def read_back(reader, texts: list[str], px: int, ident: str = IDENT_DEFAULT) -> dict[int, str]:
+    """What the CPU reader makes of each text, one user turn each on one lab-layout page, at view ``px``."""
+    turns = [TurnText(i, "user", t, "2018-05-02T19:38:00Z") for i, t in enumerate(texts)]
+    page = typeset(turns, Layout(**LAB, ident=ident))[0]
+    return bench.read_turns(reader, [page], set(range(len(texts))), px, 1024, bench.DEEPSEEK_OCR2)[0]
+
+
+def test_the_cpu_reader_reads_identifiers_back_exactly_at_full_size(reader):
     values = ["QX-4817-A2B", "maya.okafor87@fastmail.com", "https://drive.example.com/f/8Kq2Zr0x",
               "+1 415-555-0132", "9f3a0c7be21d", "我的订单号是ORD-58213-ZK，别忘了。"]
-    turns = [TurnText(i, "user", f"keep this: {v}" if i < 5 else v, "2018-05-02T19:38:00Z") for i, v in enumerate(values)]
-    page = typeset(turns, Layout(**LAB))[0]
-    got = bench.read_turns(reader, [page], set(range(len(values))), 1024, 1024, bench.DEEPSEEK_OCR2)[0]
+    got = read_back(reader, [f"keep this: {v}" if i < 5 else v for i, v in enumerate(values)], 1024)
     for i, v in enumerate(values):
         value = found(v)[0] if i == 5 else v
         assert bench.exact(value, got.get(i, "")), (value, got.get(i))
@@ -219,36 +217,18 @@ def test_real_chitchat_loses_almost_no_page_capacity():
     assert after >= 0.99 * before, (before, after)
 
 
-def test_the_cpu_reader_reads_identifiers_back_exactly_in_the_mosaic_cell():
-    rapidocr = pytest.importorskip("optimem.model.rapidocr_backend")
-    try:
-        reader = rapidocr.RapidOcrBackend()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no CPU reader here: {exc}")
+def test_the_cpu_reader_reads_identifiers_back_exactly_in_the_mosaic_cell(reader):
     values = ["QX-4817-A2B", "maya.okafor87@fastmail.com", "+1 415-555-0132", "ORD-58213-ZK", "(212) 555-0187"]
-    turns = [TurnText(i, "user", f"keep this: {v}", "2018-05-02T19:38:00Z") for i, v in enumerate(values)]
-    page = typeset(turns, Layout(**LAB))[0]
-    got = bench.read_turns(reader, [page], set(range(len(values))), 512, 1024, bench.DEEPSEEK_OCR2)[0]
+    got = read_back(reader, [f"keep this: {v}" for v in values], 512)
     for i, v in enumerate(values):
         assert bench.exact(v, got.get(i, "")), (v, got.get(i))
 
 
-def read_at_full_size(values: list[str], ident: str) -> dict[int, str]:
-    rapidocr = pytest.importorskip("optimem.model.rapidocr_backend")
-    try:
-        reader = rapidocr.RapidOcrBackend()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no CPU reader here: {exc}")
-    turns = [TurnText(i, "user", f"the wifi password is {v}", "2018-05-02T19:38:00Z") for i, v in enumerate(values)]
-    page = typeset(turns, Layout(**LAB, ident=ident))[0]
-    return bench.read_turns(reader, [page], set(range(len(values))), 1024, 1024, bench.DEEPSEEK_OCR2)[0]
-
-
-def test_an_l_among_digits_and_a_zero_beside_letters_read_back_exactly():
+def test_an_l_among_digits_and_a_zero_beside_letters_read_back_exactly(reader):
     # Confusable-glyph strings the previous default (DejaVu Serif's own l and 0) read back wrong at
     # full size: an l after a digit came back as 1, a 0 beside letters as O.
     values = ["0lS8m8Bl1O", "1SB85OBl", "nB0l0mnm8", "S5B1rl5l", "5n0m1BlO"]
-    got = read_at_full_size(values, IDENT_DEFAULT)
+    got = read_back(reader, [f"the wifi password is {v}" for v in values], 1024)
     assert [v for i, v in enumerate(values) if not bench.exact(v, got.get(i, ""))] == []
 
 

@@ -285,6 +285,24 @@ def table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def pooled(reports: list[dict[str, Any]]) -> str:
+    """Exact read-back per setting and view over every seed, per kind, and mean prose precision."""
+    sums: dict[tuple[str, str], dict] = {}
+    for r in reports:
+        for px, v in r["views"].items():
+            s = sums.setdefault((r["ident"], ",".join(v["tiers"])), {"kinds": {}, "prose": []})
+            for kind, k in v["kinds"].items():
+                got, of = s["kinds"].get(kind, (0, 0))
+                s["kinds"][kind] = (got + k["exact"], of + k["of"])
+            s["prose"].append(v["prose_precision"])
+    rows = ["pooled over seeds: setting, tiers, exact, per kind, prose precision (mean)"]
+    for (ident, tiers), s in sums.items():
+        got, of = (sum(k[i] for k in s["kinds"].values()) for i in (0, 1))
+        kinds = " ".join(f"{kind} {k[0]}/{k[1]}" for kind, k in s["kinds"].items())
+        rows.append(f"{ident:<20} {tiers:<13} {got / of:6.1%} ({got}/{of})  {kinds}  prose {sum(s['prose']) / len(s['prose']):.4f}")
+    return "\n".join(rows)
+
+
 def picture(idents: list[str], path, texts: tuple[str, ...] = (
         "the wifi password is r01S5l1l", "my order number is QX-4817-A2B, can you keep it?",
         "the commit was 0x6e8efcc0c7")) -> None:
@@ -299,8 +317,7 @@ def picture(idents: list[str], path, texts: tuple[str, ...] = (
         page = renderer.typeset(turns, layout(ident))[0]
         bottom = max(line.box[3] for line in page.lines) + 8
         for px in (1024, 512):
-            image = view(page.png, px).resize((1024, 1024), Image.Resampling.NEAREST) if px != 1024 \
-                else view(page.png, px)
+            image = view(page.png, px).resize((1024, 1024), Image.Resampling.NEAREST)
             strip = image.crop((0, 0, 560, bottom)).convert("L")
             label = Image.new("L", (560, 18), 235)
             ImageDraw.Draw(label).text((8, 3), f"{ident} at {px} px", fill=0)
