@@ -7,7 +7,8 @@ For each identifier setting (``renderer.faces.IDENT_FACES``; "off" = before: ide
 prose), generated identifiers of six kinds are planted as user turns in a real chitchat
 conversation, typeset with the lab's layout and read back by the CPU reader from their own line
 boxes at every tier's view: exact read-back per tier and kind, character precision of ordinary
-text on the first pages, and text tokens per full page on real chitchat (capacity).
+text on the first pages, text tokens per full page on real chitchat (capacity), and milliseconds to
+typeset a page of it in each setting (``--render-reps``, interleaved).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prose-pages", type=int, default=2)
     parser.add_argument("--capacity-conversations", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "identifiers.json")
+    parser.add_argument("--render-reps", type=int, default=3, help="timed typesetting runs per setting (0: none)")
     parser.add_argument("--picture", type=Path, default=None,
                         help="also draw a few identifiers in each setting at 1024 and 512 px (PNG), e.g. docs/lab/identifiers.png")
     args = parser.parse_args(argv)
@@ -54,11 +56,15 @@ def main(argv: list[str] | None = None) -> None:
     print(identifiers.table(reports))
     print()
     print(identifiers.pooled(reports))
+    speed = {}
+    if args.render_reps:
+        speed = identifiers.typeset_ms(args.settings.split(","), args.capacity_conversations or 300, args.render_reps)
+        print(f"typesetting real chitchat, ms a page (best of {args.render_reps}, interleaved): {speed}")
     capacity = [r for r in reports if "capacity" in r]
     for r in capacity[1:]:
         loss = 1 - r["capacity"]["tokens_per_page"] / capacity[0]["capacity"]["tokens_per_page"]
         print(f"capacity {r['ident']} vs {capacity[0]['ident']}: {loss:+.2%} tokens per page lost")
-    args.out.write_text(json.dumps({"machine": machine(), "reports": reports}, ensure_ascii=False, indent=1))
+    args.out.write_text(json.dumps({"machine": machine(), "reports": reports, "typeset_ms_per_page": speed}, ensure_ascii=False, indent=1))
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -218,6 +218,23 @@ def capacity(ident: str, conversations: int = 300) -> dict[str, Any]:
             "tokens_per_page": tokens_per_page(texts, pages), "identifier_spans": spans}
 
 
+def typeset_ms(idents: list[str], conversations: int = 300, reps: int = 3) -> dict[str, float]:
+    """Milliseconds to typeset a page of real chitchat in each setting: the best of ``reps`` runs,
+    the settings interleaved run by run so a busy machine slows them alike."""
+    turns = [t for _, chat in corpus.conversations(limit=conversations) for t in chat]
+    texts = _turn_texts(turns)
+    best: dict[str, float] = {}
+    for ident in idents:
+        renderer.typeset(texts[:200], layout(ident))        # fonts and glyph caches warm
+    for _ in range(reps):
+        for ident in idents:
+            start = time.perf_counter()
+            pages = renderer.typeset(texts, layout(ident))
+            ms = (time.perf_counter() - start) * 1000 / len(pages)
+            best[ident] = round(min(best.get(ident, ms), ms), 2)
+    return best
+
+
 def run(ident: str, *, seed: int = 14, per_kind: int = 12, tiers: list[str] | None = None,
         prose_pages: int = 2, capacity_conversations: int = 300, backend=None,
         ladder: Ladder = DEEPSEEK_OCR2) -> dict[str, Any]:
