@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from optimem.api.auth import tenant  # noqa: E402
 from optimem.errors import BadRequest, ModelUnavailable, NotFound  # noqa: E402
 from optimem.api.deps import HttpLinks  # noqa: E402
+from optimem.api.recall_slots import RecallsBusy, run_recall  # noqa: E402
 from optimem.memory.service import Memory  # noqa: E402
 
 router = APIRouter(tags=["inspector"])
@@ -138,7 +139,6 @@ async def sessions(request: Request, t: str = Depends(tenant)) -> HTMLResponse:
 async def inspect(request: Request, session: str, t: str = Depends(tenant),
                   q: Optional[str] = Query(None, max_length=2000, description="Recall query")) -> HTMLResponse:
     """One session: its pages at their tiers, recent turns, curve, accounting and recall."""
-    from optimem.api.app import RecallsBusy, run_recall   # (app imports this module)
 
     memory: Memory = request.app.state.memory
     query = (q or "").strip()

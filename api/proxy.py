@@ -38,6 +38,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from optimem.api.auth import tenant
+from optimem.api.recall_slots import RecallsBusy, run_recall
 from optimem.api.openai_protocol import (ChatCompletion, ChatCompletionRequest, ChatMessage, ErrorResponse, ModelList,
                                  error_body)
 from optimem.errors import BadRequest, NotFound, SessionExists
@@ -392,10 +393,9 @@ async def with_recall_tool(memory: Memory, t: str, session: str, mode: str, base
                            ) -> tuple[dict | None, JSONResponse | None, int, int]:
     """Ask the upstream, answering its recall_memory calls, until it answers the caller.
 
-    Each look-up runs as the API's recalls do (``app.run_recall``: a recall slot and thread, never
+    Each look-up runs as the API's recalls do (``recall_slots.run_recall``: a recall slot and thread, never
     the request threadpool); with every slot taken the tool answers that memory is busy.
     Returns (the final chat.completion, or an error response; tool rounds run; tokens they added)."""
-    from optimem.api.app import RecallsBusy, run_recall   # (app imports this module)
 
     messages = list(payload["messages"])
     request = {key: value for key, value in payload.items() if key != "stream_options"}

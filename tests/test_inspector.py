@@ -151,9 +151,9 @@ def test_the_inspector_recall_runs_like_the_api_recall_in_a_slot_on_a_recall_thr
 
     from fastapi.testclient import TestClient
 
-    from optimem.api import app as app_module
+    from optimem.api import recall_slots as slots_module
 
-    monkeypatch.setattr(app_module, "SLOT_WAIT_S", 0.2)
+    monkeypatch.setattr(slots_module, "SLOT_WAIT_S", 0.2)
     memory.settings.recall_concurrency = 1
     real, threads = memory.recall, []
     entered, release = threading.Event(), threading.Event()

@@ -23,7 +23,7 @@ import pytest
 from tests import import_rules
 from tests.import_rules import ROOT, cycles, discover, layer_violations
 
-VERSION = next(node.value.value for node in ast.parse((ROOT / "__init__.py").read_text()).body
+VERSION = next(node.value.value for node in ast.parse((ROOT / "_version.py").read_text()).body
                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__version__")
 HEAVY = ("torch", "transformers", "safetensors")
 DATA = ("renderer/fonts", "renderer/templates", "api/templates", "memory/lab/data")   # shipped data folders

@@ -10,9 +10,10 @@ from concurrent.futures import Future
 import pytest
 from fastapi.testclient import TestClient
 
-from optimem.api import app as app_module
+from optimem.api import recall_slots as slots_module
 from optimem.api.app import create_app
-from optimem.memory.reading import COMPUTE, Gate, Reader
+from optimem.memory.concurrency import COMPUTE, Gate
+from optimem.memory.reading import Reader
 from optimem.memory.service import Memory
 from tests.conftest import settings_for
 
@@ -101,7 +102,7 @@ def app_with(memory, tenant):
 
 def test_a_recall_past_every_slot_is_refused_503_with_retry_after_and_the_slot_comes_back(
         app_with, memory, monkeypatch):
-    monkeypatch.setattr(app_module, "SLOT_WAIT_S", 0.2)
+    monkeypatch.setattr(slots_module, "SLOT_WAIT_S", 0.2)
     entered, release = threading.Event(), threading.Event()
     real = memory.recall
 
