@@ -1,4 +1,4 @@
-"""The `optimem` command: serve, worker, demo, lab."""
+"""The `optimem` command: serve, worker, demo, lab, export, import."""
 from __future__ import annotations
 
 import argparse
@@ -107,6 +107,65 @@ def demo(args: argparse.Namespace) -> None:
     run(url=args.url, turns=args.turns, out=args.out, curve=args.curve, wait=args.wait)
 
 
+def export(args: argparse.Namespace) -> None:
+    """A session out as JSON Lines (to a file or stdout), with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer
+    try:
+        with tqdm(unit=" turns", desc=f"export {args.session}", file=sys.stderr, disable=args.quiet) as bar:
+            if args.url:
+                import optimem
+
+                with optimem.Client(args.url, api_key=args.api_key) as client:
+                    bar.total = client.session(args.session).turns + 2
+                    client.export_session(args.session, out, progress=bar.update)
+            else:
+                from optimem.memory import transfer
+
+                with _local() as memory:
+                    bar.total = memory.session(args.session, tenant=args.tenant).turns + 2
+                    for line in transfer.export(memory, args.session, tenant=args.tenant):
+                        out.write(line)
+                        bar.update(1)
+    finally:
+        if args.output:
+            out.close()
+
+
+def import_(args: argparse.Namespace) -> None:
+    """An export back in (checked whole first: a file cut short or edited imports nothing)."""
+    import json
+
+    from tqdm import tqdm
+
+    with open(args.file, "rb") as f:
+        try:
+            total = int(json.loads(f.readline()).get("turns", 0)) + 2
+        except (ValueError, AttributeError):
+            total = None
+    with tqdm(total=total, unit=" turns", desc=f"import {args.file}", file=sys.stderr, disable=args.quiet) as bar:
+        if args.url:
+            import optimem
+
+            with optimem.Client(args.url, api_key=args.api_key) as client:
+                done = client.import_session(args.file, args.session, progress=bar.update)
+        else:
+            from optimem.memory import transfer
+
+            with _local() as memory:
+                done = transfer.import_file(memory, args.file, args.session, tenant=args.tenant,
+                                            progress=bar.update)
+    print(f"imported session {done.id}: {done.turns} turns, {done.pages} pages", file=sys.stderr)
+
+
+def _local():
+    from optimem.memory.service import Memory
+    from optimem.settings import Settings
+
+    return Memory(Settings.from_env(worker=False))
+
+
 def lab(args: argparse.Namespace) -> None:
     from optimem.memory.lab import main as lab_main
 
@@ -139,6 +198,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--curve", default="default")
     p.add_argument("--wait", type=float, default=600, help="seconds to wait for the reader to finish")
     p.set_defaults(func=demo)
+
+    for name, helptext in (("export", "write a session out as JSON Lines"),
+                           ("import", "build a session from an export")):
+        p = sub.add_parser(name, help=f"{helptext} (in-process over OPTIMEM_REDIS_URL or the embedded Redis, "
+                                      "or --url a running service)")
+        if name == "export":
+            p.add_argument("session")
+            p.add_argument("-o", "--output", help="file to write (default: stdout)")
+        else:
+            p.add_argument("file")
+            p.add_argument("--session", help="the new session's id (default: the exported one's)")
+        p.add_argument("--url", help="a running optimem (default: in-process)")
+        p.add_argument("--api-key", default=os.environ.get("OPTIMEM_API_KEY"),
+                       help="with --url: the API key (default: $OPTIMEM_API_KEY)")
+        p.add_argument("--tenant", default="default", help="in-process: the tenant (over HTTP the key decides)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=export if name == "export" else import_)
 
     p = sub.add_parser("lab", help="forgetting-curve lab (optimem lab --help)", add_help=False)
     p.add_argument("lab_args", nargs=argparse.REMAINDER)

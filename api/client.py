@@ -16,8 +16,10 @@ clients only differ in how they send it.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Literal, Optional, TypeVar, Union
+from typing import IO, Any, AsyncIterator, Callable, Generic, Iterator, Literal, Optional, TypeVar, Union
 from urllib.parse import quote
 
 import httpx
@@ -34,6 +36,8 @@ Context = Union[RawContext, OpenAIContext, EmbeddingsContext]
 CONTEXTS: dict[str, type[BaseModel]] = {"raw": RawContext, "openai": OpenAIContext, "embeddings": EmbeddingsContext}
 ERRORS: dict[int, type[OptimemError]] = {400: BadRequest, 404: NotFound, 409: SessionExists, 422: BadRequest,
                                          503: ModelUnavailable}
+NDJSON = "application/x-ndjson"
+CHUNK = 1 << 16     # bytes an export or import is read and sent in
 DEFAULT_TIMEOUT = 120.0  # a recall may read unread pages for up to OPTIMEM_RECALL_READ_S (60 s) first
 
 
@@ -134,6 +138,42 @@ class _Calls:
     def health() -> _Call[dict[str, Any]]:
         return _Call("GET", "/healthz", lambda r: dict(r.json()))
 
+    @staticmethod
+    def delete_all_sessions(tenant: str) -> _Call[int]:
+        return _Call("DELETE", "/v1/sessions", lambda r: int(r.json()["deleted"]),
+                     params={"all": "true", "confirm": tenant})
+
+
+Source = Union[str, "os.PathLike[str]", IO[bytes]]
+Sink = Union[str, "os.PathLike[str]", IO[bytes]]
+
+
+def _opened(target: Source | Sink, mode: str) -> tuple[IO[bytes], bool]:
+    """A binary file for a path (ours to close) or the file given (the caller's)."""
+    if isinstance(target, (str, os.PathLike)):
+        return open(target, mode), True
+    return target, False   # type: ignore[return-value]
+
+
+def _header(f: IO[bytes]) -> dict[str, Any]:
+    """The header line of an export (the session id and turn count), the file left where it was."""
+    at = f.tell()
+    first = f.readline()
+    f.seek(at)
+    try:
+        header = json.loads(first)
+    except ValueError:
+        raise BadRequest("line 1: not JSON: not an optimem export") from None
+    return header if isinstance(header, dict) else {}
+
+
+def _chunks(f: IO[bytes], progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """The file in pieces; ``progress(n)`` with the newlines (turns, roughly) each piece holds."""
+    while chunk := f.read(CHUNK):
+        if progress:
+            progress(chunk.count(b"\n"))
+        yield chunk
+
 
 class _Base:
     def __init__(self, base_url: str, api_key: str | None, timeout: float | httpx.Timeout | None,
@@ -160,8 +200,10 @@ class Client(_Base):
                  transport: httpx.BaseTransport | None = None, http: httpx.Client | None = None) -> None:
         super().__init__(base_url, api_key, timeout, transport, http, httpx.Client)
 
-    def _do(self, call: _Call[T]) -> T:
-        return call.result(self.http.request(**self._args(call)))
+    def _do(self, call: _Call[T], **extra: Any) -> T:
+        args = self._args(call)
+        args["headers"] = {**args["headers"], **extra.pop("headers", {})}
+        return call.result(self.http.request(**args, **extra))
 
     def close(self) -> None:
         """Close the connection pool (unless the httpx client was passed in)."""
@@ -214,6 +256,46 @@ class Client(_Base):
     def health(self) -> dict[str, Any]:
         return self._do(_Calls.health())
 
+    def delete_all_sessions(self, tenant: str) -> int:
+        """Delete every session of your tenant (``tenant``: its name, as a check); how many were deleted."""
+        return self._do(_Calls.delete_all_sessions(tenant))
+
+    def export_session(self, session: str, out: Sink, *, progress: Callable[[int], None] | None = None) -> int:
+        """Write the session's export (JSON Lines) to ``out`` (a path or a binary file), streamed;
+        ``progress(n)`` as lines arrive. Returns the bytes written."""
+        f, own = _opened(out, "wb")
+        written = 0
+        try:
+            with self.http.stream("GET", self.base_url + _s(session) + "/export", headers=self.headers) as r:
+                if r.is_error:
+                    r.read()
+                    raise error(r)
+                for chunk in r.iter_bytes(CHUNK):
+                    f.write(chunk)
+                    written += len(chunk)
+                    if progress:
+                        progress(chunk.count(b"\n"))
+        finally:
+            if own:
+                f.close()
+        return written
+
+    def import_session(self, source: Source, session: str | None = None, *,
+                       progress: Callable[[int], None] | None = None) -> Session:
+        """Build a session from an export (a path or a binary file), streamed up; ``session``: its id
+        (default: the exported session's). A file cut short or edited is refused (``BadRequest``
+        naming the line) and nothing is imported."""
+        f, own = _opened(source, "rb")
+        try:
+            sid = session or str(_header(f).get("session") or "")
+            if not sid:
+                raise BadRequest("line 1: no session id in the header: pass session=")
+            return self._do(_Call("POST", _s(sid) + "/import", _model(Session)), content=_chunks(f, progress),
+                            headers={"content-type": NDJSON})
+        finally:
+            if own:
+                f.close()
+
 
 class AsyncClient(_Base):
     """``Client``'s verbs, awaited; over ``httpx.AsyncClient`` (``transport=httpx.ASGITransport(app)`` works)."""
@@ -225,8 +307,10 @@ class AsyncClient(_Base):
                  transport: httpx.AsyncBaseTransport | None = None, http: httpx.AsyncClient | None = None) -> None:
         super().__init__(base_url, api_key, timeout, transport, http, httpx.AsyncClient)
 
-    async def _do(self, call: _Call[T]) -> T:
-        return call.result(await self.http.request(**self._args(call)))
+    async def _do(self, call: _Call[T], **extra: Any) -> T:
+        args = self._args(call)
+        args["headers"] = {**args["headers"], **extra.pop("headers", {})}
+        return call.result(await self.http.request(**args, **extra))
 
     async def close(self) -> None:
         if self._own:
@@ -274,3 +358,45 @@ class AsyncClient(_Base):
 
     async def health(self) -> dict[str, Any]:
         return await self._do(_Calls.health())
+
+    async def delete_all_sessions(self, tenant: str) -> int:
+        return await self._do(_Calls.delete_all_sessions(tenant))
+
+    async def export_session(self, session: str, out: Sink, *,
+                             progress: Callable[[int], None] | None = None) -> int:
+        """As ``Client.export_session``; the file is written as the bytes arrive."""
+        f, own = _opened(out, "wb")
+        written = 0
+        try:
+            async with self.http.stream("GET", self.base_url + _s(session) + "/export", headers=self.headers) as r:
+                if r.is_error:
+                    await r.aread()
+                    raise error(r)
+                async for chunk in r.aiter_bytes(CHUNK):
+                    f.write(chunk)
+                    written += len(chunk)
+                    if progress:
+                        progress(chunk.count(b"\n"))
+        finally:
+            if own:
+                f.close()
+        return written
+
+    async def import_session(self, source: Source, session: str | None = None, *,
+                             progress: Callable[[int], None] | None = None) -> Session:
+        """As ``Client.import_session``."""
+        f, own = _opened(source, "rb")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in _chunks(f, progress):
+                yield chunk
+
+        try:
+            sid = session or str(_header(f).get("session") or "")
+            if not sid:
+                raise BadRequest("line 1: no session id in the header: pass session=")
+            return await self._do(_Call("POST", _s(sid) + "/import", _model(Session)), content=chunks(),
+                                  headers={"content-type": NDJSON})
+        finally:
+            if own:
+                f.close()
