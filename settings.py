@@ -48,6 +48,8 @@ class Settings:
     read_threads: int = 1          # page reads at once per process (a dedicated pool, off the request threads)
     recall_concurrency: int = 64   # recalls at once per process, on their own threads (not FastAPI's pool); past it 503
     recall_compute: int = 2        # of those, computing at once (the rest wait for reads or a turn): about the cores
+    tenant_recalls: int = 32       # one tenant's recalls at once, across every API process (Redis); past it 429; 0: no cap
+    tenant_appends_per_s: int = 1000  # one tenant's append calls a second, across processes; past it 429; 0: no cap
     jobs_max: int = 10_000         # model jobs (read-ahead) the stream holds; past it the oldest are shed (0: no cap)
     shutdown_s: float = 3.0        # on SIGTERM: seconds in-flight requests get to finish before the server stops
     worker: bool = True            # run one model worker in-process

@@ -19,12 +19,12 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from optimem._version import __version__
-from optimem.api import inspector, openapi, proxy, schemas
+from optimem.api import inspector, openapi, proxy, schemas, user_data
 from optimem.api import metrics as observe
 from optimem.api.auth import api_key, tenant
 from optimem.api.deps import HttpLinks, links, memory
 from optimem.api.errors import SafeJSON, http_error, invalid_request, optimem_error
-from optimem.api.recall_slots import RecallsBusy, run_recall
+from optimem.api.recall_slots import RecallsBusy, quotas, run_recall
 from optimem.api.warmup import load_reader
 from optimem.errors import OptimemError
 from optimem.memory import metrics as observed, results
@@ -102,8 +102,14 @@ async def delete_session(session: SessionId, t: str = Depends(tenant), m: Memory
     return Response(status_code=204)
 
 
-@router.post("/v1/sessions/{session}/turns", response_model=results.Appended, tags=["turns"], responses=ERRORS)
-async def append(session: SessionId, body: schemas.TurnsIn, t: str = Depends(tenant), m: Memory = Depends(memory)):
+@router.post("/v1/sessions/{session}/turns", response_model=results.Appended, tags=["turns"],
+             responses={**ERRORS, 429: user_data.TOO_MANY})
+async def append(session: SessionId, body: schemas.TurnsIn, request: Request, t: str = Depends(tenant),
+                 m: Memory = Depends(memory)):
+    wait_s = await run(quotas(request).take_append, t)
+    if wait_s is not None:   # the tenant's fair share (OPTIMEM_TENANT_APPENDS_PER_S, across processes)
+        return user_data.too_many("tenant_appends", f"your tenant sent {m.settings.tenant_appends_per_s} appends "
+                                  "this second (OPTIMEM_TENANT_APPENDS_PER_S)", wait_s)
     return await run(m.append, session, [turn.model_dump() for turn in body.turns], tenant=t)
 
 
@@ -153,8 +159,9 @@ async def visual_tokens(session: SessionId, unit: str, tier: str = Query(descrip
 
 
 @router.post("/v1/sessions/{session}/recall", response_model=results.Recall, tags=["recall"],
-             responses={**ERRORS, 503: {"model": schemas.Problem, "description": "Every recall slot is taken "
-                                        "(OPTIMEM_RECALL_CONCURRENCY): retry after the Retry-After seconds"}})
+             responses={**ERRORS, 429: user_data.TOO_MANY,
+                        503: {"model": schemas.Problem, "description": "Every recall slot is taken "
+                              "(OPTIMEM_RECALL_CONCURRENCY): retry after the Retry-After seconds"}})
 async def recall(session: SessionId, body: schemas.RecallIn, request: Request, t: str = Depends(tenant),
                  m: Memory = Depends(memory)):
     """Recalls run on their own threads, at most ``OPTIMEM_RECALL_CONCURRENCY`` at once per process
@@ -164,7 +171,7 @@ async def recall(session: SessionId, body: schemas.RecallIn, request: Request, t
         got = await run_recall(request, m.recall, session, body.query, turn=body.turn, since=body.since,
                                until=body.until, role=body.role, limit=body.limit, tenant=t)
     except RecallsBusy as busy:
-        return SafeJSON({"detail": str(busy)}, status_code=503, headers={"Retry-After": str(busy.retry_s)})
+        return SafeJSON({"detail": str(busy)}, status_code=busy.status, headers={"Retry-After": str(busy.retry_s)})
     observed.RECALLS.inc()
     observed.RECALL_SECONDS.observe(got.seconds)
     observed.RECALL_PAGES.labels("read").inc(got.pages_read)
@@ -203,6 +210,7 @@ def create_app(m: Memory | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, http_error)
     app.add_middleware(observe.Observe, tenants=lambda: own.settings.tenants())
     app.include_router(router)
+    app.include_router(user_data.router)
     app.include_router(proxy.router)
     app.include_router(inspector.router)
     app.openapi = lambda: openapi.document(app, own)

@@ -26,6 +26,9 @@ RECALL_SECONDS = Histogram("optimem_recall_seconds", "Recall time, as the recall
 RECALL_PAGES = Counter("optimem_recall_pages_total", "Pages recalls wanted, by whether they were read in time "
                        "(read) or not (unread: reported as pages_unread)", ["result"])
 RECALLS_REFUSED = Counter("optimem_recalls_refused_total", "Recalls answered 503: every recall slot was taken")
+REFUSED = Counter("optimem_refused_total", "Requests refused by reason: recall_slots (503, this process's recall "
+                  "slots all taken), tenant_recalls and tenant_appends (429, the tenant's fair share: "
+                  "OPTIMEM_TENANT_RECALLS, OPTIMEM_TENANT_APPENDS_PER_S)", ["reason"])
 
 # -- memory (MeteredStore) --------------------------------------------------------------------
 APPENDED = Counter("optimem_turns_appended_total", "Turns appended")

@@ -18,6 +18,8 @@ from optimem.memory.service import Memory  # noqa: E402
 
 from .conftest import settings_for  # noqa: E402
 
+# An import's body is JSON Lines (a string in the document): sent as its text.
+schemathesis.serializer.alias("application/x-ndjson", "text/plain")
 EXCLUDED = {"/v1/chat/completions", "/v1/models", "/inspect", "/inspect/{session}"}
 EXAMPLES = 25
 
