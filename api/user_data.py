@@ -52,6 +52,23 @@ async def delete_all_sessions(all: bool = Query(False, description="Must be true
     return {"tenant": t, "deleted": await run_in_threadpool(erasure.delete_tenant, m, t)}
 
 
+@router.delete("/v1/sessions/{session}/turns/{turn}", response_model=results.Forgotten, tags=["turns"],
+               responses=ERRORS)
+async def forget_turn(session: SessionId, turn: int, t: str = Depends(tenant), m: Memory = Depends(memory)):
+    """Forget one turn for real: its text leaves the source, the text index, the page's pixels and
+    every cache of that page; the turn keeps its number, role and time (an empty, marked turn)."""
+    return await run_in_threadpool(m.forget, session, turn, tenant=t)
+
+
+@router.delete("/v1/sessions/{session}/turns", response_model=results.Forgotten, tags=["turns"], responses=ERRORS)
+async def forget_turns(session: SessionId,
+                       first: int = Query(alias="from", description="The first turn to forget."),
+                       last: int = Query(alias="to", description="The last turn to forget (included)."),
+                       t: str = Depends(tenant), m: Memory = Depends(memory)):
+    """Forget turns ``from``..``to`` (both included) for real, as one turn is."""
+    return await run_in_threadpool(m.forget, session, first, last, tenant=t)
+
+
 @router.get("/v1/sessions/{session}/export", response_class=StreamingResponse, tags=["sessions"], responses={
     200: {"content": {NDJSON: {"schema": {"type": "string"}}},
           "description": "JSON Lines: a header (format, version, curve, keep_source), every turn in order, "

@@ -310,7 +310,7 @@ def page_info(p: PlacedPage, session: str, links: Links | None) -> PageInfo:
 
 def raw(k: SessionKeys, meta: SessionMeta, ladder: Ladder, built: Assembled, links: Links | None) -> RawContext:
     turns = [TextTurn(index=t.index, role=t.role, content=t.content[t.start:], time=t.time, tokens=t.tokens,
-                      continued=t.start > 0) for t in built.turns]
+                      continued=t.start > 0, forgotten=t.forgotten) for t in built.turns]
     return RawContext(session=k.session, family=ladder.family, curve=json.loads(meta.curve), turns=turns,
                       pages=[page_info(p, k.session, links) for p in built.pages], accounting=built.accounting)
 

@@ -1,7 +1,22 @@
-"""What a user's request to erase does: every session of a tenant, at once."""
+"""What a user's request to erase does: every session of a tenant at once, or one turn for real.
+
+Forgetting a turn takes its text out of everything the store keeps (``forget_turns``), then has
+Redis rewrite its files (``FileRewrite``): until the append-only file is rewritten it still holds
+the writes that put the text there, and a snapshot (RDB) taken before holds it too.
+"""
 from __future__ import annotations
 
+import json
+import logging
+import threading
+import time
+
+import redis
+
 from optimem.errors import NotFound
+from optimem.memory import index as ix
+
+log = logging.getLogger("optimem.erasure")
 
 ROUNDS = 5   # sessions created while a delete runs are deleted in another round, a few times at most
 
@@ -22,3 +37,169 @@ def delete_tenant(memory, tenant: str) -> int:
             except NotFound:   # deleted by someone else meanwhile
                 pass
     return deleted
+
+
+# -- forgetting one turn for real -------------------------------------------------------------------
+MAX_TURNS = 10_000      # turns one forget may span
+REWRITE_EVERY_S = 1.0   # a burst of forgets shares one rewrite of the Redis files, started at most this late
+REWRITE_GIVE_UP_S = 600  # a rewrite Redis keeps busy with another one this long is left to the next forget
+
+
+def blank_lines(png: bytes, boxes: list[tuple[int, int, int, int]]) -> bytes:
+    """The page with these line boxes painted over in the page's white: a box holds all the ink of
+    its line (``renderer`` grows ink boxes by a pad, never into another line's), so nothing of
+    that text is left in the pixels. Saved as the typesetter saves a page (same zlib level)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from optimem.renderer.typeset import PNG_LEVEL
+
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    draw = ImageDraw.Draw(image)
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=PNG_LEVEL)
+    return out.getvalue()
+
+
+def forget_turns(store, k, turns: list[int], keep_source: bool, mosaic_units) -> list[int]:
+    """Take the text of ``turns`` (existing turn numbers of session ``k``) out of everything the
+    store keeps, in one transaction, and return the pages that were changed:
+
+    - the source (``source``) or the text turn (``turns``): content emptied, marked ``forgotten``;
+      the turn keeps its number, role and time;
+    - the text index: the turn's source document and what page reads gave of it;
+    - each page holding it: its lines painted over in the PNG, their text left out of the line
+      boxes; the page's decoded text and visual tokens (its own and its mosaic canvases') dropped,
+      its read-ahead mark cleared (the next read reads the new pixels);
+    - ``forgotten``: the turn numbers, for context and export.
+
+    ``mosaic_units(page)``: the visual-token key prefixes of the page's mosaic canvases. Guarded
+    by WATCH on the seal state, the text turns and the pages: a seal typeset from the old text
+    can't commit after this (the seal state moves here), and a page sealed meanwhile is seen on
+    the retry."""
+    wanted = sorted(set(turns))
+    with store.r.pipeline() as p:
+        while True:
+            try:
+                p.watch(k.seal, k.turns, k.pages)
+                pages = store.pages_holding(k, wanted)     # read after WATCH: a change aborts the EXEC
+                texts = dict(zip(wanted, p.hmget(k.turns, wanted)))
+                sources = dict(zip(wanted, p.hmget(k.source, wanted))) if keep_source else {}
+                docs = [ix.source_doc(n) for n in wanted] + [ix.page_doc(r.page, n) for r in pages for n in wanted
+                                                               if any(s["index"] == n for s in r.turns)]
+                entries = dict(zip(docs, p.hmget(ix.docs_key(k.tag), docs)))
+                changed = []
+                for record in pages:
+                    png = p.hget(k.png, record.page)
+                    lines = json.loads(p.hget(k.lines, record.page) or "[]")
+                    hidden = [line for line in lines if line[0] in wanted and line[3] != "header"]
+                    for line in hidden:
+                        line[2] = ""
+                    decoded = [f for f in p.hkeys(k.decoded) if (f.decode() if isinstance(f, bytes) else f).split(":", 1)[0] == str(record.page)]
+                    changed.append((record.page, blank_lines(png, [tuple(l[1]) for l in hidden]) if hidden else png,
+                                    lines, decoded))
+                vt = [key for record in pages for prefix in (f"{k.tag}:vt:{record.page}:", *mosaic_units(record.page))
+                      for key in store._keys_with_prefix(k, prefix)]
+                p.multi()
+                for n in wanted:
+                    if texts[n] is not None:
+                        t = json.loads(texts[n])
+                        p.hset(k.turns, n, json.dumps({**t, "content": "", "start": 0, "tokens": 0, "forgotten": True}))
+                        p.hincrby(k.meta, "text_tokens", -int(t.get("tokens", 0)))
+                    if sources.get(n) is not None:
+                        s = json.loads(sources[n])
+                        p.hset(k.source, n, json.dumps({**s, "content": "", "forgotten": True}))
+                ix.remove(p, k.tag, entries)
+                for page, png, lines, decoded in changed:
+                    p.hset(k.png, page, png)
+                    p.hset(k.lines, page, json.dumps(lines))
+                    if decoded:
+                        p.hdel(k.decoded, *decoded)
+                    p.hdel(k.queued, page)
+                if vt:
+                    p.delete(*vt)
+                p.sadd(k.forgotten, *wanted)
+                p.hincrby(k.seal, "forgets", 1)      # a seal typeset from the old text now conflicts
+                p.execute()
+                return [page for page, *_ in changed]
+            except redis.WatchError:
+                continue
+
+
+class FileRewrite:
+    """Has Redis rewrite its files after a forget, off the request: BGREWRITEAOF (the append-only
+    file is rebuilt from memory, so the old writes leave the disk) and, where snapshots are
+    configured, BGSAVE SCHEDULE (the RDB file too). A rewrite starts at most ``REWRITE_EVERY_S``
+    after the forget that asked for it, or as soon as one already running ends (a rewrite that
+    began before the forget may still hold the text: it does not count). Forgets in a burst share
+    one. A Redis that refuses (a managed one without these commands) is logged: its operator
+    rewrites and snapshots (README)."""
+
+    def __init__(self, r):
+        self.r = r
+        self._due = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        with self._lock:
+            self._idle.clear()
+            self._due.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="optimem-file-rewrite", daemon=True)
+                self._thread.start()
+
+    def wait(self, timeout_s: float = 60) -> bool:
+        """Until every rewrite asked for has finished on the server (tests; before a backup)."""
+        return self._idle.wait(timeout_s)
+
+    def _loop(self) -> None:
+        while True:
+            if not self._due.wait(30):
+                with self._lock:
+                    if not self._due.is_set():
+                        self._thread = None
+                        return
+                continue
+            time.sleep(REWRITE_EVERY_S)
+            self._due.clear()
+            try:
+                self._rewrite()
+            except Exception:  # noqa: BLE001  never let the thread die; the next forget asks again
+                log.exception("could not have Redis rewrite its files after a forget")
+            with self._lock:
+                if not self._due.is_set():
+                    self._idle.set()
+
+    def _rewrite(self) -> None:
+        """BGREWRITEAOF, then (snapshots configured) BGSAVE, each waited for: a rewrite or save
+        already running began before the forget, so ours starts after it."""
+        deadline = time.monotonic() + REWRITE_GIVE_UP_S
+        if int(self.r.info("persistence").get("aof_enabled", 0)):
+            self._run(self.r.bgrewriteaof, "aof_rewrite_in_progress", deadline)
+        if self.r.config_get("save").get("save"):
+            self._run(self.r.bgsave, "rdb_bgsave_in_progress", deadline)
+
+    def _run(self, start, running: str, deadline: float) -> None:
+        def busy() -> bool:
+            info = self.r.info("persistence")
+            return bool(int(info.get(running, 0)) or int(info.get("aof_rewrite_scheduled", 0)))
+
+        while True:
+            try:
+                while busy() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                start()
+                break
+            except redis.ResponseError as exc:
+                if "in progress" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        while busy() and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -37,6 +37,7 @@ class TextTurn(BaseModel):
     time: str
     tokens: int
     continued: bool = Field(description="True when the turn's beginning is already on a sealed page.")
+    forgotten: bool = Field(False, description="Forgotten on request: its text is gone, its number kept.")
 
 
 class PageInfo(BaseModel):
@@ -65,6 +66,8 @@ class Accounting(BaseModel):
     recent_text_tokens: int
     pages: int
     pages_forgotten: int = Field(description="Pages faded to 'gone' and left out.")
+    turns_forgotten: int = Field(0, description="Turns of the session forgotten on request (DELETE .../turns/{n}): "
+                                                "their text is gone from the pages and the text, their numbers stay.")
     text_tokens_replaced: int = Field(description="Text tokens the included pages stand for.")
     visual_tokens: float = Field(description="Visual tokens the included pages cost.")
     compression: Optional[float] = Field(description="text_tokens_replaced / visual_tokens.")
@@ -141,6 +144,13 @@ class Hit(BaseModel):
                           "(kept source, or a recent turn still plain text); 'decoded': what a read of its "
                           "page gave (forget-for-real sessions: a sealed turn has no other text). Null "
                           "for 'position' and 'time'.")
+
+
+class Forgotten(BaseModel):
+    session: str
+    turns: list[int] = Field(description="The turns whose text is now gone (turn numbers stay).")
+    pages: list[int] = Field(description="Pages whose pixels were painted over where those turns were.")
+    seconds: float
 
 
 class Recall(BaseModel):

@@ -11,18 +11,19 @@ import base64
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from optimem import renderer
 from optimem.errors import BadRequest, NotFound, SessionExists
-from optimem.memory import compactor, context, curves, jobs, locks, recall as recalling, turns as turn_input
+from optimem.memory import compactor, context, curves, erasure, jobs, locks, recall as recalling, turns as turn_input
 from optimem.memory.context import Links, PlacedPage
 from optimem.memory.curves import Curve
 from optimem.memory.reading import Reader, token_unit, tier_png
 from optimem.memory.redis_server import EmbeddedRedis, connect
-from optimem.memory.results import (Appended, EmbeddingsContext, OpenAIContext, PageSpans, RawContext, Recall,
-                                    Session)
+from optimem.memory.results import (Appended, EmbeddingsContext, Forgotten, OpenAIContext, PageSpans, RawContext,
+                                    Recall, Session)
 from optimem.memory.sealer import Sealer
 from optimem.memory.store import SessionKeys, SessionMeta, Store
 from optimem.memory.typesetter import Typesetter
@@ -73,6 +74,7 @@ class Memory:
         self.server: EmbeddedRedis | None = None
         self.store: Store | None = None
         self.worker: jobs.Worker | None = None
+        self.rewrite: erasure.FileRewrite | None = None   # Redis' files rewritten after a forget
         self._reader: Reader | None = None
         self._locks = locks.SessionLocks(lambda: self.store.r if self.store else None)  # across processes, in Redis
         self._backend_lock = threading.Lock()
@@ -88,6 +90,7 @@ class Memory:
         self.store = MeteredStore(client)
         self.store.jobs_max = self.settings.jobs_max
         jobs.ensure_group(client)
+        self.rewrite = erasure.FileRewrite(client)
         if self.settings.worker:
             self.worker = jobs.Worker(client, self.handle_job).start()
         return self
@@ -237,6 +240,31 @@ class Memory:
         """Append one turn."""
         return self.append(session, [{"role": role, "content": content, "time": time}], tenant=tenant)
 
+    def forget(self, session: str, turn: int, last: int | None = None, *, tenant: str = DEFAULT_TENANT) -> Forgotten:
+        """Forget turns ``turn``..``last`` (one turn when ``last`` is None) for real: their text leaves
+        the source, the text index, the pixels of the pages holding them (painted over) and every
+        cache of those pages; their numbers, roles and times stay. Then Redis rewrites its files
+        (``erasure.FileRewrite``, within ``erasure.REWRITE_EVERY_S`` plus a rewrite already running)."""
+        started = time.perf_counter()
+        s = self._open(session, tenant)
+        last = turn if last is None else last
+        for name, value in (("turn", turn), ("last", last)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < s.meta.turns:
+                raise BadRequest(f"{name} must be a turn of the session: 0..{s.meta.turns - 1}, got {value!r}")
+        if last < turn or last - turn >= erasure.MAX_TURNS:
+            raise BadRequest(f"from..to must be in order and span at most {erasure.MAX_TURNS} turns")
+        with self._locks[s.k.tag]:        # no seal of this session runs meanwhile (WATCH holds anyway)
+            pages = erasure.forget_turns(self.store, s.k, list(range(turn, last + 1)), s.meta.keep_source,
+                                         lambda page: [f"{s.k.tag}:vt:{token_unit(page, t)}:{t.name}:"
+                                                       for t in self.ladder.tiers if t.per_canvas > 1])
+        self.rewrite.request()
+        return Forgotten(session=session, turns=list(range(turn, last + 1)), pages=pages,
+                         seconds=round(time.perf_counter() - started, 4))
+
+    def forgotten(self, session: str, *, tenant: str = DEFAULT_TENANT) -> set[int]:
+        """The turns of a session forgotten on request."""
+        return {int(n) for n in self.store.r.smembers(self._open(session, tenant).k.forgotten)}
+
     def sources(self, session: str, turns: list[int], *, tenant: str = DEFAULT_TENANT) -> dict[int, dict]:
         """Exact text of turns: sealed ones only where the session keeps source, recent ones always."""
         return self.store.sources(self._open(session, tenant).k, turns)
@@ -313,10 +341,13 @@ class Memory:
         # The formats need a page's number, turn range, times and token costs: all in the light
         # records of the page index; no full PageRecord (turn spans) is read.
         if format == "raw":
-            return context.raw(s.k, s.meta, self.ladder, built, links)
-        if format == "openai":
-            return context.openai(s.k, built, self.reader, links)
-        return context.embeddings(s.k, built, self.reader, links)
+            made = context.raw(s.k, s.meta, self.ladder, built, links)
+        elif format == "openai":
+            made = context.openai(s.k, built, self.reader, links)
+        else:
+            made = context.embeddings(s.k, built, self.reader, links)
+        made.accounting.turns_forgotten = int(self.store.r.scard(s.k.forgotten))
+        return made
 
     def pages(self, session: str, *, links: Links | None = None, tenant: str = DEFAULT_TENANT) -> list[PageSpans]:
         """Every sealed page with its tier and age now and its turn spans, faded-out ones included."""

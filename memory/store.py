@@ -42,10 +42,14 @@ only ever written alone or in non-transactional pipelines.
     om:{t:s}:retiered                HASH    turns, pages, curve: the session as the last     retier
                                              retier saw it; the next one reads only pages
                                              that crossed a tier boundary since (or are new)
+    om:{t:s}:forgotten               SET     turns forgotten on request (text gone, number    forget (memory/
+                                             kept; their records say ``forgotten``)           erasure.py)
     om:{t:s}:vt:{unit}:{tier}:{rev}  STRING  visual tokens, safetensors bytes (cache, TTL);  model worker, context
                                              unit = page, or m<group> for a mosaic canvas
     om:jobs                          STREAM  model work; consumer group "workers"            enqueue, workers
     om:jobs:shed                     STRING  count of jobs shed (trimmed unread) so far      enqueue
+    om:quota:{tenant}:recalls        ZSET    lease -> expiry: the tenant's recalls running    memory/quotas.py
+    om:quota:{tenant}:appends:{sec}  STRING  the tenant's append calls in that second         (fair shares)
 
 The text index (``memory/index.py``; BM25 over turns, written in the same MULTI as what causes it).
 Documents: ``t<turn>`` a turn's exact text, ``p<page>:<turn>`` what a read of a page gave of a turn.
@@ -98,6 +102,7 @@ class TurnRecord:
     time: str
     start: int = 0     # chars of content already typeset onto sealed pages
     tokens: int = 0    # text tokens of content[start:]
+    forgotten: bool = False   # forgotten on request (memory/erasure.py): content emptied, number kept
 
 
 @dataclass
@@ -135,6 +140,7 @@ class SessionKeys:
         self.pages, self.png, self.lines = f"{tag}:pages", f"{tag}:png", f"{tag}:lines"
         self.decoded, self.queued = f"{tag}:decoded", f"{tag}:queued"
         self.by_turn, self.page_info, self.retiered = f"{tag}:pages:by_turn", f"{tag}:pages:info", f"{tag}:retiered"
+        self.forgotten = f"{tag}:forgotten"
         self.tag = tag
         self.index = f"om:sessions:{{{tenant}}}"
 
@@ -148,7 +154,7 @@ class SessionKeys:
 
     def all(self) -> list[str]:
         return [self.meta, self.seal, self.turns, self.source, self.pages, self.png, self.lines,
-                self.decoded, self.queued, self.by_turn, self.page_info, self.retiered]
+                self.decoded, self.queued, self.by_turn, self.page_info, self.retiered, self.forgotten]
 
 
 def page_entry(record: PageRecord) -> str:

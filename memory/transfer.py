@@ -7,6 +7,7 @@ The file, one JSON object a line, each with a ``sum`` (a digest of the line's ot
     {"turn": 0, "role": "user", "content": "...", "time": "...Z", "sum": ...}   every turn, in order
     {"turn": 7, ..., "read_back": [{"page": 0, "tier": "mosaic4"}], ...}       forget-for-real: what memory
                                                                                 still holds, read back
+    {"turn": 9, "role": ..., "content": "", "time": ..., "forgotten": true}     forgotten on request: a marker
     {"end": true, "turns": N, "sum": ...}                                       the trailer
 
 Why a digest on every line and a trailer: an import must refuse a file cut short (no trailer, or a
@@ -17,7 +18,9 @@ Why validate the whole file before writing anything: an import either builds the
 leaves nothing. The body is spooled to a temporary file while each line is checked, so memory
 holds one line and one chunk, never the file; only a file that passed every check is replayed,
 through the normal append path (``Memory.append``, 1,000 turns a call), so the pages it seals are
-the pages the session had (rendering is deterministic). Should the replay itself fail (Redis gone,
+the pages the session had (rendering is deterministic). A forgotten turn's marker is appended as a
+placeholder and forgotten again at the end (its pages then differ from the original's: the
+original's were typeset with the text that was later painted over). Should the replay itself fail (Redis gone,
 the process killed), the session it created is deleted where the process still can.
 """
 from __future__ import annotations
@@ -40,7 +43,7 @@ VERSION = 1
 CHUNK = 1000                 # turns a read or an append at a time (Memory.append takes at most 1,000)
 MAX_LINE_BYTES_FLOOR = 1 << 20
 FADED = "\u2026"             # what a turn memory holds no text of is imported as (turn numbers stay)
-TURN_FIELDS = {"turn", "role", "content", "time", "read_back"}
+TURN_FIELDS = {"turn", "role", "content", "time", "read_back", "forgotten"}
 HEADER_FIELDS = {"format", "version", "session", "curve", "keep_source", "family", "turns", "created"}
 
 
@@ -94,6 +97,8 @@ def export(memory, session: str, *, tenant: str) -> Iterator[bytes]:
               "keep_source": info.keep_source, "family": info.family, "turns": info.turns,
               "created": info.created}
 
+    forgotten = memory.forgotten(session, tenant=tenant)
+
     def lines() -> Iterator[bytes]:
         yield line(header)
         for first in range(0, info.turns, CHUNK):
@@ -101,7 +106,10 @@ def export(memory, session: str, *, tenant: str) -> Iterator[bytes]:
             kept = memory.sources(session, wanted, tenant=tenant)
             read = _read_back(memory, session, tenant, [n for n in wanted if n not in kept])
             for n in wanted:
-                yield line(_turn(n, kept.get(n), read.get(n)))
+                made = _turn(n, kept.get(n), read.get(n))
+                if n in forgotten:   # a marker: the number, role and time the turn keeps
+                    made = {"turn": n, "role": made["role"], "content": "", "time": made["time"], "forgotten": True}
+                yield line(made)
         yield line({"end": True, "turns": info.turns})
 
     return lines()
@@ -248,7 +256,8 @@ def _header(obj: dict[str, Any], n: int, memory) -> dict[str, Any]:
 def _appended(obj: dict[str, Any]) -> dict[str, Any]:
     """The turn as ``Memory.append`` takes it (a turn memory holds no text of: a placeholder)."""
     content = obj.get("content")
-    if obj.get("read_back") is not None and isinstance(content, str) and not content.strip():
+    if (obj.get("read_back") is not None or obj.get("forgotten") is True) and isinstance(content, str) \
+            and not content.strip():
         content = FADED
     return {"role": obj.get("role"), "content": content, "time": obj.get("time")}
 
@@ -275,10 +284,13 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
     memory.create_session(sid, curve=header["curve"], keep_source=header["keep_source"], tenant=tenant)
     try:
         chunk: list[dict[str, Any]] = []
+        forgotten: list[int] = []
         for raw in checked.spool:
             obj = json.loads(raw)
             if "turn" not in obj:
                 continue
+            if obj.get("forgotten") is True:
+                forgotten.append(obj["turn"])
             chunk.append(_appended(obj))
             if len(chunk) == CHUNK:
                 memory.append(sid, chunk, tenant=tenant)
@@ -290,6 +302,8 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
             if progress:
                 progress(len(chunk))
         memory.settle(sid, tenant=tenant)
+        for first, last in _runs(forgotten):     # a marker was appended as a placeholder: forget it
+            memory.forget(sid, first, last, tenant=tenant)
     except BaseException:
         try:
             memory.delete_session(sid, tenant=tenant)
@@ -297,6 +311,20 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
             pass
         raise
     return memory.session(sid, tenant=tenant)
+
+
+def _runs(turns: list[int]) -> Iterator[tuple[int, int]]:
+    """Consecutive runs of sorted turn numbers, as (first, last)."""
+    start = prev = None
+    for n in turns:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            yield start, prev
+        start = prev = n
+    if start is not None:
+        yield start, prev
 
 
 def import_file(memory, path: str | os.PathLike, session: str | None = None, *, tenant: str,
