@@ -172,15 +172,14 @@ class Checker:
         self.ended = False
 
     def feed(self, data: bytes) -> None:
-        self.pending += data
-        while True:
-            cut = self.pending.find(b"\n")
-            if cut < 0:
-                if len(self.pending) > self.max_line:
-                    raise TransferError(self.number + 1, f"longer than {self.max_line} bytes")
-                return
-            raw, self.pending = self.pending[:cut], self.pending[cut + 1:]
-            self._line(raw)
+        buffer = self.pending + data if self.pending else data
+        at = 0
+        while (cut := buffer.find(b"\n", at)) >= 0:
+            self._line(buffer[at:cut])
+            at = cut + 1
+        self.pending = buffer[at:]
+        if len(self.pending) > self.max_line:
+            raise TransferError(self.number + 1, f"longer than {self.max_line} bytes")
 
     def _line(self, raw: bytes) -> None:
         self.number += 1
@@ -213,7 +212,7 @@ class Checker:
             raise TransferError(n, f"unknown fields {sorted(extra)}")
         try:
             turn_input.parse_turn(_appended(obj), self.turns, self.memory.settings.max_turn_chars,
-                                  self.memory.settings.tokenizer)
+                                  self.memory.settings.tokenizer, count=False)
         except BadRequest as exc:
             raise TransferError(n, str(exc).replace(f"turns[{self.turns}]", "turn")) from None
         self.turns += 1

@@ -53,7 +53,8 @@ def normalise_time(value: Any) -> str:
     return utc.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def parse_turn(raw: Any, position: int, max_chars: int, tokenizer: str) -> TurnRecord:
+def parse_turn(raw: Any, position: int, max_chars: int, tokenizer: str, count: bool = True) -> TurnRecord:
+    """A turn checked as ``append`` checks it; ``count=False``: its tokens left at 0 (a check only)."""
     if not isinstance(raw, dict):
         raise BadRequest(f"turns[{position}] must be an object with 'role' and 'content'")
     role, content = raw.get("role"), raw.get("content")
@@ -67,8 +68,8 @@ def parse_turn(raw: Any, position: int, max_chars: int, tokenizer: str) -> TurnR
         raise BadRequest(f"turns[{position}].content has {len(content)} characters; the limit is "
                          f"{max_chars} (OPTIMEM_MAX_TURN_CHARS)")
     time_ = normalise_time(raw.get("time"))
-    count = tokens.turn_tokens(role, content, tokenizer)
-    return TurnRecord(index=-1, role=role.strip(), content=content, time=time_, tokens=count)
+    counted = tokens.turn_tokens(role, content, tokenizer) if count else 0
+    return TurnRecord(index=-1, role=role.strip(), content=content, time=time_, tokens=counted)
 
 
 def parse_turns(turns: Any, max_chars: int, tokenizer: str) -> list[TurnRecord]:
