@@ -102,8 +102,10 @@ def forget_turns(store, k, turns: list[int], keep_source: bool, mosaic_units) ->
                     decoded = [f for f in p.hkeys(k.decoded) if (f.decode() if isinstance(f, bytes) else f).split(":", 1)[0] == str(record.page)]
                     changed.append((record.page, blank_lines(png, [tuple(l[1]) for l in hidden]) if hidden else png,
                                     lines, decoded))
-                vt = [key for record in pages for prefix in (f"{k.tag}:vt:{record.page}:", *mosaic_units(record.page))
-                      for key in store._keys_with_prefix(k, prefix)]
+                prefixes = tuple(prefix for record in pages
+                                 for prefix in (f"{k.tag}:vt:{record.page}:", *mosaic_units(record.page)))
+                vt = [key for key in (store._keys_with_prefix(k, f"{k.tag}:vt:") if pages else [])   # one SCAN
+                      if (key.decode() if isinstance(key, bytes) else key).startswith(prefixes)]
                 p.multi()
                 for n in wanted:
                     if texts[n] is not None:

@@ -66,7 +66,15 @@ def test_a_forgotten_turn_leaves_every_key_the_pixels_recall_context_and_the_dis
     whole = memory.reader.decoded(k, page, memory.ladder["g1024"])        # a whole-page read, cached
     assert "Zephyr" in whole["text"]
     assert api.get(f"/v1/sessions/s/pages/{page}/image?tier=mosaic4").status_code == 200
-    assert sum(holds(x) for x in session_content(r, k)) >= 5              # source, index, lines, decoded...
+    # Visual tokens as a GPU backend caches them (the CPU reader makes none): the page's own, its
+    # mosaic canvases', and another page's, which stays
+    own = [k.visual_tokens(str(page), "g1024", "rev1"), k.visual_tokens(f"m{page // 4}", "mosaic4", "rev0"),
+           k.visual_tokens(f"m{page // 16}", "mosaic16", "rev1")]
+    other = k.visual_tokens(str(page + 5), "g1024", "rev1")
+    for key in own:
+        r.set(key, b"tokens of a page that reads " + PLANTED.encode())
+    r.set(other, b"tokens of another page")
+    assert sum(holds(x) for x in session_content(r, k)) >= 8              # source, index, lines, decoded...
     memory.rewrite.request()
     assert memory.rewrite.wait(60)
     assert files_hold(redis_server.dir)                                    # the disk holds it before
@@ -76,6 +84,7 @@ def test_a_forgotten_turn_leaves_every_key_the_pixels_recall_context_and_the_dis
     assert gone.json()["turns"] == [100] and gone.json()["pages"] == [page] and gone.json()["seconds"] < 1.0
 
     assert not [x for x in session_content(r, k) if holds(x)]              # no key, no value
+    assert r.exists(*own) == 0 and r.get(other) == b"tokens of another page"
     for query in ("Zephyr Marmalade", "vault phrase Quixotic", "4417"):
         hits = api.post("/v1/sessions/s/recall", json={"query": query, "limit": 20}).json()["hits"]
         assert not [h for h in hits if holds(json.dumps(h).encode())]
