@@ -149,7 +149,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from optimem.api.metrics import configure_logging
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:   # a malformed OPTIMEM_* variable: say which, and stop before anything starts
+        raise SystemExit(f"optimem: {exc}") from None
     configure_logging(settings.log, settings.log_format)
     args.func(args)
 

@@ -39,6 +39,17 @@ def safe(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float)) else safe(str(value))
 
 
+class ProxyError(Exception):
+    """A refusal of the proxy, sent in OpenAI's error shape with its status."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: Any = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        return SafeJSON(error_body(self.message, self.type, self.code), status_code=self.status, headers=headers)
+
+
 def proxied(request: Request) -> bool:
     return request.url.path in PROXY_PATHS
 
