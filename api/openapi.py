@@ -73,9 +73,17 @@ def document(app: FastAPI, memory_: Memory) -> dict:
     components["securitySchemes"] = SECURITY
     for name in ("HTTPValidationError", "ValidationError"):
         components.get("schemas", {}).pop(name, None)
+    recall = components.get("schemas", {}).get("RecallIn")
+    if recall:   # a recall asks by content, position or time: at least one of them
+        recall["anyOf"] = [{"required": [key], "properties": {key: {"not": {"type": "null"}}}}
+                           for key in ("query", "turn", "since", "until")]
     for name, shape in components.get("schemas", {}).items():
         for field, prop in (shape.get("properties") or {}).items():
             if field in TIMES and prop.get("type") == "string":
                 prop["format"] = "date-time"
+            elif name in ("TurnIn", "RecallIn") and field in ("time", "since", "until"):
+                for branch in prop.get("anyOf", []):   # ISO 8601 in; RFC 3339 date-times are what to send
+                    if branch.get("type") == "string":
+                        branch["format"] = "date-time"
     app.openapi_schema = doc
     return doc
