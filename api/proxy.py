@@ -207,7 +207,7 @@ async def chat_completions(
         rounds = Rounds()
         try:
             answer = await answer_with_recall(
-                lambda ask: upstream.complete(client, base, ask, auth),
+                lambda asked: upstream.complete(client, base, asked, auth),
                 looking_up(request, memory, t, session, sum(p.tier == "gone" for p in pages)), payload,
                 lambda text: count_tokens(text, memory.settings.tokenizer), mode, rounds)
         finally:

@@ -3,8 +3,6 @@ shape is a 502 in OpenAI's error shape naming what was wrong, never a 500; what 
 encoded; and the caller's keep-alive connection survives all of it (issue 25, items 5, 6, 7, 10, 11)."""
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 
