@@ -2,7 +2,8 @@
 
     python tests/fake_upstream.py PORT RECORD.jsonl
 
-Each chat request is appended to RECORD.jsonl (its JSON body and Authorization header). The answer
+Each chat request is appended to RECORD.jsonl (its JSON body, Authorization header and the port it
+came from: one port for many requests is a pooled connection). The answer
 says what arrived: how many image parts and text messages, and the last text message. A last
 message containing "RATE LIMIT ME" gets a 429 in OpenAI's error shape.
 
@@ -106,7 +107,8 @@ def make_app(record: str) -> FastAPI:
     async def chat(request: Request):
         body = await request.json()
         with open(record, "a") as out:
-            out.write(json.dumps({"body": body, "authorization": request.headers.get("authorization")}) + "\n")
+            out.write(json.dumps({"body": body, "authorization": request.headers.get("authorization"),
+                                  "peer": request.client.port}) + "\n")
         answer = hostile(body)
         if answer is not None:
             return answer

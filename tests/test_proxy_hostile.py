@@ -3,9 +3,13 @@ shape is a 502 in OpenAI's error shape naming what was wrong, never a 500; what 
 encoded; and the caller's keep-alive connection survives all of it (issue 25, items 5, 6, 7, 10, 11)."""
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
+from optimem.api.app import create_app
+from tests.live import serve
 from tests.test_proxy import optimem, received, turns_of, upstream  # noqa: F401 (fixtures)
 
 BAD_SHAPES = [
@@ -112,3 +116,20 @@ def test_a_conversation_of_more_than_1000_messages_starts_a_new_session(http, me
     assert r.headers["x-optimem-stored-turns"] == "2501"
     stored = turns_of(memory, tenant, "carried")
     assert len(stored) == 2502 and stored[1000]["content"] == "message 1000"
+
+
+def test_one_pooled_client_per_app_reaches_the_upstream_and_closes_with_it(memory, tenant, upstream):
+    """Three calls, one connection to the model server (a client per request opened three); the
+    client is the app's, closed when the app stops."""
+    memory.settings.api_keys = f"key-{tenant}:{tenant}"
+    memory.settings.upstream_url = upstream[0]
+    app = create_app(memory)
+    with serve(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer key-{tenant}"},
+                                         timeout=60) as http:
+        for n in range(3):
+            assert chat(http, "pooled", f"hello {n}", "images").status_code == 200
+        pooled = app.state.upstream
+        assert not pooled.is_closed
+    peers = [json.loads(line)["peer"] for line in upstream[1].read_text().splitlines()[-3:]]
+    assert len(set(peers)) == 1, peers
+    assert pooled.is_closed
