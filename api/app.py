@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from optimem._version import __version__
-from optimem.api import inspector, openapi, proxy, schemas
+from optimem.api import inspector, mcp_http, openapi, proxy, schemas
 from optimem.api import metrics as observe
 from optimem.api.auth import api_key, tenant
 from optimem.api.deps import HttpLinks, links, memory
@@ -205,5 +205,6 @@ def create_app(m: Memory | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(proxy.router)
     app.include_router(inspector.router)
+    app.include_router(mcp_http.router())   # MCP at /mcp, with its session manager's life cycle
     app.openapi = lambda: openapi.document(app, own)
     return app
