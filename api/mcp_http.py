@@ -1,7 +1,7 @@
 """MCP over streamable HTTP at ``/mcp`` on ``optimem serve``, behind the API's keys and tenants.
 
-The caller's key (``Authorization: Bearer <key>``, as for the JSON API) is checked here, before the
-SDK sees the request: with keys set, no valid key gets 401 and nothing else. The tenant it maps to
+The caller's key (``Authorization: Bearer <key>``) is checked here by the JSON API's own check
+(``auth.tenant``), before the SDK sees the request: with keys set, no valid key gets 401 and nothing else. The tenant it maps to
 rides in the request's ASGI scope; each tool call reads it from there, so a key reaches only its
 tenant's sessions. Stateless and JSON-answered: any request may land on any ``serve --workers``
 process (no MCP session lives in one), and recalls run in the process's recall slots as the JSON
@@ -15,17 +15,17 @@ from fastapi import APIRouter, FastAPI
 from mcp.server.mcpserver import Context
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from optimem.api.auth import api_key
+from optimem.api.auth import tenant
 from optimem.api.mcp_server import Caller, server
 from optimem.api.recall_slots import RecallsBusy, run_recall
 from optimem.api.verbs import Embedded
 from optimem.errors import ModelUnavailable
-from optimem.memory.service import DEFAULT_TENANT
 
 PATH = "/mcp"
 TENANT = "optimem.tenant"   # the ASGI scope key the checked tenant travels in
@@ -57,16 +57,12 @@ class Endpoint:
         self.manager = mcp.session_manager
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        keys = scope["app"].state.memory.settings.tenants()
-        tenant = DEFAULT_TENANT
-        if keys:
-            key = api_key(Headers(scope=scope).get("authorization"))
-            if key not in keys:
-                refused = JSONResponse({"detail": "missing or unknown API key: send 'Authorization: Bearer <key>'"},
-                                       status_code=401, headers={"WWW-Authenticate": 'Bearer realm="optimem"'})
-                return await refused(scope, receive, send)
-            tenant = keys[key]
-        await self.manager.handle_request({**scope, TENANT: tenant}, receive, send)
+        try:    # the JSON API's own check: 'default' without keys, else the key's tenant or 401
+            who = tenant(Request(scope), Headers(scope=scope).get("authorization"))
+        except HTTPException as refused:
+            return await JSONResponse({"detail": refused.detail}, status_code=refused.status_code,
+                                      headers=refused.headers)(scope, receive, send)
+        await self.manager.handle_request({**scope, TENANT: who}, receive, send)
 
 
 def router() -> APIRouter:
