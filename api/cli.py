@@ -131,8 +131,12 @@ def mcp(args: argparse.Namespace) -> None:
 
 
 def _run_stdio(mcp_server) -> None:
+    import anyio
+
+    from optimem.api.mcp_server import serve_stdio
+
     try:
-        mcp_server.run("stdio")
+        anyio.run(serve_stdio, mcp_server)
     except KeyboardInterrupt:
         pass
 

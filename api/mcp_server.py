@@ -18,12 +18,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, Awaitable, Callable, Literal, Optional, Union
 
+import anyio
 import anyio.to_thread
 import httpx
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field, StrictInt
+from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+from mcp_types import (INVALID_REQUEST, PARSE_ERROR, CallToolResult, ErrorData, ImageContent, JSONRPCError,
+                       TextContent, ToolAnnotations)
+from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from optimem._version import __version__
 from optimem.api.schemas import TurnIn
@@ -240,3 +244,28 @@ def server(caller_for: Callable[[Context], Caller], name: str = "optimem") -> MC
             raise ResourceError(_hint(exc)) from None
 
     return mcp
+
+
+def refusal(exc: Exception) -> SessionMessage:
+    """The JSON-RPC error for a line that is not a message: -32700 when it is not JSON, else -32600."""
+    bad_json = isinstance(exc, ValidationError) and any(e["type"] == "json_invalid" for e in exc.errors())
+    code, what = (PARSE_ERROR, "not JSON") if bad_json else (INVALID_REQUEST, "not a JSON-RPC 2.0 message")
+    return SessionMessage(JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(
+        code=code, message=f"ignored a line that is {what}: send one JSON-RPC message per line")))
+
+
+async def serve_stdio(mcp: MCPServer) -> None:
+    """Serve on stdin/stdout until stdin closes. A line that is not a JSON-RPC message is answered
+    with a JSON-RPC error (id null) and the session goes on: the SDK would drop it without a word,
+    leaving a client that sent it waiting."""
+    lowlevel = mcp._lowlevel_server   # as MCPServer.run_stdio_async and the SDK's own Client reach it (mcp 2.x)
+    async with stdio_server() as (read, write), anyio.create_task_group() as tg:
+        send, receive = anyio.create_memory_object_stream[Union[SessionMessage, Exception]](0)
+
+        async def relay() -> None:
+            async with send:
+                async for item in read:
+                    await (write.send(refusal(item)) if isinstance(item, Exception) else send.send(item))
+
+        tg.start_soon(relay)
+        await lowlevel.run(receive, write, lowlevel.create_initialization_options())

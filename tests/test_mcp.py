@@ -114,6 +114,16 @@ def test_an_agent_on_stdio_remembers_500_turns_recalls_an_early_fact_from_its_pa
             assert [t["index"] for t in data["turns"]] == list(range(500 - len(data["turns"]), 500))
             assert data["turns"][-1]["content"] == turns[-1]["content"]
 
+            (template,) = (await c.list_resource_templates()).resource_templates
+            assert template.uri_template == "optimem://{session}/pages/{n}{?tier}"
+            full = (await c.read_resource("optimem://long/pages/0?tier=full")).contents[0]
+            assert full.mime_type == "image/png"
+            assert Image.open(io.BytesIO(base64.b64decode(full.blob))).format == "PNG"
+            now = (await c.read_resource("optimem://long/pages/0")).contents[0]      # at its tier now
+            assert Image.open(io.BytesIO(base64.b64decode(now.blob))).size[0] == 1024
+            with pytest.raises(Exception, match="unknown tier"):
+                await c.read_resource("optimem://long/pages/0?tier=blurry")
+
             refused = await c.call_tool("forget_session", {"session": "long"})
             assert "confirm=true" in error_text(refused)
             assert (await c.call_tool("sessions", {})).structured_content["sessions"] == ["long", "other"]
@@ -161,6 +171,7 @@ class RawStdio:
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.next_id = 0
+        self.unasked: list[dict] = []   # what came back that answered no call of ours
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -178,6 +189,7 @@ class RawStdio:
             message = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
             if message.get("id") == self.next_id:
                 return message
+            self.unasked.append(message)
 
     def start(self) -> "RawStdio":
         got = self.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
@@ -208,6 +220,8 @@ def test_a_garbage_line_is_answered_and_the_next_call_served_and_kill_9_loses_no
         server.send('{"jsonrpc": "2.0", "id": "x", "method": 42}')
         listed = server.call("tools/list")
         assert {t["name"] for t in listed["result"]["tools"]} == TOOLS
+        assert [(m["id"], m["error"]["code"]) for m in server.unasked] == [(None, -32700), (None, -32600)]
+        assert all("one JSON-RPC message per line" in m["error"]["message"] for m in server.unasked)
         bad = server.tool("remember", {"session": 7, "text": "x"})
         assert bad["isError"] and "session" in bad["content"][0]["text"]
         for i in range(0, 300, 100):
@@ -295,6 +309,15 @@ def test_mcp_over_http_keeps_tenants_apart_and_refuses_no_key(served):
             assert own.structured_content["hits"][0]["text"] == "Alice's safe code is 7712."
 
     run(tenants)
+
+    async def bob_on_stdio():   # `optimem mcp --url`: stdio for the assistant, the service's memory behind it
+        async with stdio("/nonexistent", "--url", served, "--api-key", "key-b") as c:
+            assert (await c.call_tool("sessions", {})).structured_content["sessions"] == ["diary"]
+            got = await c.call_tool("recall", {"session": "diary", "turn": 0})
+            assert got.structured_content["hits"][0]["text"] == "Bob walks the dog at noon."
+            assert "no session 'alice-only'" in error_text(await c.call_tool("context", {"session": "alice-only"}))
+
+    run(bob_on_stdio)
     seen = httpx.get(f"{served}/v1/sessions", headers={"Authorization": "Bearer key-a"}).json()["sessions"]
     assert seen == ["alice-only", "diary"]
 
