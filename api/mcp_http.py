@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from mcp.server.mcpserver import Context
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -46,15 +47,25 @@ def _caller(ctx: Context) -> Caller:
 
 
 class Endpoint:
-    """The ASGI app at ``/mcp``: the key check, then the SDK's session manager (run by ``router``)."""
+    """The ASGI app at ``/mcp``: the key check, then the SDK's session manager, which runs while the
+    app does (``running``; a manager runs once, so each start of the app gets a new one)."""
 
     def __init__(self) -> None:
+        self.manager: StreamableHTTPSessionManager | None = None
+
+    @asynccontextmanager
+    async def running(self):
         mcp = server(_caller)
-        # Built for its session manager only (the routes are ours). No DNS-rebinding host check: the
+        # Built for its session manager only (the route is ours). No DNS-rebinding host check: the
         # API's keys guard /mcp as they guard every other route, on whatever host the service is reached.
         mcp.streamable_http_app(json_response=True, stateless_http=True,
                                 transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-        self.manager = mcp.session_manager
+        async with mcp.session_manager.run():
+            self.manager = mcp.session_manager
+            try:
+                yield
+            finally:
+                self.manager = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:    # the JSON API's own check: 'default' without keys, else the key's tenant or 401
@@ -62,6 +73,9 @@ class Endpoint:
         except HTTPException as refused:
             return await JSONResponse({"detail": refused.detail}, status_code=refused.status_code,
                                       headers=refused.headers)(scope, receive, send)
+        if self.manager is None:
+            return await JSONResponse({"detail": "MCP is not running: the service is starting or stopping"},
+                                      status_code=503)(scope, receive, send)
         await self.manager.handle_request({**scope, TENANT: who}, receive, send)
 
 
@@ -71,7 +85,7 @@ def router() -> APIRouter:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with endpoint.manager.run():
+        async with endpoint.running():
             yield
 
     routes = APIRouter(lifespan=lifespan)

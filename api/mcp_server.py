@@ -13,7 +13,6 @@ client (the SDK logs it on the server and answers "Error executing tool <name>")
 from __future__ import annotations
 
 import base64
-import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, Awaitable, Callable, Literal, Optional, Union
@@ -35,8 +34,6 @@ from optimem.api.verbs import Recalled, Verbs, append_creating, asked, raw_conte
 from optimem.errors import NotFound, OptimemError
 from optimem.memory.results import Accounting, Recall
 from optimem.memory.service import SESSION_CHARS
-
-log = logging.getLogger("optimem.mcp")
 
 INSTRUCTIONS = ("Long-term memory for this conversation. Call `remember` with each new turn (or a batch); "
                 "older turns are kept as transcript pages that fade with age. Before answering about the "
