@@ -49,10 +49,11 @@ def stdio(data_dir, *args: str, **env: str) -> Client:
                                         env=mcp_env(data_dir, **env)))
 
 
-def over_http(url: str, key: str | None, mode: str = "auto") -> Client:
+def over_http(url: str, key: str | None, mode: str = "auto", keepalive: bool = True) -> Client:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return Client(streamable_http_client(f"{url}/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=120)),
-                  mode=mode)
+    limits = httpx2.Limits() if keepalive else httpx2.Limits(max_keepalive_connections=0)
+    http = httpx2.AsyncClient(headers=headers, timeout=120, limits=limits)
+    return Client(streamable_http_client(f"{url}/mcp", http_client=http), mode=mode)
 
 
 def run(fn) -> None:
@@ -239,9 +240,9 @@ def test_a_garbage_line_is_answered_and_the_next_call_served_and_kill_9_loses_no
         memory.close()
 
 
-def start_serve(data_dir, port: int, **env: str) -> subprocess.Popen:
+def start_serve(data_dir, port: int, *args: str, **env: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "serve", "--port", str(port),
-                             "--log-level", "warning"], env=mcp_env(data_dir, **env))
+                             "--log-level", "warning", *args], env=mcp_env(data_dir, **env))
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -320,6 +321,25 @@ def test_mcp_over_http_keeps_tenants_apart_and_refuses_no_key(served):
     run(bob_on_stdio)
     seen = httpx.get(f"{served}/v1/sessions", headers={"Authorization": "Bearer key-a"}).json()["sessions"]
     assert seen == ["alice-only", "diary"]
+
+
+def test_mcp_over_http_works_on_serve_with_two_processes(tmp_path):
+    """Stateless: no MCP session lives in one process, so every call may land on either."""
+    port = free_port()
+    proc = start_serve(tmp_path, port, "--workers", "2")
+    try:
+        async def agent():
+            # A new connection for every request: the kernel hands each to either process.
+            async with over_http(f"http://127.0.0.1:{port}", None, mode="legacy", keepalive=False) as c:
+                for i in range(12):
+                    got = await c.call_tool("remember", {"session": "w", "text": f"note {i}"})
+                    assert not got.is_error and got.structured_content["turns"] == i + 1
+                found = await c.call_tool("recall", {"session": "w", "turn": "last"})
+                assert found.structured_content["hits"][0]["text"] == "note 11"
+
+        run(agent)
+    finally:
+        stop_serve(proc)
 
 
 def test_optimem_mcp_and_optimem_serve_share_one_store(tmp_path):
