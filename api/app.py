@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from optimem._version import __version__
-from optimem.api import inspector, openapi, proxy, schemas, upstream
+from optimem.api import inspector, mcp_http, openapi, proxy, schemas, upstream
 from optimem.api import metrics as observe
 from optimem.api.admission import Admission
 from optimem.api.auth import tenant, tenant_of
@@ -235,5 +235,6 @@ def create_app(m: Memory | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(proxy.router)
     app.include_router(inspector.router)
+    app.include_router(mcp_http.router())   # MCP at /mcp, with its session manager's life cycle
     app.openapi = lambda: openapi.document(app, own)
     return app

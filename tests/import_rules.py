@@ -38,6 +38,7 @@ LAYERS = (
     ("optimem.memory", ("optimem.api",)),
     ("optimem.model", ("optimem.memory", "optimem.api")),
     ("optimem.renderer", ("optimem.memory", "optimem.api")),
+    ("optimem", ("optimem.integrations",)),   # the framework adapters import optimem; nothing imports them
 )
 HEAVY = ("torch", "transformers", "safetensors")
 CPU_PATH = ("optimem", "optimem.settings", "optimem.api.app", "optimem.api.cli", "optimem.memory.service",
