@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import lru_cache
+from types import MappingProxyType
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -35,7 +37,9 @@ class Settings:
     vllm_api_key: str = ""         # Bearer key for the vLLM server, if it wants one
     upstream_url: str = ""         # the chat model the OpenAI-compatible proxy forwards to (its /v1 base URL)
     upstream_key: str = ""         # Bearer key for the upstream; "": pass the caller's on when optimem has no keys
-    budget: int = 0                # the proxy's context budget (tokens) when a call names none; 0: no limit
+    budget: int = 0                # the proxy's context budget (tokens) when a call names none; 0: PROXY_BUDGET
+    upstream_timeout_s: float = 600.0   # the proxy waits this long for the upstream's answer (generation is slow)
+    upstream_connect_s: float = 10.0    # ... but only this long to connect to it
     memory_mode: str = "images"    # the proxy's memory when a call names none: images | tool | both
     recent_tokens: int = 2000      # text kept as plain turns before older turns are sealed into pages
     seal_background: bool = True   # seal pages just after an append answers (a thread per process), not inside it
@@ -44,6 +48,7 @@ class Settings:
     tokenizer: str = "cl100k_base"
     curve: str = "default"
     max_turn_chars: int = 100_000
+    max_body_bytes: int = 0        # the largest request body read; 0: just above the largest valid append (body_limit)
     recall_read_s: int = 60        # a recall reads unread pages itself for at most this long
     read_threads: int = 1          # page reads at once per process (a dedicated pool, off the request threads)
     recall_concurrency: int = 64   # recalls at once per process, on their own threads (not FastAPI's pool); past it 503
@@ -72,9 +77,51 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def tenants(self) -> dict[str, str]:
-        pairs = (item.split(":", 1) for item in self.api_keys.split(",") if item.strip())
-        return {key.strip(): tenant.strip() for key, tenant in pairs}
+    def __post_init__(self) -> None:
+        self.tenants()   # a bad OPTIMEM_API_KEYS stops whoever builds these settings, not the first request
+
+    def tenants(self) -> Mapping[str, str]:
+        """The key -> tenant map of ``api_keys`` (parsed once per value); ValueError when it is malformed."""
+        return api_keys(self.api_keys)
+
+    def body_limit(self) -> int:
+        """The largest request body the API reads: ``max_body_bytes``, else just above the largest valid
+        append (MAX_TURNS_PER_APPEND turns of ``max_turn_chars`` one-byte characters plus their JSON)."""
+        if self.max_body_bytes > 0:
+            return self.max_body_bytes
+        return MAX_TURNS_PER_APPEND * (self.max_turn_chars + TURN_JSON_BYTES) + 64 * 1024
+
+    def proxy_budget(self) -> int:
+        """The proxy's context budget when a call names none: ``budget``, else one that fits common models."""
+        return self.budget if self.budget > 0 else PROXY_BUDGET
+
+
+MAX_TURNS_PER_APPEND = 1000   # one append's turns (the API's TurnsIn); bounds the default body limit
+TURN_JSON_BYTES = 512         # a turn's JSON around its content: keys, role (<= 64), time (<= 64), escapes
+# 32k tokens: the context of common open models (Qwen2.5-VL, Llama 3.x at their default serving length),
+# less room for the answer; without a budget a long session sent every page and rebuilt every canvas.
+PROXY_BUDGET = 24_000
+
+
+@lru_cache(maxsize=64)
+def api_keys(text: str) -> Mapping[str, str]:
+    """``"key:tenant,key2:tenant2"`` as a map; ValueError naming OPTIMEM_API_KEYS when an entry has no
+    colon, an empty key or tenant, or a key given twice (each would open or misroute a tenant)."""
+    keys: dict[str, str] = {}
+    for n, item in enumerate(text.split(",")):
+        if not item.strip():
+            continue   # a trailing comma
+        key, colon, tenant = (part.strip() for part in item.partition(":"))
+        where = f"OPTIMEM_API_KEYS entry {n + 1}"
+        if not colon:
+            raise ValueError(f"{where} has no ':'; write key:tenant,key2:tenant2")
+        if not key or not tenant:
+            raise ValueError(f"{where} has an empty {'key' if not key else 'tenant'}; every entry needs both "
+                             "(an unset variable in key:$TENANT leaves one empty)")
+        if key in keys:
+            raise ValueError(f"{where} repeats a key of an earlier entry; each key names one tenant")
+        keys[key] = tenant
+    return MappingProxyType(keys)   # cached: nobody may change it
 
 
 def env_name(field_name: str) -> str:

@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal, Optional
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
-from pydantic import Field
 from fastapi.concurrency import run_in_threadpool
+from pydantic import Field
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from optimem._version import __version__
-from optimem.api import inspector, openapi, proxy, schemas, user_data
+from optimem.api import inspector, mcp_http, openapi, proxy, schemas, upstream, user_data
 from optimem.api import metrics as observe
-from optimem.api.auth import api_key, tenant
+from optimem.api.admission import Admission
+from optimem.api.auth import tenant, tenant_of
 from optimem.api.deps import HttpLinks, links, memory
 from optimem.api.errors import SafeJSON, http_error, invalid_request, optimem_error
 from optimem.api.recall_slots import RecallsBusy, quotas, run_recall
@@ -38,6 +41,7 @@ SessionId = Annotated[str, Path(pattern=schemas.SESSION_ID, max_length=128,
 
 router = APIRouter()
 log = logging.getLogger("optimem.api")
+STORE_PING_S = 2.0   # /healthz waits this long for Redis to answer a PING before saying the store is down
 
 
 def run(fn, *args, **kwargs):
@@ -45,6 +49,7 @@ def run(fn, *args, **kwargs):
 
 
 class Health(schemas.Health):
+    store: Optional[str] = Field(None, description="Why the store is unavailable (with status 503 only).")
     jobs_oldest_s: Optional[float] = Field(None, description="Age in seconds of the oldest job waiting or in "
                                                              "progress (0: none). Shown like jobs_backlog.")
     jobs_shed: Optional[int] = Field(None, description="Read-ahead jobs dropped, oldest first, because the job "
@@ -52,19 +57,37 @@ class Health(schemas.Health):
                                                        "created. Shown like jobs_backlog.")
 
 
-@router.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["service"])
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["service"],
+            responses={503: {"model": Health, "description": "The store (Redis) does not answer: status "
+                                                             "'store unavailable'"}})
 async def healthz(request: Request,
                   authorization: Optional[str] = Header(None, description="Bearer API key: with keys set, "
                                                                           "the backlog is shown only to callers "
                                                                           "with a valid key")):
-    """Liveness, for anyone; the global job backlog, its age and the shed jobs only for a valid key
-    when API keys are set."""
+    """Liveness and the store, for anyone (503 when Redis does not answer a PING within 2 s); the global
+    job backlog, its age and the shed jobs only for a valid key when API keys are set."""
     m: Memory = request.app.state.memory   # not Depends(memory): a sync dependency is a thread hop
     health = {"status": "ok", "backend": m.backend_name, "family": m.ladder.family}
-    keys = m.settings.tenants()
-    if not keys or api_key(authorization) in keys:
+    down = await store_down(m)
+    if down:
+        return SafeJSON({**health, "status": "store unavailable", "store": down}, status_code=503)
+    if tenant_of(m.settings.tenants(), authorization) is not None:
         health["jobs_backlog"], health["jobs_oldest_s"], health["jobs_shed"] = await run(m.store.jobs_state)
     return health
+
+
+async def store_down(m: Memory) -> str | None:
+    """Why Redis does not answer a PING within STORE_PING_S (None: it does). A hung Redis leaves its
+    thread waiting, not the request."""
+    started = time.monotonic()
+    try:
+        with anyio.fail_after(STORE_PING_S):
+            await anyio.to_thread.run_sync(m.store.r.ping, abandon_on_cancel=True)
+    except TimeoutError:
+        return f"Redis did not answer a PING within {STORE_PING_S:g} s"
+    except Exception as exc:   # redis-py's ConnectionError, or any other way a PING fails
+        return f"Redis did not answer a PING ({type(exc).__name__}: {exc}) after {time.monotonic() - started:.1f} s"
+    return None
 
 
 @router.get("/metrics", response_class=Response, tags=["service"],
@@ -153,7 +176,7 @@ async def mosaic_image(session: SessionId, tier: str, group: int, t: str = Depen
             responses={200: {"content": {"application/octet-stream": {}},
                              "description": "safetensors: one tensor 'tokens' [n_tokens, hidden]; metadata "
                                             "holds shape, dtype, tier, model revision and a sha256"}, **ERRORS})
-async def visual_tokens(session: SessionId, unit: str, tier: str = Query(description="Tier name"),
+async def token_file(session: SessionId, unit: str, tier: str = Query(description="Tier name"),
                         t: str = Depends(tenant), m: Memory = Depends(memory)):
     return Response(await run(m.token_bytes, session, unit, tier, tenant=t), media_type="application/octet-stream")
 
@@ -185,8 +208,10 @@ async def set_curve(session: SessionId, body: schemas.CurveIn, t: str = Depends(
 
 
 def create_app(m: Memory | None = None) -> FastAPI:
-    """An app over ``m`` (opened and closed with the app), or over a Memory from the environment."""
+    """An app over ``m`` (opened and closed with the app), or over a Memory from the environment.
+    ValueError (naming the variable) when a setting the app needs is malformed: OPTIMEM_API_KEYS."""
     own = m or Memory()
+    own.settings.tenants()   # parsed and checked now, not at the first request
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -198,9 +223,13 @@ def create_app(m: Memory | None = None) -> FastAPI:
         COMPUTE.resize(own.settings.recall_compute)
         app.state.recall_slots = asyncio.Semaphore(slots)
         app.state.recall_threads = Threads(slots, name="optimem-recall")   # one per slot: see run_recall
-        yield
-        app.state.recall_threads.stop()
-        own.close(timeout_s=1.0)  # the worker's job in hand is only read-ahead: cut it short, redone later
+        app.state.upstream = upstream.open_client(own.settings)          # one pooled client to the model
+        try:
+            yield
+        finally:
+            await app.state.upstream.aclose()
+            app.state.recall_threads.stop()
+            own.close(timeout_s=1.0)  # the worker's job in hand is only read-ahead: cut it short, redone later
 
     app = FastAPI(title="optimem", version=__version__, lifespan=lifespan,
                   description="Optical memory for chatbots: old turns become page images that fade with "
@@ -208,10 +237,12 @@ def create_app(m: Memory | None = None) -> FastAPI:
     app.add_exception_handler(OptimemError, optimem_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_middleware(Admission, settings=lambda: own.settings)        # key and body size, before any parsing
     app.add_middleware(observe.Observe, tenants=lambda: own.settings.tenants())
     app.include_router(router)
     app.include_router(user_data.router)
     app.include_router(proxy.router)
     app.include_router(inspector.router)
+    app.include_router(mcp_http.router())   # MCP at /mcp, with its session manager's life cycle
     app.openapi = lambda: openapi.document(app, own)
     return app

@@ -1,4 +1,4 @@
-"""The `optimem` command: serve, worker, demo, lab, export, import."""
+"""The `optimem` command: serve, worker, mcp, demo, lab, export, import."""
 from __future__ import annotations
 
 import argparse
@@ -101,6 +101,46 @@ def worker(args: argparse.Namespace) -> None:
         memory.close(stop_server=False)
 
 
+def mcp(args: argparse.Namespace) -> None:
+    """An MCP server on stdin/stdout, over the embedded memory (the data directory and Redis that
+    `optimem serve` uses) or, with --url, over a running service through optimem.Client."""
+    import signal
+
+    from optimem.api.mcp_server import Caller, server
+    from optimem.api.verbs import Embedded
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # closes the memory as Ctrl-C does
+    if args.url:
+        from optimem.api.client import Client
+
+        with Client(args.url, api_key=args.api_key) as client:
+            print(f"optimem mcp: stdio, memory at {args.url}", file=sys.stderr)
+            caller = Caller(client)
+            return _run_stdio(server(lambda ctx: caller))
+    from optimem.memory.service import Memory
+    from optimem.settings import Settings
+
+    memory = Memory(Settings.from_env()).open()
+    where = memory.settings.redis_url or f"embedded Redis under {memory.settings.data_dir}"
+    print(f"optimem mcp: stdio, store = {where}, tenant {args.tenant!r}", file=sys.stderr)
+    caller = Caller(Embedded(memory, args.tenant))
+    try:
+        _run_stdio(server(lambda ctx: caller))
+    finally:
+        memory.close()
+
+
+def _run_stdio(mcp_server) -> None:
+    import anyio
+
+    from optimem.api.mcp_server import serve_stdio
+
+    try:
+        anyio.run(serve_stdio, mcp_server)
+    except KeyboardInterrupt:
+        pass
+
+
 def demo(args: argparse.Namespace) -> None:
     from optimem.api.demo import run
 
@@ -115,9 +155,9 @@ def export(args: argparse.Namespace) -> None:
     try:
         with tqdm(unit=" turns", desc=f"export {args.session}", file=sys.stderr, disable=args.quiet) as bar:
             if args.url:
-                import optimem
+                from optimem.api.client import Client
 
-                with optimem.Client(args.url, api_key=args.api_key) as client:
+                with Client(args.url, api_key=args.api_key) as client:
                     bar.total = client.session(args.session).turns + 2
                     client.export_session(args.session, out, progress=bar.update)
             else:
@@ -146,9 +186,9 @@ def import_(args: argparse.Namespace) -> None:
             total = None
     with tqdm(total=total, unit=" turns", desc=f"import {args.file}", file=sys.stderr, disable=args.quiet) as bar:
         if args.url:
-            import optimem
+            from optimem.api.client import Client
 
-            with optimem.Client(args.url, api_key=args.api_key) as client:
+            with Client(args.url, api_key=args.api_key) as client:
                 done = client.import_session(args.file, args.session, progress=bar.update)
         else:
             from optimem.memory import transfer
@@ -191,6 +231,16 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("worker", help="consume model jobs from the Redis stream")
     p.set_defaults(func=worker)
 
+    p = sub.add_parser("mcp", help="an MCP server on stdio for agents (Claude Desktop, Claude Code, ...)",
+                       description="Memory tools for agents over MCP on stdin/stdout: remember, recall, context, "
+                                   "sessions, forget_session. Embedded by default (OPTIMEM_DATA_DIR, the same store "
+                                   "as `optimem serve`); --url for a running optimem service.")
+    p.add_argument("--url", help="a running optimem service (e.g. http://127.0.0.1:8000); default: embedded")
+    p.add_argument("--api-key", help="its API key, when it has OPTIMEM_API_KEYS (the key decides the tenant)")
+    p.add_argument("--tenant", default="default", help="embedded only: whose sessions (default: 'default', "
+                                                        "what `optimem serve` uses without API keys)")
+    p.set_defaults(func=mcp)
+
     p = sub.add_parser("demo", help="replay a real conversation through the service and show what happened")
     p.add_argument("--url", help="a running optimem (default: in-process, embedded Redis)")
     p.add_argument("--turns", type=int, default=600)
@@ -225,7 +275,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from optimem.api.metrics import configure_logging
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:   # a malformed OPTIMEM_* variable: say which, and stop before anything starts
+        raise SystemExit(f"optimem: {exc}") from None
     configure_logging(settings.log, settings.log_format)
     args.func(args)
 

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from optimem.api import schemas
 from optimem.api.openai_protocol import error_body
@@ -39,6 +40,17 @@ def safe(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float)) else safe(str(value))
 
 
+class ProxyError(Exception):
+    """A refusal of the proxy, sent in OpenAI's error shape with its status."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: Any = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        return SafeJSON(error_body(self.message, self.type, self.code), status_code=self.status, headers=headers)
+
+
 def proxied(request: Request) -> bool:
     return request.url.path in PROXY_PATHS
 
@@ -50,6 +62,8 @@ async def optimem_error(_: Request, exc: OptimemError) -> JSONResponse:
 async def http_error(request: Request, exc: HTTPException) -> Response:
     """FastAPI's own errors (401, 404 of an unknown path, 405): ``{"detail"}``, OpenAI's shape on the proxy."""
     headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:   # Starlette names the methods of the first route on the path only
+        headers = {**(headers or {}), "Allow": ", ".join(allowed(request))}
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=headers)
     if proxied(request):
@@ -58,6 +72,20 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 400:  # FastAPI's "error parsing the body" (not UTF-8 JSON): as malformed JSON, a 422
         return SafeJSON({"detail": f"the body is not JSON in UTF-8 ({exc.detail})"}, status_code=422, headers=headers)
     return SafeJSON({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+def allowed(request: Request) -> list[str]:
+    """Every method some route answers on this request's path (routers are included without a prefix)."""
+    methods: set[str] = set()
+    routes = list(request.app.routes)
+    while routes:
+        route = routes.pop()
+        included = getattr(route, "original_router", None)   # FastAPI wraps each included router
+        if included is not None:
+            routes.extend(included.routes)
+        elif route.matches({**request.scope, "method": "GET"})[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def where(loc: tuple) -> str:
@@ -69,8 +97,9 @@ def where(loc: tuple) -> str:
     return out or "body"
 
 
-PATTERNS = {schemas.SESSION_ID: "session id must be 1-128 characters of letters, digits, '.', '_' or '-'",
-            schemas.NOT_BLANK: "must be a non-empty string (not only whitespace)"}
+PATTERNS = {schemas.SESSION_ID: "session id must be 1-128 characters of letters, digits, '.', '_' or '-', "
+                                "and not '.' or '..'",
+            schemas.NOT_BLANK: "must be a non-empty string (not only whitespace or invisible characters)"}
 
 
 def message(error: dict) -> str:

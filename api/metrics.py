@@ -18,7 +18,7 @@ import uuid
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from optimem.api.auth import api_key
+from optimem.api.auth import tenant_of
 from optimem.memory import metrics
 from optimem.memory.service import SESSION_CHARS
 
@@ -42,8 +42,7 @@ class Observe:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         given = headers.get("x-request-id", "")
         rid = given if GOOD_ID.match(given) else uuid.uuid4().hex
-        keys = self.tenants()
-        tenant = "default" if not keys else keys.get(api_key(headers.get("authorization")), "-")
+        tenant = tenant_of(self.tenants(), headers.get("authorization")) or "-"
         found = SESSION_IN_PATH.match(scope.get("path", ""))
         tokens = (REQUEST_ID.set(rid), TENANT.set(tenant), SESSION.set(found.group(1) if found else "-"))
         status = [500]

@@ -14,45 +14,42 @@ the reply as a turn. Which messages are new:
 
 Memory modes (header X-Optimem-Memory, else OPTIMEM_MEMORY_MODE): ``images`` sends older turns as
 page images (vision models); ``tool`` sends no images and offers the model a ``recall_memory`` tool
-(text-only models); ``both`` does both. With the tool offered, a short note on what memory holds
-joins the caller's system message; the upstream is asked without streaming; each call of the tool
-is answered by optimem itself (a recall; the decoded page text, never the session's source text,
-so the model knows only what the faded pages still say) and the upstream asked again, at most
-MAX_TOOL_ROUNDS times; then once more without the tool, for an answer with what was found. The
-caller gets only that final answer (as SSE chunks made from it when it asked for a stream); calls of
-its own tools come back to it as usual. Tool traffic is never stored as turns.
+(text-only models, ``recall_tool``); ``both`` does both. With the tool offered the upstream is asked
+without streaming and the caller gets only the final answer (as SSE chunks made from it when it asked
+for a stream). Tool traffic is never stored as turns.
+
+This module is the endpoint; the upstream client and the checks of its answers are ``upstream``, the
+tool loop ``recall_tool``, the SSE events ``sse``.
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
-import time
 from typing import Any, AsyncIterator, Optional
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from optimem.api import upstream
 from optimem.api.auth import tenant
-from optimem.api.recall_slots import RecallsBusy, run_recall
-from optimem.api.openai_protocol import (ChatCompletion, ChatCompletionRequest, ChatMessage, ErrorResponse, ModelList,
-                                 error_body)
+from optimem.api.errors import ProxyError, SafeJSON
+from optimem.api.openai_protocol import ChatCompletion, ChatCompletionRequest, ChatMessage, ErrorResponse, ModelList
+from optimem.api.recall_tool import (MODES, PASSED_THROUGH, RECALL_TOOL_SPEC, Rounds, answer_with_recall,
+                                     caller_tools, looking_up, memory_note, with_note)
+from optimem.api.sse import StreamText, sse_events
 from optimem.errors import BadRequest, NotFound, SessionExists
-from optimem.memory.context import openai_role
-from optimem.memory.results import Accounting, OpenAIContext, PageSpans, Recall
+from optimem.memory.context import openai_messages
+from optimem.memory.results import Accounting, OpenAIContext, PageSpans
 from optimem.memory.service import Memory
+from optimem.memory.store import TurnRecord
 from optimem.memory.tokens import count as count_tokens
+from optimem.settings import MAX_TURNS_PER_APPEND
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["openai"])
 
-PASSED_THROUGH = ("system", "developer")
-# Generation can take minutes; connecting should not.
-TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 ERRORS = {400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}, 502: {"model": ErrorResponse}}
 HEADERS = {name: {"description": text, "schema": {"type": "string"}} for name, text in {
     "X-Optimem-Session": "The session the turns went to.",
@@ -72,33 +69,6 @@ HEADERS = {name: {"description": text, "schema": {"type": "string"}} for name, t
 SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "headers": HEADERS,
        "description": "The upstream's chat.completion, or with stream=true its chat.completion.chunk events, "
                       "passed through; this call's token accounting in the X-Optimem-* headers."}
-
-
-class ProxyError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.type = status, message, type_
-
-    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.type), status_code=self.status, headers=headers)
-
-
-def upstream_base(url: str) -> str:
-    """The upstream's OpenAI base URL; a bare host (no path) means its /v1."""
-    if not url:
-        raise ProxyError(503, "no upstream model: set OPTIMEM_UPSTREAM_URL to an OpenAI-compatible server's "
-                              "base URL (e.g. http://localhost:8001/v1)", "service_unavailable")
-    url = url.rstrip("/")
-    return url if urlsplit(url).path else url + "/v1"
-
-
-def upstream_headers(memory: Memory, authorization: str | None) -> dict[str, str]:
-    """The upstream's own key when set; else the caller's, when optimem itself takes no keys."""
-    if memory.settings.upstream_key:
-        return {"Authorization": f"Bearer {memory.settings.upstream_key}"}
-    if authorization and not memory.settings.tenants():
-        return {"Authorization": authorization}
-    return {}
 
 
 def turn_of(message: ChatMessage, position: int) -> dict[str, Any]:
@@ -159,8 +129,8 @@ def prepare(memory: Memory, t: str, session: str, messages: list[ChatMessage], b
             pass  # another request created it first
         held = 0
     turns = new_turns(messages, memory, t, session, held)
-    if turns:
-        memory.append(session, turns, tenant=t)
+    for start in range(0, len(turns), MAX_TURNS_PER_APPEND):   # a long conversation carried over: in chunks
+        memory.append(session, turns[start:start + MAX_TURNS_PER_APPEND], tenant=t)
     if mode == "images":
         return len(turns), memory.context(session, budget=budget, format="openai", min_memory_tokens=min_memory,
                                           tenant=t), None
@@ -169,10 +139,7 @@ def prepare(memory: Memory, t: str, session: str, messages: list[ChatMessage], b
         return len(turns), memory.context(session, budget=budget, format="openai", min_memory_tokens=min_memory,
                                           tenant=t), pages
     raw = memory.context(session, budget=budget, format="raw", tenant=t)  # no page images made at all
-    messages_ = []
-    for turn in raw.turns:
-        role, name = openai_role(turn.role)
-        messages_.append({"role": role, "content": turn.content, **({"name": name} if name else {})})
+    messages_ = openai_messages([TurnRecord(x.index, x.role, x.content, x.time) for x in raw.turns], [])
     sent = raw.accounting.model_copy(update={"pages": 0, "visual_tokens": 0.0, "text_tokens_replaced": 0,
                                              "compression": None,
                                              "total_tokens": float(raw.accounting.recent_text_tokens)})
@@ -190,46 +157,6 @@ def upstream_messages(system: list[dict], ctx: OpenAIContext) -> list[dict]:
     return system + memory_messages
 
 
-def upstream_error(response: httpx.Response, body: bytes) -> tuple[int, dict]:
-    """The upstream's status and error, in OpenAI's error shape when it did not use it itself."""
-    try:
-        data = json.loads(body)
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            return response.status_code, data
-        message = data.get("detail") or data.get("message") if isinstance(data, dict) else None
-        message = message if isinstance(message, str) else body.decode(errors="replace")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        message = body.decode(errors="replace")
-    return response.status_code, error_body(f"upstream: {message.strip() or response.reason_phrase}",
-                                            "upstream_error", response.status_code)
-
-
-class StreamText:
-    """Collects the first choice's text from chat.completion.chunk SSE events, as they pass through."""
-
-    def __init__(self) -> None:
-        self.buffer, self.parts = "", []
-
-    def feed(self, data: bytes) -> None:
-        self.buffer += data.decode(errors="replace")
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            line = line.strip()
-            if not line.startswith("data:") or line == "data: [DONE]":
-                continue
-            try:
-                event = json.loads(line[5:])
-                for choice in event.get("choices") or []:
-                    if choice.get("index", 0) == 0 and (choice.get("delta") or {}).get("content"):
-                        self.parts.append(choice["delta"]["content"])
-            except (json.JSONDecodeError, AttributeError, TypeError):
-                continue
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-
 def store_reply(memory: Memory, t: str, session: str, text: str | None) -> None:
     if not isinstance(text, str) or not text.strip():
         return
@@ -237,25 +164,6 @@ def store_reply(memory: Memory, t: str, session: str, text: str | None) -> None:
         memory.add(session, text, "assistant", tenant=t)
     except (BadRequest, NotFound) as exc:  # the caller has its answer; say why memory does not
         log.warning("reply not stored in session %s: %s", session, exc)
-
-
-MODES = ("images", "tool", "both")
-RECALL_TOOL = "recall_memory"
-MAX_TOOL_ROUNDS = 3
-RECALL_TOOL_SPEC = {"type": "function", "function": {
-    "name": RECALL_TOOL,
-    "description": "Read back earlier turns of this conversation from memory. They are kept as transcript "
-                   "pages that fade with age, so old text may come back partly or not at all; each hit says "
-                   "how sure the reading is. Ask by content (query), by position (turn) or by time (since/until).",
-    "parameters": {"type": "object", "properties": {
-        "query": {"type": "string", "description": "What to look for, in a few keywords."},
-        "turn": {"type": "integer", "description": "One turn by its index (0 is the first turn)."},
-        "since": {"type": "string", "description": "Only turns at or after this ISO 8601 time."},
-        "until": {"type": "string", "description": "Only turns at or before this ISO 8601 time."},
-        "limit": {"type": "integer", "description": "At most this many hits (default 5, at most 20)."},
-    }, "required": []}}}
-LAST_LOOKUP = ("(That was the last memory look-up for this answer: answer now with what you found, and say "
-               "plainly what you could not find.)")
 
 
 def memory_mode(header: str | None, configured: str) -> str:
@@ -272,198 +180,12 @@ def memory_mode(header: str | None, configured: str) -> str:
     return mode
 
 
-def memory_note(pages: list[PageSpans], mode: str) -> str:
-    """What memory holds, for the upstream: how many earlier turns, from when to when, how faded."""
-    tool = (f"To look something up, call {RECALL_TOOL} with a query (keywords), a turn index, or a time range "
-            "(since/until, ISO 8601); it returns what the pages still say, with a confidence.")
-    if not pages:
-        return f"Memory: no earlier turns beyond those shown here yet. {tool}"
-    gone = sum(p.tier == "gone" for p in pages)
-    shown = "shown as transcript page images" if mode == "both" else "not shown here as text"
-    note = (f"Memory: the {pages[-1].last_turn + 1} earlier turns of this conversation (turns 0-{pages[-1].last_turn}, "
-            f"{pages[0].first_time} to {pages[-1].last_time}) are {shown}; they are kept on {len(pages)} pages "
-            "that fade with age, so the oldest read back partly or not at all")
-    note += f" ({gone} of them have faded out entirely). " if gone else ". "
-    return note + tool
-
-
-def with_note(messages: list[dict], note: str) -> list[dict]:
-    """The note joins the caller's leading system message (chat templates take one), else leads alone."""
-    if messages and messages[0].get("role") in PASSED_THROUGH:
-        first, content = dict(messages[0]), messages[0].get("content")
-        if isinstance(content, str) or content is None:
-            first["content"] = f"{content}\n\n{note}" if content else note
-        else:
-            first["content"] = [*content, {"type": "text", "text": note}]
-        return [first, *messages[1:]]
-    return [{"role": "system", "content": note}, *messages]
-
-
-def _whole(value: Any) -> Any:
-    return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
-
-
-def recall_text(memory: Memory, t: str, session: str, arguments: Any, gone_pages: int) -> str:
-    """A recall_memory call answered, as the tool message's text. Blocking: the reader may read pages.
-
-    The hits' decoded text only: the model learns what the pages still say, never the kept source."""
-    try:
-        args = json.loads(arguments or "{}") if isinstance(arguments, str) else (arguments or {})
-        if not isinstance(args, dict):
-            raise ValueError
-    except ValueError:
-        return f"{RECALL_TOOL} takes a JSON object: query, turn, since, until, limit."
-    limit = _whole(args.get("limit") or 5)
-    limit = min(max(limit, 1), 20) if isinstance(limit, int) and not isinstance(limit, bool) else 5
-    try:
-        found: Recall = memory.recall(session, args.get("query") or None, turn=_whole(args.get("turn")),
-                                      since=args.get("since") or None, until=args.get("until") or None,
-                                      limit=limit, tenant=t)
-    except (BadRequest, ValueError, TypeError) as exc:
-        return f"{RECALL_TOOL} could not run: {exc}"
-    lines = []
-    for h in found.hits:
-        where = "recent text" if h.page is None else f"page {h.page}, tier {h.tier}"
-        said = h.text.strip() or "(this page has faded out: its words cannot be read back)"
-        lines.append(f"[turn {h.turn} | {h.role} | {h.time} | {where} | confidence {h.confidence:.2f}]\n{said}")
-    if not lines:
-        lines.append("Memory has nothing that matches.")
-        if gone_pages:
-            lines.append(f"{gone_pages} of the oldest pages have faded out entirely; what they held cannot be "
-                         "read back.")
-    else:
-        lines.insert(0, f"{len(found.hits)} hit(s), best first. Text read from faded pages may be partly wrong.")
-    if found.pages_unread:
-        lines.append(f"{found.pages_unread} page(s) were not read in time; asking again later may find more.")
-    return "\n\n".join(lines)
-
-
-def tools_refused(upstream: httpx.Response, raw: bytes, mode: str) -> tuple[int, dict]:
-    """An upstream that does not take tools: say which memory mode works without them."""
-    status, error = upstream_error(upstream, raw)
-    said = error["error"].get("message", "")
-    return 400, error_body(f"the upstream refused the {RECALL_TOOL} tool that memory mode '{mode}' offers "
-                           f"(it said: {said}). Use a model or server with tool calling (vLLM: "
-                           "--enable-auto-tool-choice --tool-call-parser ...), or send X-Optimem-Memory: images "
-                           "(OPTIMEM_MEMORY_MODE=images) to give it memory as page images instead.",
-                           "invalid_request_error", "tools_unsupported")
-
-
-def add_usage(total: dict, usage: Any) -> None:
-    if isinstance(usage, dict):
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            if isinstance(usage.get(key), int):
-                total[key] = total.get(key, 0) + usage[key]
-
-
-def honest_answer(answer: dict, rounds: int) -> dict:
-    """The upstream still wants to look things up past the bound: say so instead of guessing."""
-    text = (f"I looked in my memory of our conversation {rounds} times and could not settle this; I would "
-            "rather not guess. Could you remind me?")
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-    return {**answer, "choices": [choice]}
-
-
-def sse_events(answer: dict, include_usage: bool) -> list[bytes]:
-    """A chat.completion as the chat.completion.chunk events a streamed one would have been."""
-    base = {"id": answer.get("id", "chatcmpl-optimem"), "object": "chat.completion.chunk",
-            "created": answer.get("created") or int(time.time()), "model": answer.get("model", "")}
-
-    def event(choices: list, **extra: Any) -> bytes:
-        return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
-
-    out = []
-    for choice in answer.get("choices") or []:
-        index, message = choice.get("index", 0), choice.get("message") or {}
-        out.append(event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
-        for piece in re.findall(r"\S+\s*|\s+", message.get("content") or ""):
-            out.append(event([{"index": index, "delta": {"content": piece}, "finish_reason": None}]))
-        if message.get("tool_calls"):
-            calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-            out.append(event([{"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}]))
-        out.append(event([{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]))
-    if include_usage and answer.get("usage"):
-        out.append(event([], usage=answer["usage"]))
-    out.append(b"data: [DONE]\n\n")
-    return out
-
-
-async def with_recall_tool(memory: Memory, t: str, session: str, mode: str, base: str, payload: dict,
-                           client: httpx.AsyncClient, gone_pages: int, http: Request
-                           ) -> tuple[dict | None, JSONResponse | None, int, int]:
-    """Ask the upstream, answering its recall_memory calls, until it answers the caller.
-
-    Each look-up runs as the API's recalls do (``recall_slots.run_recall``: a recall slot and thread, never
-    the request threadpool); with every slot taken the tool answers that memory is busy.
-    Returns (the final chat.completion, or an error response; tool rounds run; tokens they added)."""
-
-    messages = list(payload["messages"])
-    request = {key: value for key, value in payload.items() if key != "stream_options"}
-    request["stream"] = False
-    rounds = tokens = 0
-    usage: dict = {}
-    while True:
-        last = rounds >= MAX_TOOL_ROUNDS
-        if last:  # the look-ups are spent: ask for the answer without offering the tool again
-            theirs = [tool for tool in request["tools"] if (tool.get("function") or {}).get("name") != RECALL_TOOL]
-            request = {key: value for key, value in request.items() if key != "tools"}
-            if theirs:
-                request["tools"] = theirs
-            else:
-                request.pop("tool_choice", None)
-                request.pop("parallel_tool_calls", None)
-        request["messages"] = messages
-        try:
-            upstream = await client.post(f"{base}/chat/completions", json=request)
-        except httpx.HTTPError as exc:
-            status = 504 if isinstance(exc, httpx.TimeoutException) else 502
-            return None, JSONResponse(error_body(f"upstream {base} did not answer: {exc!r}", "upstream_error",
-                                                 status), status_code=status), rounds, tokens
-        if upstream.status_code >= 400:
-            raw = upstream.content
-            if upstream.status_code == 400 and b"tool" in raw.lower() and rounds == 0:
-                status, error = tools_refused(upstream, raw, mode)
-            else:
-                status, error = upstream_error(upstream, raw)
-            return None, JSONResponse(error, status_code=status), rounds, tokens
-        try:
-            answer = upstream.json()
-            message = answer["choices"][0]["message"]
-            calls = message.get("tool_calls") or []
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-            return None, JSONResponse(error_body("upstream answered with something that is not a chat completion",
-                                                 "upstream_error"), status_code=502), rounds, tokens
-        add_usage(usage, answer.get("usage"))
-        ours = [c for c in calls if (c.get("function") or {}).get("name") == RECALL_TOOL]
-        if ours and len(ours) < len(calls):  # the caller's tools too: those are the caller's to run
-            message["tool_calls"] = [c for c in calls if c not in ours]
-        elif ours and last:
-            answer = honest_answer(answer, rounds)
-        elif ours:
-            rounds += 1
-            messages.append({"role": "assistant", "content": message.get("content"), "tool_calls": ours})
-            for call in ours:
-                arguments = (call.get("function") or {}).get("arguments")
-                try:
-                    text = await run_recall(http, recall_text, memory, t, session, arguments, gone_pages)
-                except RecallsBusy as busy:
-                    text = f"{RECALL_TOOL} could not run now: {busy}"
-                if rounds >= MAX_TOOL_ROUNDS:
-                    text = f"{text}\n\n{LAST_LOOKUP}"
-                messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": text})
-                tokens += count_tokens(f"{RECALL_TOOL}{arguments or ''}", memory.settings.tokenizer)
-                tokens += count_tokens(text, memory.settings.tokenizer)
-            continue
-        if usage:
-            answer["usage"] = {**(answer.get("usage") or {}), **usage}
-        return answer, None, rounds, tokens
-
-
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses={200: SSE, **ERRORS})
 async def chat_completions(
         request: Request, body: ChatCompletionRequest, t: str = Depends(tenant),
         x_optimem_session: Optional[str] = Header(None, description="The session; else the 'user' field."),
-        x_optimem_budget: Optional[int] = Header(None, ge=0, description="Context budget in tokens (text + visual)."),
+        x_optimem_budget: Optional[int] = Header(None, ge=0, description="Context budget in tokens (text + visual); "
+                                                 "else OPTIMEM_BUDGET, else 24000."),
         x_optimem_min_memory_tokens: int = Header(0, ge=0, description="Tokens of the budget kept for memory pages "
                                                                        "even when recent text would fill it."),
         x_optimem_memory: Optional[str] = Header(None, description="images (page images), tool (the recall_memory "
@@ -472,94 +194,104 @@ async def chat_completions(
         authorization: Optional[str] = Header(None, include_in_schema=False)) -> Response:
     """Chat through memory: store the new turns, send optimem's context upstream, store the reply."""
     memory: Memory = request.app.state.memory
-    session = x_optimem_session or body.user
-    stored, headers = 0, {}
+    headers: dict[str, str] = {}
     try:
-        base = upstream_base(memory.settings.upstream_url)
-        mode = memory_mode(x_optimem_memory, memory.settings.memory_mode)
-        if not session:
-            raise ProxyError(400, "name the session: send an X-Optimem-Session header or the 'user' field")
-        budget = x_optimem_budget if x_optimem_budget is not None else (memory.settings.budget or None)
+        mode, payload, pages, headers = await forwarded(request, body, memory, t, x_optimem_session,
+                                                        x_optimem_budget, x_optimem_min_memory_tokens,
+                                                        x_optimem_memory)
+        session = headers["X-Optimem-Session"]
+        client, base = request.app.state.upstream, upstream.base_url(memory.settings)
+        auth = upstream.auth_headers(memory.settings, authorization)
+        if pages is None:
+            return await images_answer(memory, t, session, client, base, auth, payload, body, headers)
+        rounds = Rounds()
         try:
-            stored, ctx, pages = await run_in_threadpool(prepare, memory, t, session, body.messages, budget, mode,
-                                                         x_optimem_min_memory_tokens)
-        except BadRequest as exc:
-            raise ProxyError(400, str(exc)) from None
-        headers = {**accounting_headers(session, memory.ladder.family, stored, ctx.accounting),
-                   "X-Optimem-Memory": mode, "X-Optimem-Tool-Rounds": "0", "X-Optimem-Tool-Tokens": "0"}
-        system = [m.model_dump(exclude_none=True) for m in body.messages if m.role in PASSED_THROUGH]
-        payload = body.model_dump(exclude_unset=True)
-        payload["messages"] = upstream_messages(system, ctx)
-        if pages is not None:
-            if any((tool.get("function") or {}).get("name") == RECALL_TOOL for tool in body.tools or []):
-                raise ProxyError(400, f"a tool named {RECALL_TOOL} is optimem's own in memory mode '{mode}'; "
-                                      "rename yours, or send X-Optimem-Memory: images")
-            payload["tools"] = [*(body.tools or []), RECALL_TOOL_SPEC]
-            payload["messages"] = with_note(payload["messages"], memory_note(pages, mode))
+            answer = await answer_with_recall(
+                lambda asked: upstream.complete(client, base, asked, auth),
+                looking_up(request, memory, t, session, sum(p.tier == "gone" for p in pages)), payload,
+                lambda text: count_tokens(text, memory.settings.tokenizer), mode, rounds)
+        finally:
+            headers.update({"X-Optimem-Tool-Rounds": str(rounds.count), "X-Optimem-Tool-Tokens": str(rounds.tokens)})
+        await run_in_threadpool(store_reply, memory, t, session, answer["choices"][0]["message"].get("content"))
+        return whole_or_streamed(answer, body, headers)
     except ProxyError as exc:
         return exc.response(headers)
 
-    if pages is not None:
-        gone = sum(p.tier == "gone" for p in pages)
-        async with httpx.AsyncClient(timeout=TIMEOUT, headers=upstream_headers(memory, authorization)) as client:
-            answer, error, rounds, tokens = await with_recall_tool(memory, t, session, mode, base, payload, client,
-                                                                   gone, request)
-        headers.update({"X-Optimem-Tool-Rounds": str(rounds), "X-Optimem-Tool-Tokens": str(tokens)})
-        if error is not None:
-            error.headers.update(headers)
-            return error
-        await run_in_threadpool(store_reply, memory, t, session, answer["choices"][0]["message"].get("content"))
-        if not body.stream:
-            return JSONResponse(answer, headers=headers)
-        events = sse_events(answer, bool((body.stream_options or {}).get("include_usage")))
 
-        async def replay() -> AsyncIterator[bytes]:
-            for event in events:
-                yield event
-
-        return StreamingResponse(replay(), media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"})
-
-    client = httpx.AsyncClient(timeout=TIMEOUT, headers=upstream_headers(memory, authorization))
+async def forwarded(request: Request, body: ChatCompletionRequest, memory: Memory, t: str, session: str | None,
+                    budget: int | None, min_memory: int, mode_header: str | None
+                    ) -> tuple[str, dict, list[PageSpans] | None, dict[str, str]]:
+    """Store the new turns and build what goes upstream: (mode, payload, the pages when the tool is
+    offered, the X-Optimem-* headers)."""
+    upstream.base_url(memory.settings)   # no upstream: say so before storing anything
+    mode = memory_mode(mode_header, memory.settings.memory_mode)
+    session = session or body.user
+    if not session:
+        raise ProxyError(400, "name the session: send an X-Optimem-Session header or the 'user' field")
+    tools = caller_tools(body.tools) if mode != "images" else None
+    budget = budget if budget is not None else memory.settings.proxy_budget()
     try:
-        upstream = await client.send(client.build_request("POST", f"{base}/chat/completions", json=payload),
-                                     stream=True)
-    except httpx.HTTPError as exc:
-        await client.aclose()
-        status = 504 if isinstance(exc, httpx.TimeoutException) else 502
-        return JSONResponse(error_body(f"upstream {base} did not answer: {exc!r}", "upstream_error", status),
-                            status_code=status, headers=headers)
-    if upstream.status_code >= 400 or not body.stream:
-        try:
-            raw = await upstream.aread()
-        finally:
-            await upstream.aclose()
-            await client.aclose()
-        if upstream.status_code >= 400:
-            status, error = upstream_error(upstream, raw)
-            return JSONResponse(error, status_code=status, headers=headers)
-        try:
-            answer = json.loads(raw)
-            text = answer["choices"][0]["message"]["content"]
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-            return JSONResponse(error_body("upstream answered with something that is not a chat completion",
-                                           "upstream_error"), status_code=502, headers=headers)
-        await run_in_threadpool(store_reply, memory, t, session, text)
-        return JSONResponse(answer, headers=headers)
+        stored, ctx, pages = await run_in_threadpool(prepare, memory, t, session, body.messages, budget, mode,
+                                                     min_memory)
+    except BadRequest as exc:
+        raise ProxyError(400, str(exc)) from None
+    headers = {**accounting_headers(session, memory.ladder.family, stored, ctx.accounting),
+               "X-Optimem-Memory": mode, "X-Optimem-Tool-Rounds": "0", "X-Optimem-Tool-Tokens": "0"}
+    system = [m.model_dump(exclude_none=True) for m in body.messages if m.role in PASSED_THROUGH]
+    payload = body.model_dump(exclude_unset=True)
+    payload["messages"] = upstream_messages(system, ctx)
+    if pages is not None:
+        payload["tools"] = [*(tools or []), RECALL_TOOL_SPEC]
+        payload["messages"] = with_note(payload["messages"], memory_note(pages, mode))
+    return mode, payload, pages, headers
+
+
+def whole_or_streamed(answer: dict, body: ChatCompletionRequest, headers: dict[str, str]) -> Response:
+    """A whole chat.completion, as asked: JSON, or the chunk events of a stream made from it."""
+    if not body.stream:
+        return SafeJSON(answer, headers=headers)
+    events = sse_events(answer, bool((body.stream_options or {}).get("include_usage")))
+
+    async def replay() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+
+    return StreamingResponse(replay(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
+
+
+async def images_answer(memory: Memory, t: str, session: str, client: httpx.AsyncClient, base: str,
+                        auth: dict[str, str], payload: dict, body: ChatCompletionRequest,
+                        headers: dict[str, str]) -> Response:
+    """Images mode: the upstream's answer passed on (a stream relayed as it comes), the reply stored."""
+    if not body.stream:
+        answer = await upstream.complete(client, base, payload, auth)
+        await run_in_threadpool(store_reply, memory, t, session, answer["choices"][0]["message"].get("content"))
+        return SafeJSON(answer, headers=headers)
+    request = client.build_request("POST", f"{base}/chat/completions", content=upstream.encode(payload),
+                                   headers={**auth, "Content-Type": "application/json"})
+    answer_ = await upstream.send(client, request, stream=True)
+    media = answer_.headers.get("content-type", "")
+    if answer_.status_code >= 400 or not media.startswith("text/event-stream"):
+        raw = await upstream.read(answer_)
+        if answer_.status_code >= 400:
+            raise upstream.refusal(answer_, raw)
+        answer = upstream.chat_completion(raw)   # a whole answer to a stream request: checked, then as events
+        await run_in_threadpool(store_reply, memory, t, session, answer["choices"][0]["message"].get("content"))
+        return whole_or_streamed(answer, body, headers)
 
     async def relay() -> AsyncIterator[bytes]:
         seen = StreamText()
         try:
-            async for chunk in upstream.aiter_bytes():
+            async for chunk in answer_.aiter_bytes():
                 seen.feed(chunk)
                 yield chunk
+        except httpx.HTTPError as exc:   # cut off mid-stream: the status is sent; end the stream
+            log.warning("upstream stream for session %s cut off: %r", session, exc)
         finally:
             with anyio.CancelScope(shield=True):  # the client may have gone; the reply is still stored
-                await upstream.aclose()
-                await client.aclose()
+                await answer_.aclose()
                 await run_in_threadpool(store_reply, memory, t, session, seen.text)
 
-    media = upstream.headers.get("content-type", "text/event-stream")
     return StreamingResponse(relay(), media_type=media, headers={**headers, "Cache-Control": "no-cache"})
 
 
@@ -567,19 +299,17 @@ async def chat_completions(
 async def models(request: Request, t: str = Depends(tenant),
                  authorization: Optional[str] = Header(None, include_in_schema=False)) -> Response:
     """The upstream's models, passed through."""
-    memory: Memory = request.app.state.memory
+    settings = request.app.state.memory.settings
+    client: httpx.AsyncClient = request.app.state.upstream
     try:
-        base = upstream_base(memory.settings.upstream_url)
+        base = upstream.base_url(settings)
+        answer = await upstream.send(client, client.build_request(
+            "GET", f"{base}/models", headers=upstream.auth_headers(settings, authorization)))
+        if answer.status_code >= 400:
+            raise upstream.refusal(answer, answer.content)
+        listed = upstream.parse(answer.content)
+        if not isinstance(listed, dict) or not isinstance(listed.get("data"), list):
+            raise upstream.bad_models()
     except ProxyError as exc:
         return exc.response()
-    try:
-        async with httpx.AsyncClient(timeout=TIMEOUT, headers=upstream_headers(memory, authorization)) as client:
-            upstream = await client.get(f"{base}/models")
-    except httpx.HTTPError as exc:
-        return JSONResponse(error_body(f"upstream {base} did not answer: {exc!r}", "upstream_error", 502),
-                            status_code=502)
-    if upstream.status_code >= 400:
-        status, error = upstream_error(upstream, upstream.content)
-        return JSONResponse(error, status_code=status)
-    return Response(upstream.content, status_code=upstream.status_code,
-                    media_type=upstream.headers.get("content-type", "application/json"))
+    return SafeJSON(listed)

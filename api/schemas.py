@@ -12,8 +12,14 @@ from optimem.memory.turns import lone_surrogate
 CURVE_DOC = ("A preset name (default, keep, gentle, exponential, aggressive, power, daily) or a curve "
              "object: {kind: step, unit: turns|seconds, steps: [[age, tier], ...]}, "
              "{kind: exponential, unit, half_life} or {kind: power, unit, scale, exponent}.")
-SESSION_ID = rf"^{SESSION_CHARS}$"
-NOT_BLANK = r"[^\s\x1c-\x1f]"     # at least one character that is not whitespace (Python's str.strip)
+# SESSION_CHARS, less "." and ".." (a path segment that means "here" or "up" to every URL library):
+# a first character that is not a dot, or a dot and then one, or two dots and then anything.
+SESSION_ID = r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})$"
+# At least one character that is neither whitespace (Python's str.strip) nor invisible: zero-width
+# spaces and joiners, word joiner and invisible operators, direction marks, soft hyphen, BOM.
+NOT_BLANK = r"[^\s\x1c-\x1f\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]"
+TIME_IN = ("ISO 8601 date-time, e.g. 2024-05-01T12:30:00Z; without an offset it is UTC, a date alone its "
+           "midnight; years 1-9999 in UTC.")
 CURVE = Union[str, dict[str, Any], None]
 
 
@@ -47,7 +53,7 @@ class TurnIn(_Strict):
     role: str = Field(description="user, assistant, system, or any speaker name.", examples=["user"],
                       max_length=64, pattern=NOT_BLANK)
     content: str = Field(description="The turn's text.", pattern=NOT_BLANK)
-    time: Optional[str] = Field(None, description="ISO 8601; the arrival time if absent.", max_length=64)
+    time: Optional[str] = Field(None, description=f"{TIME_IN} The arrival time if absent.", max_length=64)
 
 
 class TurnsIn(_Strict):
@@ -55,12 +61,14 @@ class TurnsIn(_Strict):
 
 
 class RecallIn(_Strict):
-    query: Optional[str] = Field(None, description="What to look for (fuzzy match on decoded text).",
+    query: Optional[str] = Field(None, description="What to look for, in words: ranked by BM25 over the text "
+                                                   "the session still holds (source text, or what faded pages "
+                                                   "read back); unknown words match close known ones.",
                                  max_length=10_000, pattern=NOT_BLANK)
     turn: Union[StrictInt, Literal["first", "last"], None] = Field(
         None, description="A turn index, 'first' or 'last'.")
-    since: Optional[str] = Field(None, description="ISO 8601: only turns at or after this time.", max_length=64)
-    until: Optional[str] = Field(None, description="ISO 8601: only turns at or before this time.", max_length=64)
+    since: Optional[str] = Field(None, description=f"Only turns at or after this time. {TIME_IN}", max_length=64)
+    until: Optional[str] = Field(None, description=f"Only turns at or before this time. {TIME_IN}", max_length=64)
     role: Optional[str] = Field(None, description="Only turns of this speaker (e.g. 'user' for 'what did I say').",
                                 max_length=64)
     limit: StrictInt = Field(5, ge=1, le=100)

@@ -29,7 +29,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recall_load import free_port, start_server, stop_server  # noqa: E402
+from common import free_port  # noqa: E402
+from recall_load import start_server, stop_server  # noqa: E402
 
 from optimem.memory.lab.corpus import longest  # noqa: E402
 from optimem.memory.service import Memory  # noqa: E402

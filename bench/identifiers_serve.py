@@ -24,7 +24,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from recall_load import free_port, start_server, stop_server  # noqa: E402
+from common import free_port  # noqa: E402
+from recall_load import start_server, stop_server  # noqa: E402
 
 from optimem.memory.lab import identifiers  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402

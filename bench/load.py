@@ -36,7 +36,8 @@ import psutil
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recall_load import free_port, pct, stop_server  # noqa: E402
+from common import free_port, pct  # noqa: E402
+from recall_load import stop_server  # noqa: E402
 from soak import SESSION_TURNS, rss_mb  # noqa: E402
 
 from optimem.memory.lab.common import machine  # noqa: E402

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import bm25s  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/common.py, also when loaded by path
+from common import pct  # noqa: E402
 from optimem.memory import context, index as ix  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402
 from optimem.memory.lab.corpus import chinese, conversations, longest  # noqa: E402
@@ -50,9 +52,6 @@ TENANT = "bench-recall"
 WORD = re.compile(r"[a-z]+")
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))] if ordered else float("nan")
 
 
 def questions(turns: list[dict], per: int, rng: random.Random) -> list[tuple[int, str, str]]:

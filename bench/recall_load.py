@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,15 +28,13 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/common.py, also when loaded by path
+from common import free_port, pct  # noqa: E402
 from optimem.memory.lab.corpus import longest
 
 QUERY = {"query": "what did we talk about"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(data_dir: Path, port: int, **env: str) -> subprocess.Popen:
@@ -71,9 +68,6 @@ def stop_server(proc: subprocess.Popen) -> float:
     return time.monotonic() - start
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 # The external prober: GET /healthz every 50 ms on one keep-alive connection; one line per probe.

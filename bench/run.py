@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ import redis  # noqa: E402
 import redis.asyncio as aredis  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/common.py, also when loaded by path
+from common import free_port, pct  # noqa: E402
 from optimem import renderer  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402
 from optimem.memory.lab.corpus import conversations  # noqa: E402
@@ -54,10 +55,6 @@ TENANT = "bench"
 BUDGET = 8000   # tokens: the context benchmark's budget (issue 12)
 
 
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (nearest rank) of the values."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
 def ms(seconds: float) -> float:
@@ -99,10 +96,6 @@ def bench_render(quick: bool) -> list[dict]:
 
 # -- append under concurrency ----------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(data: Path, port: int, **more: str) -> subprocess.Popen:

@@ -2,7 +2,8 @@
 
     python tests/fake_upstream.py PORT RECORD.jsonl
 
-Each chat request is appended to RECORD.jsonl (its JSON body and Authorization header). The answer
+Each chat request is appended to RECORD.jsonl (its JSON body, Authorization header and the port it
+came from: one port for many requests is a pooled connection). The answer
 says what arrived: how many image parts and text messages, and the last text message. A last
 message containing "RATE LIMIT ME" gets a 429 in OpenAI's error shape.
 
@@ -11,6 +12,10 @@ result it calls the tool with the last user message as the query; given the tool
 "From memory: <the result>". A user message containing "ALWAYS RECALL" makes it call the tool every
 time it is offered ("RECALL REGARDLESS": even when it is not); "USE MY TOOL" makes it call the caller's first tool instead; "NO TOOLS" makes it
 refuse any tools with a 400, as vLLM does without --enable-auto-tool-choice.
+
+A hostile upstream: a last message containing "HOSTILE:<shape>" gets the answer of that shape (see
+HOSTILE): tool calls that are not a list of calls, arguments nested 100,000 deep, content that is
+not a string, a lone surrogate, a 200 that is not JSON, a 503, or 100 recall_memory calls at once.
 """
 from __future__ import annotations
 
@@ -20,9 +25,48 @@ import time
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 MODEL = "fake-vl"
+DEEP = 100_000
+
+
+def completion(message: str) -> str:
+    """A chat.completion whose message is the raw JSON text ``message`` (anything, however broken)."""
+    return ('{"id":"chatcmpl-h","object":"chat.completion","created":1,"model":"fake-vl","choices":[{"index":0,'
+            f'"message":{message},"finish_reason":"stop"}}]}}')
+
+
+def call(function: str) -> str:
+    return '{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":%s}]}' % function
+
+
+HOSTILE = {   # shape -> the body of a 200 application/json answer; server-error: a 503 instead
+    "tool-calls-string": completion('{"role":"assistant","content":null,"tool_calls":"recall_memory"}'),
+    "tool-calls-numbers": completion('{"role":"assistant","content":null,"tool_calls":[1,2,3]}'),
+    "tool-calls-object": completion('{"role":"assistant","content":null,"tool_calls":{"name":"recall_memory"}}'),
+    "function-string": completion(call('"recall_memory"')),
+    "deep-arguments": completion(call('{"name":"recall_memory","arguments":%s}' % ("[" * DEEP + "]" * DEEP))),
+    "deep-text-arguments": completion(call('{"name":"recall_memory","arguments":%s}'
+                                           % json.dumps("[" * DEEP + "]" * DEEP))),
+    "content-number": completion('{"role":"assistant","content":42}'),
+    "lone-surrogate": completion(r'{"role":"assistant","content":"half an emoji: \ud83d"}'),
+    "not-json": "<html>a proxy error page</html>",
+    "server-error": None,
+    "recall-100": completion('{"role":"assistant","content":null,"tool_calls":%s}' % json.dumps([
+        {"id": f"c{n}", "type": "function", "function": {"name": "recall_memory", "arguments": '{"query":"locker"}'}}
+        for n in range(100)])),
+}
+
+
+def hostile(body: dict) -> Response | None:
+    said = str(body["messages"][-1].get("content"))
+    shape = next((name for name in HOSTILE if f"HOSTILE:{name}" in said), None)
+    if shape is None:
+        return None
+    if shape == "server-error":
+        return Response("upstream overloaded", status_code=503)
+    return Response(HOSTILE[shape], media_type="application/json")
 
 
 def reply_for(body: dict) -> str:
@@ -63,7 +107,11 @@ def make_app(record: str) -> FastAPI:
     async def chat(request: Request):
         body = await request.json()
         with open(record, "a") as out:
-            out.write(json.dumps({"body": body, "authorization": request.headers.get("authorization")}) + "\n")
+            out.write(json.dumps({"body": body, "authorization": request.headers.get("authorization"),
+                                  "peer": request.client.port}) + "\n")
+        answer = hostile(body)
+        if answer is not None:
+            return answer
         if "RATE LIMIT ME" in str(body["messages"][-1]["content"]):
             return JSONResponse({"error": {"message": "slow down: 3 requests per minute", "type": "rate_limit_error",
                                            "param": None, "code": "rate_limit_exceeded"}}, status_code=429)

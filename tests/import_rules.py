@@ -6,9 +6,11 @@
 The rules:
   layers   optimem.memory.* never imports optimem.api.*; optimem.model.* and optimem.renderer.*
            never import optimem.memory.* or optimem.api.* (any import, in functions too).
-  cycles   no import cycle among optimem's modules. Only imports run when a module loads count:
-           the module body, if/try/with/class blocks in it; not function bodies (an import in a
-           function is how a needed back-reference is made lazy) and not ``if TYPE_CHECKING:``.
+  cycles   no import cycle among optimem's modules, imports inside functions included: a lazy
+           import (for start-up time) is fine when it points down, never when it closes a circle.
+           Only ``if TYPE_CHECKING:`` imports are left out (they never run).
+  upward   no module imports a package it lives in (``from optimem import __version__`` in
+           optimem.api.app runs the root package from below): import the module that holds it.
   cpu      the CPU path never loads torch, transformers or safetensors: the entry points below
            are imported (and the rapidocr backend built) in a fresh interpreter, which must not
            load them; on failure it names the project module whose import pulled them in.
@@ -36,6 +38,7 @@ LAYERS = (
     ("optimem.memory", ("optimem.api",)),
     ("optimem.model", ("optimem.memory", "optimem.api")),
     ("optimem.renderer", ("optimem.memory", "optimem.api")),
+    ("optimem", ("optimem.integrations",)),   # the framework adapters import optimem; nothing imports them
 )
 HEAVY = ("torch", "transformers", "safetensors")
 CPU_PATH = ("optimem", "optimem.settings", "optimem.api.app", "optimem.api.cli", "optimem.memory.service",
@@ -46,7 +49,8 @@ CPU_PATH = ("optimem", "optimem.settings", "optimem.api.app", "optimem.api.cli",
 class Import:
     target: str      # the project module imported
     line: int
-    loads: bool      # runs when the importing module loads (counts for cycles)
+    loads: bool      # runs when the importing module loads (else: inside a function, lazily)
+    typed: bool = False  # only under ``if TYPE_CHECKING:``: never runs
 
 
 @dataclass
@@ -81,21 +85,21 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _statements(body: list[ast.stmt], loads: bool):
-    """(statement, runs-at-load) for every import statement in ``body``, at any depth."""
+def _statements(body: list[ast.stmt], loads: bool, typed: bool = False):
+    """(statement, runs-at-load, type-checking only) for every import statement in ``body``, at any depth."""
     for node in body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node, loads
+            yield node, loads, typed
         elif isinstance(node, ast.If):
-            yield from _statements(node.body, loads and not _is_type_checking(node.test))
-            yield from _statements(node.orelse, loads)
+            yield from _statements(node.body, loads, typed or _is_type_checking(node.test))
+            yield from _statements(node.orelse, loads, typed)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield from _statements(node.body, False)
+            yield from _statements(node.body, False, typed)
         else:   # try/with/for/while/match/class blocks: whatever of them runs at load runs with the module
             for name in ("body", "orelse", "finalbody", "handlers", "cases"):
                 for child in getattr(node, name, None) or []:
                     yield from _statements(child.body if isinstance(child, (ast.ExceptHandler, ast.match_case))
-                                           else [child], loads)
+                                           else [child], loads, typed)
 
 
 def imports_of(module: Module, modules: dict[str, Module]) -> list[Import]:
@@ -103,7 +107,7 @@ def imports_of(module: Module, modules: dict[str, Module]) -> list[Import]:
     tree = ast.parse(module.path.read_text(encoding="utf-8"), str(module.path))
     package = module.name if module.path.name == "__init__.py" else module.name.rpartition(".")[0]
     found = []
-    for node, loads in _statements(tree.body, True):
+    for node, loads, typed in _statements(tree.body, True):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         else:
@@ -117,7 +121,7 @@ def imports_of(module: Module, modules: dict[str, Module]) -> list[Import]:
         for name in dict.fromkeys(names):
             target = _owner(name, modules)
             if target and target != module.name:
-                found.append(Import(target, node.lineno, loads))
+                found.append(Import(target, node.lineno, loads and not typed, typed))
     return found
 
 
@@ -148,9 +152,22 @@ def layer_violations(modules: dict[str, Module]) -> list[str]:
     return out
 
 
+def upward(modules: dict[str, Module]) -> list[str]:
+    """Imports of a package the importing module lives in (they run that package from below)."""
+    out = []
+    for module in modules.values():
+        for imp in module.imports:
+            if not imp.typed and module.name.startswith(imp.target + "."):   # an ancestor: always a package
+                where = module.path.relative_to(ROOT) if module.path.is_relative_to(ROOT) else module.path
+                out.append(f"{where}:{imp.line}: {module.name} imports {imp.target}, a package it lives in "
+                           "(import the module that holds the name instead)")
+    return out
+
+
 def cycles(modules: dict[str, Module]) -> list[list[str]]:
-    """Each import cycle among load-time imports, as one closed path per strongly connected set."""
-    graph = {m.name: sorted({i.target for i in m.imports if i.loads}) for m in modules.values()}
+    """Each import cycle, lazy imports (in functions) included, as one closed path per strongly
+    connected set; ``if TYPE_CHECKING:`` imports never run and are left out."""
+    graph = {m.name: sorted({i.target for i in m.imports if not i.typed}) for m in modules.values()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -267,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     found = cycles(modules)
     for c in found:
         print(f"  CYCLE  {' -> '.join(c)}")
-    problems += len(layers) + len(found)
+    up = upward(modules)
+    for v in up:
+        print(f"  UPWARD {v}")
+    problems += len(layers) + len(found) + len(up)
     if not args.no_cpu:
         violations, notes = cpu_path()
         for v in violations:

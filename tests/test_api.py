@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from optimem.memory.lab.corpus import longest
+from optimem.api import schemas
 from optimem.memory.store import SessionKeys
 
 
@@ -184,3 +185,45 @@ def test_openapi_documents_every_path(api):
                  "/v1/sessions/{session}/recall", "/v1/sessions/{session}/curve", "/healthz"]:
         assert path in paths
     assert "image/png" in json.dumps(paths["/v1/sessions/{session}/pages/{page}/image"])
+
+
+# -- issue 25, item 12: the document and the validators agree ---------------------------------------
+@pytest.mark.parametrize("session", [".", ".."])
+def test_session_ids_dot_and_dot_dot_are_refused(api, session):
+    r = api.post("/v1/sessions", json={"id": session})
+    assert r.status_code == 422 and "not '.' or '..'" in r.json()["detail"]
+    assert api.post("/v1/sessions", json={"id": "..."}).status_code == 201   # only the two path words
+
+
+@pytest.mark.parametrize("content", ["\u200b", "\u200b\u200d \ufeff", "\u2060\u00ad"])
+def test_a_turn_of_only_invisible_characters_is_refused(api, content):
+    make(api)
+    r = api.post("/v1/sessions/s1/turns", json={"turns": [{"role": "user", "content": content}]})
+    assert r.status_code == 422 and "invisible" in r.json()["detail"]
+    assert api.get("/v1/sessions/s1").json()["turns"] == 0
+
+
+def test_a_405_lists_every_method_of_the_path(api):
+    make(api)
+    r = api.put("/v1/sessions/s1")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+    assert api.delete("/v1/sessions").headers["allow"] == "GET, POST"
+
+
+def test_the_document_declares_the_key_and_the_patterns(api, memory):
+    doc = api.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["apiKey"] == {**doc["components"]["securitySchemes"]["apiKey"],
+                                                              "type": "http", "scheme": "bearer"}
+    turns = doc["paths"]["/v1/sessions/{session}/turns"]["post"]
+    assert turns["security"] == [{"apiKey": []}] and "authorization" not in json.dumps(turns["parameters"])
+    assert {} in doc["paths"]["/healthz"]["get"]["security"]                      # open, more with a key
+    session = next(p for p in doc["paths"]["/inspect/{session}"]["get"]["parameters"] if p["name"] == "session")
+    assert session["schema"]["pattern"] == schemas.SESSION_ID
+    tier = next(p for p in doc["paths"]["/v1/sessions/{session}/pages/{page}/image"]["get"]["parameters"]
+                if p["name"] == "tier")
+    assert "gone" not in tier["schema"]["enum"]
+    assert doc["components"]["schemas"]["TextTurn"]["properties"]["time"]["format"] == "date-time"
+    assert not memory.encodes()                       # the CPU backend: no visual tokens offered
+    assert "/v1/sessions/{session}/tokens/{unit}" not in doc["paths"]
+    fmt = next(p for p in doc["paths"]["/v1/sessions/{session}/context"]["get"]["parameters"] if p["name"] == "format")
+    assert "embeddings" not in json.dumps(fmt["schema"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ from optimem.api.client import error
 from optimem.errors import BadRequest, NotFound, OptimemError, SessionExists
 from optimem.memory.lab.corpus import longest
 from optimem.memory.results import Appended, Hit, OpenAIContext, RawContext, Recall, Session
+from tests.live import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

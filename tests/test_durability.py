@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,12 +16,7 @@ from optimem.memory.redis_server import EmbeddedRedis
 from optimem.memory.service import Memory
 from optimem.settings import Settings
 from tests.test_api import every_turn_is_somewhere
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.live import free_port
 
 
 def start_service(data_dir, port) -> subprocess.Popen:

@@ -19,7 +19,7 @@ import redis
 from optimem.memory.lab.corpus import longest
 from optimem.memory.store import SessionKeys, Store
 from tests.test_api import every_turn_is_somewhere
-from tests.test_durability import free_port
+from tests.live import free_port
 
 THREADS, PER_THREAD = 8, 75
 TAG = re.compile(r"\[t(\d+) #(\d+)\] ")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests import import_rules
-from tests.import_rules import ROOT, cycles, discover, layer_violations
+from tests.import_rules import ROOT, cycles, discover, layer_violations, upward
 
 VERSION = next(node.value.value for node in ast.parse((ROOT / "_version.py").read_text()).body
                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__version__")
@@ -188,9 +188,15 @@ def test_import_rules_find_layer_breaks_and_cycles(tmp_path, monkeypatch):
     assert cycles(modules) == [["optimem.memory.lab.run", "optimem.memory.store", "optimem.memory.lab.run"]]
 
 
-def test_import_rules_let_lazy_and_type_only_imports_break_cycles(tmp_path):
+def test_import_rules_count_lazy_imports_in_cycles_and_leave_type_only_ones_out(tmp_path):
+    """An import inside a function closes a circle as much as one at the top (issue 19: api/proxy.py
+    imported api/app.py lazily while app imported proxy); a lazy import pointing down is fine."""
     modules = _tree(tmp_path, {
         "__init__.py": "",
+        "api/__init__.py": "",
+        "api/app.py": "from optimem.api import proxy\n",
+        "api/proxy.py": "def f():\n    from optimem.api.app import run_recall\n",   # lazy, but back up: a circle
+        "api/cli.py": "def serve():\n    from optimem.api.app import create\n",     # lazy and down: fine
         "memory/__init__.py": "",
         "memory/a.py": "from optimem.memory import b\n",
         "memory/b.py": """
@@ -199,14 +205,23 @@ def test_import_rules_let_lazy_and_type_only_imports_break_cycles(tmp_path):
                 from optimem.memory.a import A
             else:
                 import json
-            def f():
-                from optimem.memory import a
-            class C:
-                try:
-                    from optimem.memory import c
-                except ImportError:
-                    pass
             """,
-        "memory/c.py": "import optimem.memory.b as b\n",
     })
-    assert cycles(modules) == [["optimem.memory.b", "optimem.memory.c", "optimem.memory.b"]]
+    assert [i.typed for i in modules["optimem.memory.b"].imports] == [True]
+    assert not modules["optimem.api.proxy"].imports[0].loads
+    assert cycles(modules) == [["optimem.api.app", "optimem.api.proxy", "optimem.api.app"]]
+
+
+def test_import_rules_find_imports_that_run_back_up(tmp_path):
+    modules = _tree(tmp_path, {
+        "__init__.py": "__version__ = '1'\n",
+        "_version.py": "__version__ = '1'\n",
+        "api/__init__.py": "",
+        "api/app.py": "from optimem import __version__\n",                 # the root package, from below
+        "api/ok.py": "from optimem._version import __version__\nfrom optimem.api import app\n",
+        "api/lazy.py": "def f():\n    import optimem.api\n",              # its own package, lazily: still up
+    })
+    found = upward(modules)
+    assert len(found) == 2
+    assert any("optimem.api.app imports optimem," in v for v in found)
+    assert any("optimem.api.lazy imports optimem.api," in v for v in found)

@@ -1,6 +1,10 @@
 """The OpenAPI document against what the service does: schemathesis over every JSON operation, every
 check on, positive and negative data, bounded examples and a fixed seed (deterministic).
 
+The document declares the API key as an HTTP bearer security scheme; the app runs with a key set and
+each case is sent with it explicitly, so schemathesis' ``ignored_auth`` check also sends it without
+the key and with a wrong one, and fails if either is answered 2xx.
+
 Left out: the proxy (/v1/chat/completions, /v1/models: they need an upstream model; its error shapes
 are tested in test_hostile.py) and the inspector's HTML pages (a template over the same verbs).
 """
@@ -22,6 +26,12 @@ from .conftest import settings_for  # noqa: E402
 schemathesis.serializer.alias("application/x-ndjson", "text/plain")
 EXCLUDED = {"/v1/chat/completions", "/v1/models", "/inspect", "/inspect/{session}"}
 EXAMPLES = 25
+KEY = "schemathesis-key"
+# Every check but positive_data_acceptance ("a schema-valid request is accepted"): the validators say
+# more than JSON Schema can. A curve is a preset name, curve JSON, or an object whose steps name the
+# ladder's tiers at rising ages; 98.0 is a JSON Schema integer but not a StrictInt; a recall before
+# the year 1 in UTC is refused. Each is a 422 that says what to fix.
+LEFT_OUT = {"positive_data_acceptance"}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +40,7 @@ def app(redis_server, reader, tmp_path_factory):
 
     memory = Memory(settings_for(redis_server, tmp_path_factory.mktemp("schemathesis"), recall_read_s=0.5),
                     backend=reader).open()
-    memory.settings.api_keys = ""                     # one tenant: generated requests reach the store
+    memory.settings.api_keys = f"{KEY}:schemathesis"    # one tenant; the key is declared as a security scheme
     app = create_app(memory)
     app.state.memory = memory                          # the ASGI client does not run the lifespan
     yield app
@@ -44,9 +54,10 @@ def operations(app):
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_the_api_does_what_its_document_says(app, mode):
-    checks = list(CHECKS.get_all())
+    ops = operations(app)   # loading the document registers the OpenAPI checks: only then take them all
+    checks = [check for check in CHECKS.get_all() if check.__name__ not in LEFT_OUT]
+    assert "ignored_auth" in [check.__name__ for check in checks]
     failures = []
-    ops = operations(app)
     assert len(ops) >= 10
     for op in ops:
         @seed(20240501)
@@ -54,7 +65,7 @@ def test_the_api_does_what_its_document_says(app, mode):
                   suppress_health_check=list(HealthCheck))
         @given(case=op.as_strategy(generation_mode=mode))
         def check(case):
-            case.call_and_validate(checks=checks)
+            case.call_and_validate(checks=checks, headers={"Authorization": f"Bearer {KEY}"})
 
         try:
             check()

@@ -16,7 +16,7 @@ import redis
 
 from optimem.memory.lab.corpus import longest
 from optimem.memory.store import Store
-from tests.test_durability import free_port
+from tests.live import free_port
 from tests.test_multiprocess import check_one_session, optimem_env, tagged, wait_for
 
 THREADS, PER_THREAD = 6, 40

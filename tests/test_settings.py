@@ -62,6 +62,7 @@ def test_every_field_has_its_variable():
         value = getattr(defaults, f.name)
         env[env_name(f.name)] = ("0" if value is True else "1" if value is False
                                  else str(value + 1) if isinstance(value, (int, float)) else f"/x/{f.name}")
+    env[env_name("api_keys")] = "/x/key:/x/tenant"   # a key map must be well formed (see below)
     s = Settings.from_env(env)
     for f in dataclasses.fields(Settings):
         assert getattr(s, f.name) != getattr(defaults, f.name), f"{env_name(f.name)} was not read"
@@ -79,6 +80,40 @@ def test_booleans(raw, expected):
 def test_a_malformed_number_names_its_variable(name, raw):
     with pytest.raises(ValueError, match=f"^{name} must be a number, got '{raw}'$"):
         Settings.from_env({name: raw})
+
+
+@pytest.mark.parametrize("keys, says", [
+    ("key1:tenantA,:tenantC", "entry 2 has an empty key"),
+    ("key1:", "entry 1 has an empty tenant"),
+    ("key1:a,key2", "entry 2 has no ':'"),
+    ("k:a, k:b", "entry 2 repeats a key"),
+])
+def test_a_malformed_key_map_stops_the_settings_naming_the_variable(keys, says):
+    with pytest.raises(ValueError, match=f"^OPTIMEM_API_KEYS {says}"):
+        Settings.from_env({"OPTIMEM_API_KEYS": keys})
+    with pytest.raises(ValueError, match="OPTIMEM_API_KEYS"):
+        Settings(api_keys=keys)
+
+
+@pytest.mark.parametrize("keys", ["k1:a,:c", "k1", "k:a,k:b"])
+def test_optimem_serve_stops_on_a_malformed_key_map_with_a_clear_message(keys, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPTIMEM_API_KEYS": keys, "OPTIMEM_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "optimem.api.cli", "serve", "--port", "1"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("optimem: OPTIMEM_API_KEYS entry") and "Traceback" not in done.stderr
+
+
+def test_the_body_limit_is_just_above_the_largest_valid_append():
+    s = Settings()
+    largest = 1000 * (s.max_turn_chars + 100)          # 1000 turns of max_turn_chars plus their JSON keys
+    assert largest < s.body_limit() < largest * 1.01
+    assert Settings(max_turn_chars=10).body_limit() < 1_000_000
+    assert Settings(max_body_bytes=5000).body_limit() == 5000
 
 
 def test_settings_are_mutable_and_name_tenants():

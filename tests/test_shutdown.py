@@ -13,7 +13,7 @@ from optimem.memory.lab.corpus import longest
 from optimem.memory.service import Memory
 from optimem.settings import Settings
 from tests.test_api import every_turn_is_somewhere
-from tests.test_durability import free_port
+from tests.live import free_port
 from tests.test_load import recall_load
 
 APPENDERS = 6

@@ -203,3 +203,16 @@ def test_export_reads_a_chunk_at_a_time(redis_server, reader, tmp_path, chat):
         assert sum(1 for _ in lines) == 2002
         assert asked == [transfer.CHUNK, transfer.CHUNK]
         m.delete_session("big", tenant="chunky")
+
+
+def test_an_import_is_streamed_past_the_body_limit_that_bounds_other_requests(api, memory, chat):
+    build(api, "big", chat[:400])
+    data = export(api, "big")
+    memory.settings.max_body_bytes = 20_000
+    assert len(data) > 3 * memory.settings.body_limit()
+    assert api.post("/v1/sessions/big2/turns", content=data).status_code == 413      # an append is capped
+    r = api.post("/v1/sessions/big2/import", content=iter([data[i:i + 4096] for i in range(0, len(data), 4096)]))
+    assert r.status_code == 201, r.text
+    assert r.json()["turns"] == 400
+    no_key = api.post("/v1/sessions/big3/import", content=data, headers={"Authorization": "Bearer nope"})
+    assert no_key.status_code == 401                                                  # the key is still checked
