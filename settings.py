@@ -58,7 +58,7 @@ class Settings:
     jobs_max: int = 10_000         # model jobs (read-ahead) the stream holds; past it the oldest are shed (0: no cap)
     shutdown_s: float = 3.0        # on SIGTERM: seconds in-flight requests get to finish before the server stops
     worker: bool = True            # run one model worker in-process
-    api_keys: str = ""             # "key:tenant,key2:tenant2"; empty = no auth, tenant "default"
+    api_keys: str = ""             # "key:tenant[:read|write|admin],..."; empty = no auth, tenant "default"
     log: str = "WARNING"           # the CLI's logging level
     log_format: str = "text"       # text | json (JSON lines with request id, tenant and session)
 
@@ -84,6 +84,10 @@ class Settings:
         """The key -> tenant map of ``api_keys`` (parsed once per value); ValueError when it is malformed."""
         return api_keys(self.api_keys)
 
+    def scopes(self) -> Mapping[str, str]:
+        """The key -> scope map of ``api_keys``: read, write or admin (full rights, as a key without one)."""
+        return api_scopes(self.api_keys)
+
     def body_limit(self) -> int:
         """The largest request body the API reads: ``max_body_bytes``, else just above the largest valid
         append (MAX_TURNS_PER_APPEND turns of ``max_turn_chars`` one-byte characters plus their JSON)."""
@@ -103,25 +107,44 @@ TURN_JSON_BYTES = 512         # a turn's JSON around its content: keys, role (<=
 PROXY_BUDGET = 24_000
 
 
+SCOPES = ("read", "write", "admin")   # what a key may do; each scope holds the ones before it
+
+
 @lru_cache(maxsize=64)
-def api_keys(text: str) -> Mapping[str, str]:
-    """``"key:tenant,key2:tenant2"`` as a map; ValueError naming OPTIMEM_API_KEYS when an entry has no
-    colon, an empty key or tenant, or a key given twice (each would open or misroute a tenant)."""
-    keys: dict[str, str] = {}
+def _key_entries(text: str) -> Mapping[str, tuple[str, str]]:
+    """``"key:tenant[:scope],..."`` as key -> (tenant, scope); no scope is full rights ("admin").
+    ValueError naming OPTIMEM_API_KEYS when an entry has no colon, an empty key or tenant, an
+    unknown scope, or a key given twice (each would open or misroute a tenant)."""
+    keys: dict[str, tuple[str, str]] = {}
     for n, item in enumerate(text.split(",")):
         if not item.strip():
             continue   # a trailing comma
-        key, colon, tenant = (part.strip() for part in item.partition(":"))
+        key, colon, rest = (part.strip() for part in item.partition(":"))
+        tenant, _, scope = (part.strip() for part in rest.partition(":"))
         where = f"OPTIMEM_API_KEYS entry {n + 1}"
         if not colon:
-            raise ValueError(f"{where} has no ':'; write key:tenant,key2:tenant2")
+            raise ValueError(f"{where} has no ':'; write key:tenant,key2:tenant2 (or key:tenant:read|write|admin)")
         if not key or not tenant:
             raise ValueError(f"{where} has an empty {'key' if not key else 'tenant'}; every entry needs both "
                              "(an unset variable in key:$TENANT leaves one empty)")
+        if scope and scope not in SCOPES:
+            raise ValueError(f"{where} has the scope {scope!r}; a scope is one of {', '.join(SCOPES)} "
+                             "(or none: full rights)")
         if key in keys:
             raise ValueError(f"{where} repeats a key of an earlier entry; each key names one tenant")
-        keys[key] = tenant
+        keys[key] = (tenant, scope or "admin")
     return MappingProxyType(keys)   # cached: nobody may change it
+
+
+@lru_cache(maxsize=64)
+def api_keys(text: str) -> Mapping[str, str]:
+    """The key -> tenant map of ``OPTIMEM_API_KEYS`` (see ``_key_entries``)."""
+    return MappingProxyType({key: tenant for key, (tenant, _) in _key_entries(text).items()})
+
+
+def api_scopes(text: str) -> Mapping[str, str]:
+    """The key -> scope map of ``OPTIMEM_API_KEYS``: read, write or admin (no scope given: admin)."""
+    return MappingProxyType({key: scope for key, (_, scope) in _key_entries(text).items()})
 
 
 def env_name(field_name: str) -> str:

@@ -260,8 +260,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("file")
             p.add_argument("--session", help="the new session's id (default: the exported one's)")
         p.add_argument("--url", help="a running optimem (default: in-process)")
-        p.add_argument("--api-key", default=os.environ.get("OPTIMEM_API_KEY"),
-                       help="with --url: the API key (default: $OPTIMEM_API_KEY)")
+        p.add_argument("--api-key", help="with --url: its API key, when it has OPTIMEM_API_KEYS")
         p.add_argument("--tenant", default="default", help="in-process: the tenant (over HTTP the key decides)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=export if name == "export" else import_)

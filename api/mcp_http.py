@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from optimem.api.auth import tenant
+from optimem.api.auth import scope_of, tenant
 from optimem.api.mcp_server import Caller, server
 from optimem.api.recall_slots import RecallsBusy, run_recall
 from optimem.api.verbs import Embedded
@@ -30,6 +30,7 @@ from optimem.errors import ModelUnavailable
 
 PATH = "/mcp"
 TENANT = "optimem.tenant"   # the ASGI scope key the checked tenant travels in
+SCOPE = "optimem.scope"     # and the key's scope (read, write, admin)
 
 
 def _caller(ctx: Context) -> Caller:
@@ -43,7 +44,8 @@ def _caller(ctx: Context) -> Caller:
         except RecallsBusy as busy:
             raise ModelUnavailable(str(busy)) from None
 
-    return Caller(Embedded(request.app.state.memory, request.scope[TENANT]), recall_in_slot)
+    return Caller(Embedded(request.app.state.memory, request.scope[TENANT]), recall_in_slot,
+                  scope=request.scope.get(SCOPE, "admin"))
 
 
 class Endpoint:
@@ -76,7 +78,9 @@ class Endpoint:
         if self.manager is None:
             return await JSONResponse({"detail": "MCP is not running: the service is starting or stopping"},
                                       status_code=503)(scope, receive, send)
-        await self.manager.handle_request({**scope, TENANT: who}, receive, send)
+        settings = scope["app"].state.memory.settings
+        have = scope_of(settings.scopes(), Headers(scope=scope).get("authorization"))
+        await self.manager.handle_request({**scope, TENANT: who, SCOPE: have}, receive, send)
 
 
 def router() -> APIRouter:

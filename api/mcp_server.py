@@ -34,6 +34,7 @@ from optimem.api.verbs import Recalled, Verbs, append_creating, asked, raw_conte
 from optimem.errors import NotFound, OptimemError
 from optimem.memory.results import Accounting, Recall
 from optimem.memory.service import SESSION_CHARS
+from optimem.settings import SCOPES
 
 INSTRUCTIONS = ("Long-term memory for this conversation. Call `remember` with each new turn (or a batch); "
                 "older turns are kept as transcript pages that fade with age. Before answering about the "
@@ -50,6 +51,13 @@ class Caller:
     """Whose memory a call reaches, and how a recall runs (over HTTP: in the app's recall slots)."""
     verbs: Verbs
     run_recall: Optional[Callable[..., Awaitable[Recall]]] = None
+    scope: str = "admin"     # what the caller's API key may do (OPTIMEM_API_KEYS key:tenant:scope)
+
+    def needs(self, scope: str, what: str) -> "Caller":
+        """This caller, if its key's scope allows ``scope``; else the tool refuses, saying why."""
+        if SCOPES.index(self.scope) < SCOPES.index(scope):
+            raise ToolError(f"this API key's scope is '{self.scope}'; {what} needs '{scope}'")
+        return self
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -141,7 +149,7 @@ def server(caller_for: Callable[[Context], Caller], name: str = "optimem") -> MC
         given = [t.model_dump() for t in turns] if turns is not None else [{"role": role, "content": text}]
         if not given:
             raise ToolError("`turns` is empty: give at least one {role, content}")
-        got = await _run(append_creating, caller_for(ctx).verbs, session, given)
+        got = await _run(append_creating, caller_for(ctx).needs("write", "remember").verbs, session, given)
         done = Remembered(session=session, first_turn=got.first_index, remembered=got.appended, turns=got.turns,
                           sealing=got.sealing)
         span = f"turn {done.first_turn}" if done.remembered == 1 else \
@@ -226,7 +234,7 @@ def server(caller_for: Callable[[Context], Caller], name: str = "optimem") -> MC
         if confirm is not True:
             raise ToolError(f"not deleted: call again with confirm=true to delete session {session!r} and all its "
                             "turns and pages (this cannot be undone)")
-        await _run(caller_for(ctx).verbs.delete_session, session)
+        await _run(caller_for(ctx).needs("admin", "forget_session").verbs.delete_session, session)
         return _structured(Forgotten(session=session, deleted=True),
                            [TextContent(type="text", text=f"Session {session!r} is deleted.")])
 
