@@ -395,7 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or ROOT / "bench" / "gpu.json"
     device = torch.device("cuda" if cuda else "cpu")
     report["device"] = torch.cuda.get_device_name(0) if cuda else "cpu (tiny model)"
-    run(args, config, report, device, torch.bfloat16)
+    try:
+        run(args, config, report, device, torch.bfloat16)
+    except Exception as e:  # the model did not build: say so in the JSON too
+        report["error"] = f"{type(e).__name__}: {e}"
+        args.out.write_text(json.dumps(report, indent=2, default=str))
+        raise
     print(f"wrote {args.out}")
     return 0
 

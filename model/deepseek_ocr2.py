@@ -33,7 +33,7 @@ Speed (issue 20; figures in bench/RESULTS.md):
              fails (logged), the eager encoder runs. Cached visual tokens carry no compiled/eager
              tag: both run the same bf16 weights and differ by bf16 rounding only (``bench/gpu.py``
              measures the difference; the decoder reads either the same way).
-  static     (default on for CUDA) greedy decoding with a static KV cache of one fixed length, so
+  static     (on with compile) greedy decoding with a static KV cache of one fixed length, so
              transformers compiles the decode step once per batch bucket (1, 8, decode_batch_size),
              warmed in ``warm()``; batches are padded up to a bucket. The n-gram guard and the
              per-token probability run as logits processors either way.
@@ -60,6 +60,7 @@ from PIL import Image  # noqa: E402
 from transformers import LogitsProcessor  # noqa: E402
 
 from optimem.model import pixels as device_pixels  # noqa: E402
+from optimem.model.batching import Lane  # noqa: E402
 from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns  # noqa: E402
 from optimem.model.line_crop import line_crop  # noqa: E402
 from optimem.model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
@@ -177,7 +178,7 @@ class DeepseekOcr2Backend:
             raise ValueError(f"pixels must be 'device' or 'pil', got {pixels!r}")
         on_cuda = torch.device(device).type == "cuda"
         self.compile = on_cuda if compile is None else bool(compile)
-        self.static_cache = on_cuda if static_cache is None else bool(static_cache)
+        self.static_cache = self.compile if static_cache is None else bool(static_cache)
         self.pixels, self.compile_backend = pixels, compile_backend
         self._compiled: dict[int, tuple] = {}      # view side -> (compiled vision function, fixed batch or 0)
         self.warming = False                       # True while warm() runs (/healthz says so)
@@ -189,6 +190,11 @@ class DeepseekOcr2Backend:
         self.ngram_size, self.ngram_window = ngram_size, ngram_window
         self.whitelist_token_ids = tuple(whitelist_token_ids)
         self._prompts: dict[int, torch.Tensor] = {}
+        # Callers on many threads (worker jobs, recall reads) are batched per lane; lanes run side by side.
+        self.batching = True
+        self._lanes = {"encode": Lane("encode", lambda key, views: self._encode_now(views), self.batch_size),
+                       "page": Lane("page", lambda key, items: self._page_run(key, items), self.decode_batch_size),
+                       "turn": Lane("turn", lambda key, views: self._decode_lines_now(views), self.decode_batch_size)}
 
     def _attach(self, model, processor) -> None:
         self.model, self.processor = model.eval(), processor
@@ -213,7 +219,24 @@ class DeepseekOcr2Backend:
     # --- encode -------------------------------------------------------------------------------
 
     def encode(self, views: list[PageView]) -> list[VisualTokens]:
-        """Visual tokens per view, each with exactly ``view.tier.canvas_tokens`` rows, on the CPU."""
+        """Visual tokens per view, each with exactly ``view.tier.canvas_tokens`` rows, on the CPU.
+        Views of one tier from callers on other threads within a few ms go in the same batch."""
+        for v in views:
+            self._tier_of(v)
+        if not self.batching:
+            return self._encode_now(views)
+        lane = self._lanes["encode"]
+        lane.max_batch = self.batch_size
+        out: list[VisualTokens | None] = [None] * len(views)
+        by_tier: dict[str, list[int]] = {}
+        for i, v in enumerate(views):
+            by_tier.setdefault(v.tier.name, []).append(i)
+        for name, idx in by_tier.items():
+            for i, tokens in zip(idx, lane.call(name, [views[i] for i in idx])):
+                out[i] = tokens
+        return out  # type: ignore[return-value]
+
+    def _encode_now(self, views: list[PageView]) -> list[VisualTokens]:
         out: list[VisualTokens | None] = [None] * len(views)
         for tier, chunk in self._batches(views, self.batch_size):
             for i, feats in zip(chunk, self._features([views[i] for i in chunk], tier)):
@@ -314,6 +337,27 @@ class DeepseekOcr2Backend:
 
     def decode(self, views: list[PageView]) -> list[Decoded]:
         """Read views to text: encode, then decode from the fresh visual tokens."""
+        for v in views:
+            self._tier_of(v)
+        return self._through("page", views, lambda v: ("views", v.tier.name), self._decode_now)
+
+    def _through(self, lane_name: str, items: list, key, run) -> list:
+        """``run(items)``, through lane ``lane_name`` (batched with other callers' items of the same
+        key) when batching, else right here."""
+        if not self.batching or not items:
+            return run(items)
+        lane = self._lanes[lane_name]
+        lane.max_batch = self.decode_batch_size
+        out: list = [None] * len(items)
+        groups: dict = {}
+        for i, item in enumerate(items):
+            groups.setdefault(key(item), []).append(i)
+        for k, idx in groups.items():
+            for i, result in zip(idx, lane.call(k, [items[i] for i in idx])):
+                out[i] = result
+        return out
+
+    def _decode_now(self, views: list[PageView]) -> list[Decoded]:
         out: list[Decoded | None] = [None] * len(views)
         for tier, chunk in self._batches(views, self.decode_batch_size):
             start = time.perf_counter()
@@ -336,6 +380,11 @@ class DeepseekOcr2Backend:
             if t.revision != self.revision:
                 raise ValueError(f"visual tokens from model revision {t.revision!r} cannot be read by "
                                  f"{self.revision!r}; encode the page again")
+        pairs = [(t, lines[i] if lines else []) for i, t in enumerate(tokens)]
+        return self._through("page", pairs, lambda p: ("tokens", p[0].n_tokens),
+                             lambda ps: self._decode_tokens_now([p[0] for p in ps], [p[1] for p in ps]))
+
+    def _decode_tokens_now(self, tokens: list[VisualTokens], lines: list[list[LineBox]]) -> list[Decoded]:
         out: list[Decoded | None] = [None] * len(tokens)
         groups: dict[int, list[int]] = {}
         for i, t in enumerate(tokens):
@@ -400,7 +449,8 @@ class DeepseekOcr2Backend:
             eos = self.tokenizer.eos_token_id
         eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos])}
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids)
-        cache = dict(cache_implementation="static", max_cache_len=self.max_cache_len()) if static else {}
+        cache = dict(cache_implementation="static", max_cache_len=self.max_cache_len(),
+                     disable_compile=not self.compile) if static else {}
         config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=limit,
                                   min_new_tokens=min(min_new_tokens, limit), eos_token_id=sorted(eos_ids),
                                   pad_token_id=pad, **cache)
@@ -431,7 +481,11 @@ class DeepseekOcr2Backend:
         """Read only the lines of each view's line boxes (one turn's, say): the lines cropped from
         the view as it is (the page's tier), shown as one small view, decoded with a budget of
         tokens for that many lines. Same ``Decoded`` as ``decode``; a view without lines reads as
-        empty. Views sharing a canvas size are encoded, then decoded, together."""
+        empty. Views sharing a canvas size are encoded, then decoded, together, on a lane of their
+        own: a whole page being read never holds a turn up."""
+        return self._through("turn", views, lambda v: "lines", self._decode_lines_now)
+
+    def _decode_lines_now(self, views: list[PageView]) -> list[Decoded]:
         out: list[Decoded | None] = [Decoded("", [], 0.0) if not v.lines else None for v in views]
         crops = {i: line_crop(v) for i, v in enumerate(views) if v.lines}
         by_px: dict[int, list[int]] = {}
@@ -483,11 +537,15 @@ class DeepseekOcr2Backend:
                     log.info("encoder at %d px compiled and warmed in %.1f s", px, self.warm_seconds[f"compile_{px}"])
             if self.static_cache:
                 feats = torch.zeros(145, self.model.config.text_config.hidden_size, dtype=self.dtype, device=self.device)
-                for b in self.decode_buckets():
-                    start = time.perf_counter()
-                    self.generate_ids([feats] * b, min_new_tokens=4, max_new_tokens=4)
-                    self.warm_seconds[f"decode_batch_{b}"] = time.perf_counter() - start
-                    log.info("static-cache decoder at batch %d warmed in %.1f s", b, self.warm_seconds[f"decode_batch_{b}"])
+                # CUDA graphs are recorded per thread: warm each decode lane on its own thread.
+                for lane in ("page", "turn") if self.batching else ("here",):
+                    for b in self.decode_buckets():
+                        start = time.perf_counter()
+                        step = lambda b=b: self.generate_ids([feats] * b, min_new_tokens=4, max_new_tokens=4)  # noqa: E731
+                        step() if lane == "here" else self._lanes[lane].run_here(step)
+                        self.warm_seconds[f"decode_{lane}_batch_{b}"] = time.perf_counter() - start
+                        log.info("static-cache decoder (%s lane) at batch %d warmed in %.1f s", lane, b,
+                                 self.warm_seconds[f"decode_{lane}_batch_{b}"])
         finally:
             self.warming = False
         log.info("deepseek-ocr2 warm-up: %.1f s in all", sum(self.warm_seconds.values()))
@@ -548,7 +606,18 @@ class DeepseekOcr2Backend:
         attribute_turns(lines, boxes)
         return Decoded(text.strip(), lines)
 
+    def _page_run(self, key, items: list) -> list[Decoded]:
+        if key[0] == "views":
+            return self._decode_now(items)
+        return self._decode_tokens_now([t for t, _ in items], [b for _, b in items])
+
     # --- helpers ------------------------------------------------------------------------------
+
+    def _tier_of(self, view: PageView) -> Tier:
+        """The view's tier, checked: a gone page or another family's tier fails here, in the caller."""
+        if view.tier.gone:
+            raise ValueError("a gone page has no view to encode or read")
+        return self.ladder[view.tier.name]
 
     def _batches(self, views: list[PageView], size: int) -> Iterable[tuple[Tier, list[int]]]:
         """Indices of ``views`` grouped by tier (first-seen order), cut into batches of ``size``."""
