@@ -34,11 +34,8 @@ class Shown:
 
 def upload(images: list[Image.Image], device: torch.device) -> torch.Tensor:
     """Images of one size as a uint8 ``[B, 3, H, W]`` batch on ``device`` (one copy each way)."""
-    arrays = np.stack([np.asarray(im.convert("RGB")) for im in images])     # [B, H, W, 3]
-    batch = torch.from_numpy(arrays)
-    if device.type == "cuda":
-        batch = batch.pin_memory().to(device, non_blocking=True)
-    return batch.permute(0, 3, 1, 2)
+    arrays = np.stack([np.asarray(im if im.mode == "RGB" else im.convert("RGB")) for im in images])  # [B, H, W, 3]
+    return torch.from_numpy(arrays).to(device).permute(0, 3, 1, 2)
 
 
 def resize(batch: torch.Tensor, height: int, width: int) -> torch.Tensor:
