@@ -8,18 +8,19 @@ being random means the text it "reads" is noise (and never ends early: decodes r
 
 Rows, in order (each in its own try: a failing row prints its error and the run goes on; the table
 is printed as rows finish and the JSON is written after every row):
-  before   encode g1024 with transformers' PIL processor, eager; device pixels, eager (every tier);
-           decode batch 1 and batch 32 with a dynamic cache; one turn and a whole page, eager
+  before   encode g1024 with transformers' PIL processor, eager; device pixels, eager (every tier;
+           --quick: g1024 only); decode batch 1 and batch 32 with a dynamic cache; one turn, eager
+           (a whole page eager with --before-page: ~15 s)
   warm-up  ``backend.warm()``: the encoder compiled per view size, the static-cache decoder per
-           batch bucket (target <= 120 s)
-  after    encode every tier compiled (targets g1024 >= 200 pages/s, v768 >= 300, mosaic4 >= 200
-           canvases/s, crops >= 50); compiled vs eager visual tokens (max abs difference); decode
-           batch 1 and 32 with the static cache (>= 350 and >= 8,000 tok/s), and at batch 32 with
-           each experts implementation transformers offers; one turn (<= 0.3 s) and a whole page
-           (<= 3 s) from an unread page
+           batch bucket and decode lane (target <= 120 s)
+  after    encode g1024 compiled (>= 200 pages/s); compiled vs eager visual tokens (max abs
+           difference); decode batch 1 and 32 with the static cache (>= 350 and >= 8,000 tok/s);
+           one turn (<= 0.3 s) and a whole page (<= 3 s) from an unread page; the other tiers
+           compiled (v768 >= 300, mosaic4 >= 200 canvases/s, crops >= 50); without --quick, batch 32
+           with each other experts implementation transformers offers (each recompiles the decoder)
 
     python bench/gpu.py --quick --out gpu.json   # needs CUDA; fits in 5 minutes on an H200
-    python bench/gpu.py                          # longer timings, every batch size
+    python bench/gpu.py                          # longer timings, eager rows for every tier
     python bench/gpu.py --dry-run                # any machine: full config and parameter count (meta device)
     python bench/gpu.py --tiny                   # any machine: every row on the CPU with a tiny model (seconds)
 """
@@ -204,7 +205,7 @@ class Bench:
                     sync(self.device)
                     seconds, iters = time.perf_counter() - t0, 1
                 n = count()
-                r.update(status="ok", seconds=seconds, iters=iters, count=n,
+                r.update(status="ok", seconds=seconds, iters=iters, count=n, t_s=round(time.perf_counter() - self.start, 1),
                          rate=n / seconds if unit.endswith("/s") else seconds)
             except Exception as e:  # noqa: BLE001  one lever failing must not end the run
                 r.update(status=f"error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
@@ -283,9 +284,10 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
     encode_row("pixels", "g1024", "PIL processor, eager")
     backend.pixels = "device"
     encode_row("pixels", "g1024", "device pixels, eager")
-    for name in args.tiers:
-        if name != "g1024":
-            encode_row("compile", name, "device pixels, eager")
+    if not args.quick:   # quick: the eager/compiled lever is shown at g1024 only
+        for name in args.tiers:
+            if name != "g1024":
+                encode_row("compile", name, "device pixels, eager")
     cached_g1024 = backend.encode(views("g1024", 1))[0].tensor.to(device)
     eager_tokens = backend.encode(views("g1024", 2))
     for b in args.decode_batches:
@@ -304,8 +306,7 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
 
     # --- after -------------------------------------------------------------------------------
     targets = {"g1024": ">= 200", "v768": ">= 300", "mosaic4": ">= 200", "crops": ">= 50"}
-    for name in ["g1024"] + [t for t in args.tiers if t != "g1024"]:
-        encode_row("compile", name, "device pixels, compiled", targets.get(name, ""))
+    encode_row("compile", "g1024", "device pixels, compiled", targets["g1024"])
     try:
         compiled_tokens = backend.encode(views("g1024", 2))
         diff = max(float((a.tensor.float() - b.tensor.float()).abs().max()) for a, b in zip(eager_tokens, compiled_tokens))
@@ -315,15 +316,20 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
         bench.note("compiled_vs_eager_tokens", f"error: {e}")
     for b in args.decode_batches:
         decode_row("static cache", b, "static cache", {1: ">= 350", 32: ">= 8000"}.get(b, ""))
-    if not args.quick:
-        for impl in ("batched_mm", "grouped_mm"):
-            try:
-                backend.model.set_experts_implementation(impl)
-                decode_row("experts", max(args.decode_batches), f"static cache, experts {impl}")
-            except Exception as e:  # noqa: BLE001
-                print(f"experts {impl}: {e}", flush=True)
     turn_row("one turn", "compiled, static cache", "<= 0.3 s")
     page_row("one turn", "compiled, static cache", "<= 3 s")
+    for name in [t for t in args.tiers if t != "g1024"]:
+        encode_row("compile", name, "device pixels, compiled", targets.get(name, ""))
+    experts = getattr(backend.model.config.text_config, "_experts_implementation", None)
+    bench.note("experts_implementation", experts)
+    for impl in () if args.quick else ("batched_mm", "grouped_mm"):   # each recompiles the decoder (~20 s)
+        if impl == experts:
+            continue   # the static-cache rows above are this one
+        try:
+            backend.model.set_experts_implementation(impl)
+            decode_row("experts", max(args.decode_batches), f"static cache, experts {impl}")
+        except Exception as e:  # noqa: BLE001
+            print(f"experts {impl}: {e}", flush=True)
     if device.type == "cuda":
         report["peak_gib"] = max((r.get("peak_gib", 0) for r in bench.rows), default=0)
     bench.save()

@@ -159,6 +159,13 @@ def backlog(r: redis.Redis) -> int:
 Handler = Callable[[dict[str, str]], None]
 
 
+def batch_for(setting: int, encodes: bool) -> int:
+    """Jobs a worker runs at once per kind: ``OPTIMEM_WORKER_BATCH``, or when it is 0, 8 for a
+    backend that batches on a GPU (it makes visual tokens) and 1 for the CPU reader, whose reads
+    are seconds of CPU each and would only crowd the cores."""
+    return setting if setting > 0 else 8 if encodes else 1
+
+
 class Worker:
     """Consumes the job stream. ``batch``: jobs at once per kind (encode, decode); ``window_ms``:
     how long a read waits for more entries once it has one, to fill a batch."""

@@ -66,3 +66,10 @@ def test_healthz_says_warming_until_warm_up_is_done(redis_server, reader, tmp_pa
         while "warming" in (body := c.get("/healthz").json()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "warming" not in body and body["status"] == "ok"
+
+
+def test_the_in_process_worker_takes_its_batch_from_the_settings(redis_server, reader, tmp_path):
+    for setting, expected in ((0, 1), (3, 3)):   # 0: one job at a time for the CPU reader
+        with Memory(settings_for(redis_server, tmp_path, worker=True, worker_batch=setting), backend=reader) as m:
+            assert m.worker is not None and m.worker.batch == expected
+    assert jobs.batch_for(0, encodes=True) == 8
