@@ -16,8 +16,9 @@ is printed as rows finish and the JSON is written after every row):
   after    encode g1024 compiled (>= 200 pages/s); compiled vs eager visual tokens (max abs
            difference); decode batch 1 and 32 with the static cache (>= 350 and >= 8,000 tok/s);
            one turn (<= 0.3 s) and a whole page (<= 3 s) from an unread page; the other tiers
-           compiled (v768 >= 300, mosaic4 >= 200 canvases/s, crops >= 50); without --quick, batch 32
-           with each other experts implementation transformers offers (each recompiles the decoder)
+           compiled (v768 >= 300, mosaic4 >= 200 canvases/s, crops >= 50); batch 32 with each other
+           experts implementation transformers offers (each recompiles the decoder; --quick: only
+           with 90 s of its budget left)
 
     python bench/gpu.py --quick --out gpu.json   # needs CUDA; fits in 5 minutes on an H200
     python bench/gpu.py                          # longer timings, eager rows for every tier
@@ -322,9 +323,12 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
         encode_row("compile", name, "device pixels, compiled", targets.get(name, ""))
     experts = getattr(backend.model.config.text_config, "_experts_implementation", None)
     bench.note("experts_implementation", experts)
-    for impl in () if args.quick else ("batched_mm", "grouped_mm"):   # each recompiles the decoder (~20 s)
+    for impl in ("batched_mm", "grouped_mm"):   # each recompiles the decoder (~20 s or more)
         if impl == experts:
             continue   # the static-cache rows above are this one
+        if args.quick and bench.left() < 90:
+            print(f"experts {impl}: skipped, {bench.left():.0f} s of --budget-s left", flush=True)
+            continue
         try:
             backend.model.set_experts_implementation(impl)
             decode_row("experts", max(args.decode_batches), f"static cache, experts {impl}")
