@@ -279,6 +279,21 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
         finally:
             backend.min_new_tokens = 0
 
+    try:   # device pixels against transformers' PIL processor, on this device
+        from optimem.model import pixels
+
+        pil = backend.processor.image_processor
+        pages = [page_image(1024, i) for i in range(2)]
+        same = pil(pages, return_tensors="pt", crop_to_patches=False, tile_size=1024)["pixel_values"]
+        shrunk = pil(pages, return_tensors="pt", crop_to_patches=False, tile_size=768)["pixel_values"]
+        ours = pixels.encoder_input(pages, pixels.Shown(1024), device, torch.float32)[0].cpu()
+        ours768 = pixels.encoder_input(pages, pixels.Shown(768), device, torch.float32)[0].cpu()
+        bench.note("pixels_vs_pil", {"g1024_max_abs_diff": float((ours - same).abs().max()),
+                                     "v768_from_1024_max_abs_diff": float((ours768 - shrunk).abs().max()),
+                                     "v768_from_1024_mean_abs_diff": float((ours768 - shrunk).abs().mean())})
+    except Exception as e:  # noqa: BLE001
+        bench.note("pixels_vs_pil", f"error: {type(e).__name__}: {e}")
+
     print(header(), flush=True)
     # --- before ------------------------------------------------------------------------------
     backend.pixels = "pil"

@@ -512,3 +512,14 @@ def test_vllm_reader_reads_one_turn_from_a_crop(vllm_server):
     assert body["max_tokens"] < 200
     assert reader.decode_lines([PageView(page(1024), LADDER["g1024"], [])])[0].text == ""
     assert len(vllm_server.requests) == 1
+
+
+def test_device_normalization_matches_the_processors_arithmetic_at_every_level():
+    import numpy as np
+
+    from optimem.model import pixels
+
+    levels = np.arange(256, dtype=np.uint8)
+    x = (levels.astype(np.float64) * (1 / 255)).astype(np.float32)          # the processor's rescale
+    expected = torch.from_numpy((x - np.float32(0.5)) / np.float32(0.5))    # and normalize
+    assert torch.equal(pixels.normalize(torch.from_numpy(levels), torch.float32), expected)
