@@ -34,7 +34,8 @@ Speed (issue 20; figures in bench/RESULTS.md):
              fails (logged), the eager encoder runs. Cached visual tokens carry no compiled/eager
              tag: both run the same bf16 weights and differ by bf16 rounding only (``bench/gpu.py``
              measures the difference; the decoder reads either the same way).
-  static     (on with compile) greedy decoding with a static KV cache of one fixed length, so
+  static     (on with compile) greedy decoding with a static KV cache of one fixed length, once
+             warm() has warmed it (before, the dynamic cache: a request never compiles), so
              transformers compiles the decode step once per batch bucket (1, 8, decode_batch_size),
              warmed in ``warm()``; batches are padded up to a bucket. The n-gram guard and the
              per-token probability run as logits processors either way.
@@ -185,6 +186,7 @@ class DeepseekOcr2Backend:
         self.warming = False                       # True while warm() runs (/healthz says so)
         self.min_new_tokens = 0                    # > 0 holds end of sequence off (benchmarks only)
         self.warm_seconds: dict[str, float] = {}
+        self._static_ready = False                 # the static-cache decoder runs once warm() warmed it
         self.device, self.dtype, self.revision = device, dtype, revision
         self.batch_size, self.decode_batch_size = max(1, batch_size), max(1, decode_batch_size)
         self.max_new_tokens, self.prompt = max_new_tokens, prompt
@@ -443,7 +445,8 @@ class DeepseekOcr2Backend:
         n = features[0].shape[0]
         if any(f.shape[0] != n for f in features):
             raise ValueError("one generate call takes visual tokens of one size")
-        static = self.static_cache if static_cache is None else static_cache
+        # Until warm() has compiled it, the static-cache decoder is not used: a request never compiles.
+        static = (self.static_cache and self._static_ready) if static_cache is None else static_cache
         wanted = len(features)
         if static:   # pad up to a warmed batch size: the compiled decode step never sees a new shape
             size = next((b for b in self.decode_buckets() if b >= wanted), wanted)
@@ -549,11 +552,13 @@ class DeepseekOcr2Backend:
                 for lane in ("page", "turn") if self.batching else ("here",):
                     for b in self.decode_buckets():
                         start = time.perf_counter()
-                        step = lambda b=b: self.generate_ids([feats] * b, min_new_tokens=4, max_new_tokens=4)  # noqa: E731
+                        step = lambda b=b: self.generate_ids([feats] * b, min_new_tokens=4,  # noqa: E731
+                                                             max_new_tokens=4, static_cache=True)
                         step() if lane == "here" else self._lanes[lane].run_here(step)
                         self.warm_seconds[f"decode_{lane}_batch_{b}"] = time.perf_counter() - start
                         log.info("static-cache decoder (%s lane) at batch %d warmed in %.1f s", lane, b,
                                  self.warm_seconds[f"decode_{lane}_batch_{b}"])
+                self._static_ready = True
         finally:
             self.warming = False
         log.info("deepseek-ocr2 warm-up: %.1f s in all", sum(self.warm_seconds.values()))

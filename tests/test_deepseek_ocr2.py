@@ -405,7 +405,7 @@ def test_static_and_dynamic_caches_give_the_same_ids(backend):
 def test_the_ngram_guard_holds_with_the_static_cache(tiny_deepseek_dir):
     b = DeepseekOcr2Backend(tiny_deepseek_dir, device="cpu", dtype="bfloat16", max_new_tokens=40,
                             ngram_size=4, ngram_window=40, static_cache=True)
-    ids = b.generate_ids([b.encode([view("v768")])[0].tensor])[0][0]
+    ids = b.generate_ids([b.encode([view("v768")])[0].tensor], static_cache=True)[0][0]
     assert len(ids) > 8 and not repeats(ids, 4, 40)
 
 
@@ -523,3 +523,14 @@ def test_device_normalization_matches_the_processors_arithmetic_at_every_level()
     x = (levels.astype(np.float64) * (1 / 255)).astype(np.float32)          # the processor's rescale
     expected = torch.from_numpy((x - np.float32(0.5)) / np.float32(0.5))    # and normalize
     assert torch.equal(pixels.normalize(torch.from_numpy(levels), torch.float32), expected)
+
+
+def test_the_static_cache_decoder_is_used_only_once_warmed_in_each_lane(tiny_deepseek_dir):
+    b = DeepseekOcr2Backend(tiny_deepseek_dir, device="cpu", dtype="bfloat16", max_new_tokens=8,
+                            decode_batch_size=2, static_cache=True)
+    assert not b._static_ready            # a request before warm-up decodes with the dynamic cache
+    seconds = b.warm()
+    assert b._static_ready and not b.warming
+    assert set(seconds) == {f"decode_{lane}_batch_{n}" for lane in ("page", "turn") for n in (1, 2)}
+    tokens = b.encode([view("v768")])[0]
+    assert b.decode_tokens([tokens])[0].text == b.decode_tokens([tokens])[0].text
