@@ -294,6 +294,21 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
     except Exception as e:  # noqa: BLE001
         bench.note("pixels_vs_pil", f"error: {type(e).__name__}: {e}")
 
+    def turn_beside_page() -> None:
+        """Lanes: one turn read while a whole page is being read (a long decode must not hold it up)."""
+        import threading
+
+        backend.min_new_tokens = args.page_tokens   # the turn stops at its own budget all the same
+        reading = threading.Thread(target=lambda: backend.decode([whole]), daemon=True)
+        try:
+            reading.start()
+            time.sleep(0.3)
+            bench.row("lanes", "one turn while a whole page is read", lambda: backend.decode_lines([turn]),
+                      lambda: 1, "s", "<= 0.3 s", timed_=False)
+            reading.join()
+        finally:
+            backend.min_new_tokens = 0
+
     print(header(), flush=True)
     # --- before ------------------------------------------------------------------------------
     backend.pixels = "pil"
@@ -334,6 +349,7 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
         decode_row("static cache", b, "static cache", {1: ">= 350", 32: ">= 8000"}.get(b, ""))
     turn_row("one turn", "compiled, static cache", "<= 0.3 s")
     page_row("one turn", "compiled, static cache", "<= 3 s")
+    turn_beside_page()
     for name in [t for t in args.tiers if t != "g1024"]:
         encode_row("compile", name, "device pixels, compiled", targets.get(name, ""))
     experts = getattr(backend.model.config.text_config, "_experts_implementation", None)
