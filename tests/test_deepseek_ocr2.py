@@ -534,3 +534,19 @@ def test_the_static_cache_decoder_is_used_only_once_warmed_in_each_lane(tiny_dee
     assert set(seconds) == {f"decode_{lane}_batch_{n}" for lane in ("page", "turn") for n in (1, 2)}
     tokens = b.encode([view("v768")])[0]
     assert b.decode_tokens([tokens])[0].text == b.decode_tokens([tokens])[0].text
+
+
+def test_a_turn_taller_than_768_px_goes_on_a_1024_view(backend):
+    from optimem.model.line_crop import line_crop
+
+    t = LADDER["crops"]
+    boxes = [LineBox(9, (8, 8 + 24 * k, 1000, 22 + 24 * k), f"line {k}") for k in range(36)]   # 8..862 px
+    crop = line_crop(PageView(page(t.px), t, boxes))
+    assert crop.px == 1024 and crop.image.size == (1024, 1024)
+    assert crop.lines[0].box[:2] == (4, 4) and crop.max_new_tokens == 48 * 36 + 8
+    backend.max_new_tokens = 4   # the backend's cap bounds a crop's budget too: keep the test short
+    try:
+        (got,) = backend.decode_lines([PageView(page(t.px), t, boxes)])
+    finally:
+        backend.max_new_tokens = NEW_TOKENS
+    assert all(line.turn == 9 for line in got.lines)
