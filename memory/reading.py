@@ -293,7 +293,8 @@ class Reader:
                 result = {"text": "", "seconds": 0.0, "lines": []}
                 self.store.cache_decoded(k, page, self.cache_key(tier, turn), self.id, result)
                 return result
-            decoded = self.backend.decode([view])[0]
+            # A backend that reads whole views (DeepSeek-OCR) reads just these lines with decode_lines.
+            decoded = getattr(self.backend, "decode_lines", self.backend.decode)([view])[0]
             result = {"text": decoded.text, "seconds": decoded.seconds,
                       "lines": [asdict(line) for line in decoded.lines]}
             key = self.cache_key(tier, turn)

@@ -89,7 +89,8 @@ class Memory:
         self.store.jobs_max = self.settings.jobs_max
         jobs.ensure_group(client)
         if self.settings.worker:
-            self.worker = jobs.Worker(client, self.handle_job).start()
+            batch = jobs.batch_for(self.settings.worker_batch, self.encodes())
+            self.worker = jobs.Worker(client, self.handle_job, batch=batch).start()
         return self
 
     def close(self, stop_server: bool = True, timeout_s: float = 30) -> None:
