@@ -12,7 +12,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from optimem import renderer
 from optimem.errors import BadRequest, NotFound, SessionExists
@@ -144,7 +144,8 @@ class Memory:
     def _open(self, session: Any, tenant: str, settle: bool = True) -> _Open:
         k = self._keys(session, tenant)
         if settle and self._sealer is not None:
-            self._sealer.settle(k.tag)     # a seal this process still owes the session comes first
+            # A seal owed when the read began, for a moment at most (its turns are text meanwhile).
+            self._sealer.wait_owed(k.tag)
         meta = self.store.meta(k)
         return _Open(k, meta, curves.load(meta.curve, self.ladder))
 
@@ -183,7 +184,7 @@ class Memory:
     def append(self, session: str, turns: list[dict[str, Any]], *, tenant: str = DEFAULT_TENANT) -> Appended:
         """Store turns ({role, content, time?}) in order; seal full pages past the recent-text budget:
         inside this call, or just after it (``OPTIMEM_SEAL_BACKGROUND``, the default: ``sealing``
-        says a seal is under way; reads of the session in this process wait for it)."""
+        says a seal is under way; reads wait for it a moment at most, seeing its turns as text)."""
         k = self._keys(session, tenant)
         records = turn_input.parse_turns(turns, self.settings.max_turn_chars, self.settings.tokenizer)
         keep_source = self.store.meta(k).keep_source
@@ -228,7 +229,8 @@ class Memory:
 
     def settle(self, session: str, *, tenant: str = DEFAULT_TENANT) -> None:
         """Wait until the pages this process owes the session are sealed (background sealing),
-        however long that takes (a read of the session waits at most 30 s, then reads what is there)."""
+        however long that takes (a read of the session waits at most ``sealer.READ_WAIT_S`` and
+        serves the turns not yet on a page as text)."""
         if self._sealer is not None:
             self._sealer.settle(self._keys(session, tenant).tag, timeout_s=None)
 
@@ -257,6 +259,17 @@ class Memory:
         records, total = self.store.page_entries(s.k, after)
         kept = [p for p in context.place(records, s.curve, self.ladder, s.meta.turns) if not p.tier.gone]
         return kept, total - len(kept)
+
+    def _as_of_one_seal(self, k: SessionKeys, read: Callable[[], Any], tries: int = 5) -> Any:
+        """``read()`` (pages, then text turns) again if a seal committed while it ran: a seal moves
+        turns from text onto pages in one transaction, and a read of the pages before it and of
+        the text after it would see those turns in neither."""
+        for _ in range(tries - 1):
+            before = self.store.seal_state(k)
+            got = read()
+            if self.store.seal_state(k) == before:
+                return got
+        return read()
 
     def _tier_now(self, k: SessionKeys, page: int) -> Tier:
         """The tier a page's age gives it now, under its session's curve (from its page-index row)."""
@@ -307,8 +320,8 @@ class Memory:
             raise BadRequest("format=embeddings needs visual tokens: set OPTIMEM_BACKEND=deepseek-ocr2 "
                              "(the CPU reader only reads pages back; use format=openai for page images)")
         s = self._open(session, tenant)
-        kept, forgotten = self._kept(s)
-        built = context.assemble(self.store.text_turns(s.k), kept, budget, ladder=self.ladder,
+        (kept, forgotten), text = self._as_of_one_seal(s.k, lambda: (self._kept(s), self.store.text_turns(s.k)))
+        built = context.assemble(text, kept, budget, ladder=self.ladder,
                                  min_memory_tokens=min_memory_tokens, forgotten=forgotten)
         # The formats need a page's number, turn range, times and token costs: all in the light
         # records of the page index; no full PageRecord (turn spans) is read.
