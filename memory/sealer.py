@@ -8,6 +8,7 @@ dies with a seal pending leaves the turns as text for the next append of that se
 
 Reads never wait on the sealer beyond a short bound (``READ_WAIT_S``, issue 25): turns not yet on
 a page are text, in the session's turns and its index, and a read serves them as such. A read waits
+(``Memory`` asks it to only for the few pages an append fills, not for a bulk import's backlog)
 only for the seals asked for before it began (never for one a later append asks for), on the sealer
 thread (never sealing on the reader's own thread, and with its compute turn handed on while it
 waits: ``COMPUTE.aside``), and at most ``READ_WAIT_S``. So one tenant appending and reading its busy
@@ -28,7 +29,7 @@ from typing import Callable
 from optimem.memory.concurrency import COMPUTE
 
 log = logging.getLogger("optimem.sealer")
-READ_WAIT_S = 1.0    # the longest a read waits for a seal its session was owed when it began
+READ_WAIT_S = 2.0    # the longest a read waits for a seal its session was owed when it began
 
 
 class Sealer:

@@ -19,7 +19,7 @@ from optimem.errors import BadRequest, NotFound, SessionExists
 from optimem.memory import compactor, context, curves, jobs, locks, recall as recalling, turns as turn_input
 from optimem.memory.context import Links, PlacedPage
 from optimem.memory.curves import Curve
-from optimem.memory.reading import Reader, token_unit, tier_png
+from optimem.memory.reading import PageImages, Reader, token_unit, tier_png
 from optimem.memory.redis_server import EmbeddedRedis, connect
 from optimem.memory.results import (Appended, EmbeddingsContext, OpenAIContext, PageSpans, RawContext, Recall,
                                     Session)
@@ -35,6 +35,7 @@ DEFAULT_TENANT = "default"
 SESSION_CHARS = r"[A-Za-z0-9._-]{1,128}"   # a session id: the one definition the API's schemas reuse
 SESSION_ID = re.compile(SESSION_CHARS)
 RETIER_EVERY = 16  # turns; tiers are always computed exactly at read time, this only pre-reads
+BACKLOG_TOKENS = 8_000  # text past the budget that a read waits to see sealed (~4 pages); past it, none
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Memory:
         self.store: Store | None = None
         self.worker: jobs.Worker | None = None
         self._reader: Reader | None = None
+        self._images: PageImages | None = None
         self._locks = locks.SessionLocks(lambda: self.store.r if self.store else None)  # across processes, in Redis
         self._backend_lock = threading.Lock()
         self._sealer: Sealer | None = Sealer(self._seal) if self.settings.seal_background else None
@@ -86,10 +88,13 @@ class Memory:
 
         client, self.server = connect(self.settings.redis_url, self.settings.data_dir, self.settings.redis_maxmemory)
         self.store = MeteredStore(client)
+        self._reader = self._images = None    # over this store (a Memory may be opened again)
         self.store.jobs_max = self.settings.jobs_max
         jobs.ensure_group(client)
         if self.settings.worker:
             self.worker = jobs.Worker(client, self.handle_job).start()
+        if isinstance(self._typeset, Typesetter):
+            self._typeset.start()
         return self
 
     def close(self, stop_server: bool = True, timeout_s: float = 30) -> None:
@@ -131,6 +136,13 @@ class Memory:
                                   threads=self.settings.read_threads)
         return self._reader
 
+    @property
+    def images(self) -> PageImages:
+        """Pages and mosaic canvases as images, from the stored PNGs: no model backend loaded."""
+        if self._images is None:
+            self._images = self._reader.images if self._reader else PageImages(self.store, self.settings.token_ttl)
+        return self._images
+
     def encodes(self) -> bool:
         """Whether the backend makes visual tokens; known from the setting without loading the model."""
         return self.reader.encodes if self._backend else self.settings.backend == "deepseek-ocr2"
@@ -143,11 +155,16 @@ class Memory:
 
     def _open(self, session: Any, tenant: str, settle: bool = True) -> _Open:
         k = self._keys(session, tenant)
-        if settle and self._sealer is not None:
-            # A seal owed when the read began, for a moment at most (its turns are text meanwhile).
+        if settle and self._sealer is not None and self._sealer.pending(k.tag) and not self._backlog(k):
+            # The seal an append just asked for, for a moment at most (its turns are text meanwhile).
             self._sealer.wait_owed(k.tag)
         meta = self.store.meta(k)
         return _Open(k, meta, curves.load(meta.curve, self.ladder))
+
+    def _backlog(self, k: SessionKeys) -> bool:
+        """Whether more text waits to be sealed than a few pages hold (a bulk import): a read then
+        serves it as text at once rather than wait for any of it to be sealed."""
+        return self.store.text_tokens(k) > self.settings.recent_tokens + BACKLOG_TOKENS
 
     def curve(self, spec: Any) -> Curve:
         """A curve (preset name, JSON or dict) validated against this memory's tiers."""
@@ -328,7 +345,7 @@ class Memory:
         if format == "raw":
             return context.raw(s.k, s.meta, self.ladder, built, links)
         if format == "openai":
-            return context.openai(s.k, built, self.reader, links)
+            return context.openai(s.k, built, self.images, links)   # stored PNGs only: no model
         return context.embeddings(s.k, built, self.reader, links)
 
     def pages(self, session: str, *, links: Links | None = None, tenant: str = DEFAULT_TENANT) -> list[PageSpans]:
@@ -359,7 +376,7 @@ class Memory:
         chosen = self._tier(tier)
         if chosen.per_canvas <= 1:
             raise BadRequest(f"tier {tier!r} is not a mosaic")
-        png = self.reader.canvas_png(k, group, chosen)
+        png = self.images.canvas_png(k, group, chosen)
         if png is None:
             raise NotFound(f"session {session!r} has no pages in {tier} group {group}")
         return png
@@ -376,7 +393,7 @@ class Memory:
             int(unit) if unit.isdigit() else None
         if page is None or token_unit(page, chosen) != unit:
             raise BadRequest(f"unit {unit!r} is not a page number (or m<group> for a mosaic tier)")
-        return self.reader.visual_tokens(k, page, chosen).to_bytes()
+        return self.reader.encoded(k, page, chosen).to_bytes()
 
     # -- recall -------------------------------------------------------------------------------
     def recall(self, session: str, query: str | None = None, *, turn: int | str | None = None,

@@ -120,6 +120,7 @@ def test_a_kill_between_sealing_steps_loses_no_turn(tmp_path, when, background):
     try:
         before = memory.session("crash", tenant="default")
         memory.append("crash", turns[sent:sent + 100], tenant="default")
+        memory.settle("crash", tenant="default")      # sealed behind the append: wait for it here
         after = memory.session("crash", tenant="default")
         assert after.pages > before.pages
         every_turn_is_somewhere(memory, "default", "crash", turns[:sent + 100])
