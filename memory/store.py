@@ -7,7 +7,7 @@ Redis Cluster slot and multi-key changes stay atomic in MULTI/EXEC (with WATCH) 
 only ever written alone or in non-transactional pipelines.
 
     key                              type    holds                                          written by
-    om:sessions:{tenant}             SET     the tenant's session ids                       create, delete
+    om:sessions:{tenant}             SET     the tenant's session ids (SessionKeys.sessions) create, delete
     om:{t:s}:meta                    HASH    created, curve, keep_source, next_turn,         create, append, set_curve,
                                              text_tokens (of the turns not sealed yet)       seal
     om:{t:s}:seal                    HASH    unsealed_from (first turn still text), next_page  seal
@@ -28,13 +28,12 @@ only ever written alone or in non-transactional pipelines.
     om:{t:s}:lines                   HASH    page -> line boxes JSON                         seal
     om:{t:s}:decoded                 HASH    "page:tier:backend@rev" -> Decoded JSON (cache)  model worker, recall
     om:{t:s}:reading:{page}:{tier}:{backend@rev}                                               Reader (claim_read)
-                                     STRING  a random token: this page is being read at this
-                                             tier by some process (SET NX PX, short-lived);
+                                     STRING  a lock (memory/locks.py): this page is being read
+                                             at this tier by some process (short-lived);
                                              others wait for the decoded cache instead
-    om:{t:s}:lock:compact            STRING  a random token: some API process is compacting    Memory.append
-                                             this session (SET NX PX 30 s, compare-and-delete;  (memory/locks.py)
-                                             saves wasted typesetting, the seal's WATCH keeps
-                                             correctness)
+    om:{t:s}:lock:compact            STRING  a lock (memory/locks.py): some API process is      Memory.append
+                                             compacting this session (30 s lease; saves wasted  (memory/locks.py)
+                                             typesetting, the seal's WATCH keeps correctness)
     om:{t:s}:queued                  HASH    page -> tier last sent to the model worker      retier
                                              (read-ahead only: waiting or in progress; a
                                              worker deletes an entry once done; past
@@ -44,6 +43,10 @@ only ever written alone or in non-transactional pipelines.
                                              that crossed a tier boundary since (or are new)
     om:{t:s}:vt:{unit}:{tier}:{rev}  STRING  visual tokens, safetensors bytes (cache, TTL);  model worker, context
                                              unit = page, or m<group> for a mosaic canvas
+                                             (SessionKeys.token_cache)
+    om:{t:s}:canvas:{tier}:{group}:{generation}                                                PageImages (context,
+                                     STRING  a mosaic canvas's PNG (cache, TTL); generation =   mosaic image route)
+                                             "<created>-<pages of the group that exist>"
     om:jobs                          STREAM  model work; consumer group "workers"            enqueue, workers
     om:jobs:shed                     STRING  count of jobs shed (trimmed unread) so far      enqueue
 
@@ -66,7 +69,9 @@ A turn read by recall alone (only its lines) is cached in ``decoded`` as
 "page:tier:t<turn>:backend@rev" beside the whole-page entries.
 
 Turns are never deleted before the page covering them is committed: ``seal`` writes the pages and
-trims their turns in one transaction, guarded by WATCH on the seal state.
+trims their turns in one transaction, guarded by WATCH on the seal state and on ``meta`` (a session
+deleted meanwhile stays deleted). Every WATCH/MULTI goes through redis-py's ``transaction()``
+(``RedisCluster.transaction`` too), which retries when a watched key moved.
 """
 from __future__ import annotations
 
