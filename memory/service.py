@@ -100,7 +100,8 @@ class Memory:
     def close(self, stop_server: bool = True, timeout_s: float = 30) -> None:
         """Stop the worker (waiting up to ``timeout_s`` for the job in hand: a job is only
         read-ahead, so one cut short is done again later), then the embedded Redis, which saves
-        and exits, if no other process or Memory is connected to it (the last one stops it). Acknowledged turns are in Redis already: nothing here can lose them."""
+        and exits, unless another process or Memory is connected to it (the last one stops it).
+        Acknowledged turns are in Redis already: nothing here can lose them."""
         if self._sealer is not None:
             self._sealer.stop(timeout_s)          # seal what appends left pending
             self._sealer = Sealer(self._seal)     # (a Memory may be opened again)
