@@ -7,14 +7,14 @@ the append answers, the seal is one transaction guarded by WATCH (``Store.seal``
 dies with a seal pending leaves the turns as text for the next append of that session to seal.
 
 Reads never wait on the sealer beyond a short bound (``READ_WAIT_S``, issue 25): turns not yet on
-a page are text, in the session's turns and its index, and a read serves them as such. A read waits
-(``Memory`` asks it to only for the few pages an append fills, not for a bulk import's backlog)
-only for the seals asked for before it began (never for one a later append asks for), on the sealer
-thread (never sealing on the reader's own thread, and with its compute turn handed on while it
-waits: ``COMPUTE.aside``), and at most ``READ_WAIT_S``. So one tenant appending and reading its busy
-session never holds up another tenant's reads, and a read after a bulk import answers at once
-from the text while the backlog is sealed behind it. (A seal is one transaction, so a read sees a
-turn either as text or on a page; ``Memory`` reads both sides against one seal state.)
+a page are text, in the session's turns and its index, and a read serves them as such. A read
+waits (``wait_owed``) only for the seals asked for before it began, never for one a later append
+asks for; it never seals on its own thread, and hands its compute turn on while it waits
+(``COMPUTE.aside``). ``Memory`` asks it to wait only for the few pages an append fills, not for a
+bulk import's backlog. So one tenant appending to and reading a busy session never holds up
+another tenant's reads, and a read after a bulk import answers at once from the text while the
+backlog is sealed behind it. (A seal is one transaction, so a read sees a turn either as text or
+on a page; ``Memory`` reads both sides against one seal state.)
 
 The typesetting itself runs in a child process (``memory/typesetter.py``): laying out a page is
 tens of milliseconds of Python that would otherwise hold the GIL against the requests it runs behind.

@@ -1,7 +1,8 @@
 """Sealing just after the append answers (OPTIMEM_SEAL_BACKGROUND, issue 12 item 2): the append
-stores its turns and returns; a thread seals the full pages. Reads of the session wait for it, so
-no read sees a turn that is neither recent text nor on a page; concurrent appends still seal every
-page once; closing seals what is pending; the recent text stays within budget plus a page."""
+stores its turns and returns; a thread seals the full pages. No read sees a turn that is neither
+recent text nor on a page; a read waits for the seal its session was owed a moment at most and
+never holds up another tenant's reads (issue 25 item 3); concurrent appends still seal every page
+once; closing seals what is pending; the recent text stays within budget plus a page."""
 from __future__ import annotations
 
 import threading
@@ -218,3 +219,33 @@ def test_the_typesetter_process_gives_the_renderers_pages_and_survives_its_child
     finally:
         typeset.close()
     assert child.poll() is not None and typeset._child is None    # closing ends the child
+
+
+def test_a_read_waits_for_the_seals_asked_before_it_began_not_for_later_ones():
+    from optimem.memory.sealer import Sealer
+
+    started, release = [], {1: threading.Event(), 2: threading.Event()}
+
+    def seal(job):                            # the sealer thread: job n runs until released
+        started.append(job)
+        release[job].wait(10)
+
+    sealer = Sealer(seal)
+    sealer.request("t", 1)
+    while not started:
+        time.sleep(0.01)
+    assert sealer.wait_owed("t", timeout_s=0.1) is False           # bounded: job 1 still runs
+    waited: list = []
+    reader = threading.Thread(target=lambda: waited.append(sealer.wait_owed("t", timeout_s=10)))
+    reader.start()
+    time.sleep(0.1)
+    sealer.request("t", 2)                    # asked after the read began: not waited for
+    release[1].set()
+    reader.join(5)
+    assert waited == [True]                                         # done, though job 2 is owed now
+    while len(started) < 2:
+        time.sleep(0.01)
+    assert sealer.wait_owed("t", timeout_s=0.1) is False           # a read now is owed job 2
+    release[2].set()
+    assert sealer.wait_owed("t", timeout_s=5) is True and not sealer.pending("t")
+    sealer.stop(1)
