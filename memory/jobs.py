@@ -142,7 +142,7 @@ def handle(job: Job, tier_now: Callable[[SessionKeys, int], Tier], reader: Reade
         if tier.name != job.tier:
             return
         if job.kind == "encode":
-            reader.visual_tokens(job.k, job.page, tier)
+            reader.encoded(job.k, job.page, tier)
         elif job.kind == "decode":
             reader.decoded(job.k, job.page, tier)
         else:

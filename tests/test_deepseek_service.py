@@ -112,7 +112,7 @@ def test_a_corrupted_token_entry_is_recomputed_not_served(api, memory, tenant):
     api.post("/v1/sessions/bad/turns", json={"turns": longest()[1][:120]})
     drain(memory)
     k = SessionKeys(tenant, "bad")
-    key = k.visual_tokens("0", "crops", memory.backend.revision)
+    key = k.token_cache("0", "crops", memory.backend.revision)
     good = memory.store.r.get(key)
     broken = bytearray(good)
     broken[-5] ^= 0xFF
