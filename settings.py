@@ -32,6 +32,8 @@ class Settings:
     model_path: str = ""           # local DeepSeek-OCR 2 weights (deepseek-ocr2 backend)
     device: str = ""               # "" = cuda; "cpu" must be said explicitly for the GPU backend
     dtype: str = ""                # deepseek-ocr2 weights dtype; "": bfloat16 on CUDA, float32 on CPU
+    compile: str = ""              # deepseek-ocr2: torch.compile the encoder and the static-cache decoder at start; "": on for CUDA, off on CPU
+    worker_batch: int = 0          # jobs a worker runs at once per kind (encode, decode); 0: 8 for deepseek-ocr2, 1 for the CPU reader
     vllm_url: str = ""             # the vLLM server (vllm backend), e.g. http://127.0.0.1:8000
     vllm_model: str = ""           # the model name it serves; "": its first from /v1/models
     vllm_api_key: str = ""         # Bearer key for the vLLM server, if it wants one

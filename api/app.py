@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal, Optional
 
@@ -28,7 +27,7 @@ from optimem.api.auth import tenant, tenant_of
 from optimem.api.deps import HttpLinks, links, memory
 from optimem.api.errors import SafeJSON, http_error, invalid_request, optimem_error
 from optimem.api.recall_slots import RecallsBusy, quotas, run_recall
-from optimem.api.warmup import load_reader
+from optimem.api import warmup
 from optimem.errors import OptimemError
 from optimem.memory import metrics as observed, results
 from optimem.memory.concurrency import COMPUTE, Threads
@@ -55,6 +54,8 @@ class Health(schemas.Health):
     jobs_shed: Optional[int] = Field(None, description="Read-ahead jobs dropped, oldest first, because the job "
                                                        "stream was full (OPTIMEM_JOBS_MAX), since the store was "
                                                        "created. Shown like jobs_backlog.")
+    warming: Optional[bool] = Field(None, description="True while the backend loads and warms up at start "
+                                                      "(the GPU backend compiles then); left out after.")
 
 
 @router.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["service"],
@@ -67,7 +68,8 @@ async def healthz(request: Request,
     """Liveness and the store, for anyone (503 when Redis does not answer a PING within 2 s); the global
     job backlog, its age and the shed jobs only for a valid key when API keys are set."""
     m: Memory = request.app.state.memory   # not Depends(memory): a sync dependency is a thread hop
-    health = {"status": "ok", "backend": m.backend_name, "family": m.ladder.family}
+    health = {"status": "ok", "backend": m.backend_name, "family": m.ladder.family,
+              "warming": warmup.warming(m) or None}
     down = await store_down(m)
     if down:
         return SafeJSON({**health, "status": "store unavailable", "store": down}, status_code=503)
@@ -218,7 +220,7 @@ def create_app(m: Memory | None = None) -> FastAPI:
         if own.store is None:
             own.open()
         app.state.memory = own
-        threading.Thread(target=load_reader, args=(own,), name="optimem-load-reader", daemon=True).start()
+        warmup.start(own)   # /healthz says "warming": true until it is done
         slots = max(1, own.settings.recall_concurrency)
         COMPUTE.resize(own.settings.recall_compute)
         app.state.recall_slots = asyncio.Semaphore(slots)

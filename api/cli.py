@@ -89,9 +89,9 @@ def worker(args: argparse.Namespace) -> None:
         print("optimem worker: OPTIMEM_REDIS_URL is not set; using the embedded Redis under "
               f"{settings.data_dir} (only useful on the machine that serves)", file=sys.stderr)
     memory = Memory(settings).open()
-    from optimem.memory.jobs import Worker
+    from optimem.memory.jobs import Worker, batch_for
 
-    w = Worker(memory.store.r, memory.handle_job)
+    w = Worker(memory.store.r, memory.handle_job, batch=batch_for(settings.worker_batch, memory.encodes()))
     print(f"optimem worker {w.name}: backend {settings.backend}, waiting for jobs", file=sys.stderr)
     try:
         w.run_forever()

@@ -14,6 +14,19 @@ log = logging.getLogger("optimem.api")
 _frozen = threading.Event()
 
 
+def start(m: Memory) -> threading.Thread:
+    """``load_reader`` on a thread beside the starting server; ``warming(m)`` is True until it ends."""
+    m.warming = True
+    thread = threading.Thread(target=load_reader, args=(m,), name="optimem-load-reader", daemon=True)
+    thread.start()
+    return thread
+
+
+def warming(m: Memory) -> bool:
+    """Whether start-up warm-up (loading the backend; for the GPU backend, compiling it) is still on."""
+    return bool(getattr(m, "warming", False))
+
+
 def load_reader(m: Memory) -> None:
     """Load the model backend (and warm it) now, beside the starting server, not in the first
     recall: loading imports C extensions that hold the GIL up to ~130 ms at a stretch, and during a
@@ -29,6 +42,8 @@ def load_reader(m: Memory) -> None:
             warm()
     except Exception as exc:  # noqa: BLE001  logged; recall reports it to its caller
         log.warning("the %s backend did not load at start: %s", m.settings.backend, exc)
+    finally:
+        m.warming = False
     if not _frozen.is_set():
         _frozen.set()
         gc.collect()

@@ -99,7 +99,20 @@ def build(url: str, turns: int, session: str = "load") -> int:
         for i in range(0, len(conversation), 1000):
             c.post(f"/v1/sessions/{session}/turns", json={"turns": conversation[i:i + 1000]}).raise_for_status()
         c.post("/v1/sessions", json={"id": "other"}).raise_for_status()
-        return c.get(f"/v1/sessions/{session}").json()["pages"]
+        return sealed(c, session)
+
+
+def sealed(c: httpx.Client, session: str, timeout_s: float = 300) -> int:
+    """The session's pages once sealing has caught up (reads do not wait for a seal backlog: they
+    serve its turns as text), seen as pages and no new one in a second."""
+    pages, deadline = -1, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = c.get(f"/v1/sessions/{session}").json()["pages"]
+        if now == pages and pages > 0:
+            return pages
+        pages = now
+        time.sleep(1.0)
+    return pages
 
 
 async def burst(url: str, recalls: int, session: str = "load", window_s: float = 5.0) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Callable
 
 from optimem import renderer
+from optimem.errors import NotFound
 from optimem.renderer import wrap
 from optimem.memory import tokens
 from optimem.memory.store import Conflict, PageRecord, SessionKeys, Store, TurnRecord
@@ -75,7 +76,8 @@ def compact(store: Store, k: SessionKeys, budget: int, layout: renderer.Layout, 
     renderer's, or one that runs it elsewhere (``memory.typesetter``).
 
     Typesetting happens before anything is written; the write is one transaction that fails as a
-    whole if another compactor sealed first (then we start over from the new state).
+    whole if another compactor sealed first (then we start over from the new state), and writes
+    nothing if the session was deleted meanwhile (then nothing is sealed).
     """
     for _ in range(attempts):
         expect = store.seal_state(k)
@@ -89,7 +91,10 @@ def compact(store: Store, k: SessionKeys, budget: int, layout: renderer.Layout, 
         if not full:
             return []
         by_index = {t.index: t for t in text}
-        turn_count = store.meta(k).turns
+        try:
+            turn_count = store.meta(k).turns
+        except NotFound:      # deleted meanwhile
+            return []
         records = _records(full, by_index, expect[1], turn_count, tokenizer)
         last = full[-1]
         boundary = by_index[last.last_turn]
@@ -104,4 +109,6 @@ def compact(store: Store, k: SessionKeys, budget: int, layout: renderer.Layout, 
             return [r for r, _, _ in records]
         except Conflict:
             continue
+        except NotFound:      # deleted while we typeset: it stays deleted
+            return []
     return []

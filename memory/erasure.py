@@ -65,7 +65,7 @@ def blank_lines(png: bytes, boxes: list[tuple[int, int, int, int]]) -> bytes:
     return out.getvalue()
 
 
-def forget_turns(store, k, turns: list[int], keep_source: bool, mosaic_units) -> list[int]:
+def forget_turns(store, k, turns: list[int], keep_source: bool, caches) -> list[int]:
     """Take the text of ``turns`` (existing turn numbers of session ``k``) out of everything the
     store keeps, in one transaction, and return the pages that were changed:
 
@@ -73,63 +73,65 @@ def forget_turns(store, k, turns: list[int], keep_source: bool, mosaic_units) ->
       the turn keeps its number, role and time;
     - the text index: the turn's source document and what page reads gave of it;
     - each page holding it: its lines painted over in the PNG, their text left out of the line
-      boxes; the page's decoded text and visual tokens (its own and its mosaic canvases') dropped,
-      its read-ahead mark cleared (the next read reads the new pixels);
+      boxes; the page's decoded text, its visual tokens and those of its mosaic canvases, and the
+      cached canvases, dropped; its read-ahead mark cleared (the next read reads the new pixels);
     - ``forgotten``: the turn numbers, for context and export.
 
-    ``mosaic_units(page)``: the visual-token key prefixes of the page's mosaic canvases. Guarded
-    by WATCH on the seal state, the text turns and the pages: a seal typeset from the old text
+    ``caches(page)``: the key prefixes of the page's cached canvases and canvas tokens. Guarded by
+    WATCH on meta, the seal state, the text turns and the pages: a seal typeset from the old text
     can't commit after this (the seal state moves here), and a page sealed meanwhile is seen on
     the retry."""
     wanted = sorted(set(turns))
-    with store.r.pipeline() as p:
-        while True:
-            try:
-                p.watch(k.seal, k.turns, k.pages)
-                pages = store.pages_holding(k, wanted)     # read after WATCH: a change aborts the EXEC
-                texts = dict(zip(wanted, p.hmget(k.turns, wanted)))
-                sources = dict(zip(wanted, p.hmget(k.source, wanted))) if keep_source else {}
-                docs = [ix.source_doc(n) for n in wanted] + [ix.page_doc(r.page, n) for r in pages for n in wanted
-                                                               if any(s["index"] == n for s in r.turns)]
-                entries = dict(zip(docs, p.hmget(ix.docs_key(k.tag), docs)))
-                changed = []
-                for record in pages:
-                    png = p.hget(k.png, record.page)
-                    lines = json.loads(p.hget(k.lines, record.page) or "[]")
-                    hidden = [line for line in lines if line[0] in wanted and line[3] != "header"]
-                    for line in hidden:
-                        line[2] = ""
-                    decoded = [f for f in p.hkeys(k.decoded) if (f.decode() if isinstance(f, bytes) else f).split(":", 1)[0] == str(record.page)]
-                    changed.append((record.page, blank_lines(png, [tuple(l[1]) for l in hidden]) if hidden else png,
-                                    lines, decoded))
-                prefixes = tuple(prefix for record in pages
-                                 for prefix in (f"{k.tag}:vt:{record.page}:", *mosaic_units(record.page)))
-                vt = [key for key in (store._keys_with_prefix(k, f"{k.tag}:vt:") if pages else [])   # one SCAN
-                      if (key.decode() if isinstance(key, bytes) else key).startswith(prefixes)]
-                p.multi()
-                for n in wanted:
-                    if texts[n] is not None:
-                        t = json.loads(texts[n])
-                        p.hset(k.turns, n, json.dumps({**t, "content": "", "start": 0, "tokens": 0, "forgotten": True}))
-                        p.hincrby(k.meta, "text_tokens", -int(t.get("tokens", 0)))
-                    if sources.get(n) is not None:
-                        s = json.loads(sources[n])
-                        p.hset(k.source, n, json.dumps({**s, "content": "", "forgotten": True}))
-                ix.remove(p, k.tag, entries)
-                for page, png, lines, decoded in changed:
-                    p.hset(k.png, page, png)
-                    p.hset(k.lines, page, json.dumps(lines))
-                    if decoded:
-                        p.hdel(k.decoded, *decoded)
-                    p.hdel(k.queued, page)
-                if vt:
-                    p.delete(*vt)
-                p.sadd(k.forgotten, *wanted)
-                p.hincrby(k.seal, "forgets", 1)      # a seal typeset from the old text now conflicts
-                p.execute()
-                return [page for page, *_ in changed]
-            except redis.WatchError:
-                continue
+
+    def forget(p) -> list[int]:
+        pages = store.pages_holding(k, wanted)     # read after WATCH: a change aborts the EXEC
+        texts = dict(zip(wanted, p.hmget(k.turns, wanted)))
+        sources = dict(zip(wanted, p.hmget(k.source, wanted))) if keep_source else {}
+        docs = [ix.source_doc(n) for n in wanted] + [ix.page_doc(r.page, n) for r in pages for n in wanted
+                                                       if any(s["index"] == n for s in r.turns)]
+        entries = dict(zip(docs, p.hmget(ix.docs_key(k.tag), docs)))
+        changed = []
+        for record in pages:
+            png = p.hget(k.png, record.page)
+            lines = json.loads(p.hget(k.lines, record.page) or "[]")
+            hidden = [line for line in lines if line[0] in wanted and line[3] != "header"]
+            for line in hidden:
+                line[2] = ""
+            decoded = [f for f in p.hkeys(k.decoded) if _s(f).split(":", 1)[0] == str(record.page)]
+            changed.append((record.page, blank_lines(png, [tuple(l[1]) for l in hidden]) if hidden else png,
+                            lines, decoded))
+        prefixes = tuple(prefix for record in pages for prefix in (f"{k.tag}:vt:{record.page}:", *caches(record.page)))
+        cached = [key for key in (store._keys_with_prefix(k, f"{k.tag}:vt:") +
+                                  store._keys_with_prefix(k, f"{k.tag}:canvas:") if pages else [])
+                  if _s(key).startswith(prefixes)]
+        p.multi()
+        for n in wanted:
+            if texts[n] is not None:
+                t = json.loads(texts[n])
+                p.hset(k.turns, n, json.dumps({**t, "content": "", "start": 0, "tokens": 0, "forgotten": True}))
+                p.hincrby(k.meta, "text_tokens", -int(t.get("tokens", 0)))
+            if sources.get(n) is not None:
+                p.hset(k.source, n, json.dumps({**json.loads(sources[n]), "content": "", "forgotten": True}))
+        ix.remove(p, k.tag, entries)
+        for page, png, lines, decoded in changed:
+            p.hset(k.png, page, png)
+            p.hset(k.lines, page, json.dumps(lines))
+            if decoded:
+                p.hdel(k.decoded, *decoded)
+            p.hdel(k.queued, page)
+        if cached:
+            p.delete(*cached)
+        p.sadd(k.forgotten, *wanted)
+        p.hincrby(k.seal, "forgets", 1)      # a seal typeset from the old text now conflicts
+        return [page for page, *_ in changed]
+
+    if not store.r.exists(k.meta):
+        raise NotFound(f"no session {k.session!r}")
+    return store.r.transaction(forget, k.meta, k.seal, k.turns, k.pages, value_from_callable=True)
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class FileRewrite:

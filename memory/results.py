@@ -26,8 +26,8 @@ class Appended(BaseModel):
     sealed_pages: list[int] = Field(description="Pages this append sealed (empty when they are sealed just after "
                                                 "it: see `sealing`).")
     sealing: bool = Field(False, description="True when pages are being sealed just after this append "
-                                             "(OPTIMEM_SEAL_BACKGROUND): this process's reads of the session "
-                                             "wait for it; the turns are stored either way.")
+                                             "(OPTIMEM_SEAL_BACKGROUND): reads wait for it a moment at most "
+                                             "and see its turns as text meanwhile; they are stored either way.")
 
 
 class TextTurn(BaseModel):

@@ -6,9 +6,15 @@ fill a page would pay all of it (issue 12). Nothing is lost by waiting: the turn
 the append answers, the seal is one transaction guarded by WATCH (``Store.seal``), and a process that
 dies with a seal pending leaves the turns as text for the next append of that session to seal.
 
-Reads stay consistent: a read of a session this process has a seal pending for ``settle``s it first,
-doing the seal itself if the thread has not started on it, else waiting for the thread. So no reader
-in this process sees turns that are neither recent text nor on a page.
+Reads never wait on the sealer beyond a short bound (``READ_WAIT_S``, issue 25): turns not yet on
+a page are text, in the session's turns and its index, and a read serves them as such. A read
+waits (``wait_owed``) only for the seals asked for before it began, never for one a later append
+asks for; it never seals on its own thread, and hands its compute turn on while it waits
+(``COMPUTE.aside``). ``Memory`` asks it to wait only for the few pages an append fills, not for a
+bulk import's backlog. So one tenant appending to and reading a busy session never holds up
+another tenant's reads, and a read after a bulk import answers at once from the text while the
+backlog is sealed behind it. (A seal is one transaction, so a read sees a turn either as text or
+on a page; ``Memory`` reads both sides against one seal state.)
 
 The typesetting itself runs in a child process (``memory/typesetter.py``): laying out a page is
 tens of milliseconds of Python that would otherwise hold the GIL against the requests it runs behind.
@@ -20,7 +26,10 @@ import threading
 import time
 from typing import Callable
 
+from optimem.memory.concurrency import COMPUTE
+
 log = logging.getLogger("optimem.sealer")
+READ_WAIT_S = 2.0    # the longest a read waits for a seal its session was owed when it began
 
 
 class Sealer:
@@ -34,6 +43,11 @@ class Sealer:
         self._cond = threading.Condition()
         self._pending: dict[str, object] = {}       # tag -> job, in the order asked
         self._running: set[str] = set()
+        # Requests are numbered in one sequence; per session with any request not sealed yet:
+        self._seq = 0
+        self._first: dict[str, int] = {}            # tag -> lowest number that may be unsealed
+        self._last: dict[str, int] = {}             # tag -> its latest request's number
+        self._taken: dict[str, int] = {}            # tag -> the latest request the running seal covers
         self._stopped = False
         self._thread: threading.Thread | None = None
 
@@ -43,30 +57,54 @@ class Sealer:
                 self._thread = threading.Thread(target=self._loop, name="optimem-sealer", daemon=True)
                 self._thread.start()
             self._pending[tag] = job if tag not in self._pending else _merge(self._pending[tag], job)
+            self._seq += 1
+            self._first.setdefault(tag, self._seq)
+            self._last[tag] = self._seq
             self._cond.notify_all()
 
     def pending(self, tag: str) -> bool:
         with self._cond:
             return tag in self._pending or tag in self._running
 
-    def settle(self, tag: str, timeout_s: float | None = 30.0) -> bool:
+    def wait_owed(self, tag: str, timeout_s: float | None = None) -> bool:
+        """For a read: wait for the seals of ``tag`` asked for before now (not those asked later),
+        done on the sealer thread, at most ``timeout_s``. The caller's compute turn goes to another
+        thread meanwhile. False if it stopped waiting (the read then serves the turns as text)."""
+        deadline = time.monotonic() + (READ_WAIT_S if timeout_s is None else timeout_s)
+        with COMPUTE.aside(), self._cond:
+            owed = self._last.get(tag)
+            while owed is not None and self._first.get(tag, owed + 1) <= owed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def settle(self, tag: str, timeout_s: float | None = None) -> bool:
         """Return once nothing is pending for ``tag`` here: seal it on this thread if it is waiting
         its turn, or wait for the sealer thread if that is on it (at most ``timeout_s``; None: as
-        long as it takes). False if it gave up waiting."""
+        long as it takes). For callers that want the pages (``Memory.settle``, closing), not for
+        reads (``wait_owed``). False if it gave up waiting."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             with self._cond:
                 while tag in self._running:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        log.warning("%s: still sealing after %.0f s; reading what is there", tag, timeout_s)
+                        log.warning("%s: still sealing after %.0f s", tag, timeout_s)
                         return False
                     self._cond.wait(left)
                 if tag not in self._pending:
                     return True
-                job = self._pending.pop(tag)
-                self._running.add(tag)
+                job = self._take(tag)
             self._run(tag, job)
+
+    def _take(self, tag: str) -> object:
+        """(Holding the condition) the pending job of ``tag``, now running."""
+        job = self._pending.pop(tag)
+        self._running.add(tag)
+        self._taken[tag] = self._last.get(tag, 0)
+        return job
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Seal everything still pending (on this thread), then stop the sealer thread."""
@@ -87,6 +125,12 @@ class Sealer:
         finally:
             with self._cond:
                 self._running.discard(tag)
+                covered = self._taken.pop(tag, 0)
+                if self._last.get(tag, 0) > covered:    # asked again while it ran: that one is owed
+                    self._first[tag] = covered + 1
+                else:                                   # nothing owed: forget the session
+                    self._first.pop(tag, None)
+                    self._last.pop(tag, None)
                 self._cond.notify_all()
 
     def _loop(self) -> None:
@@ -97,8 +141,7 @@ class Sealer:
                 if self._stopped:
                     return
                 tag = next(t for t in self._pending if t not in self._running)
-                job = self._pending.pop(tag)
-                self._running.add(tag)
+                job = self._take(tag)
             self._run(tag, job)
 
 

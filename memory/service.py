@@ -13,14 +13,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from optimem import renderer
 from optimem.errors import BadRequest, NotFound, SessionExists
 from optimem.memory import compactor, context, curves, erasure, jobs, locks, recall as recalling, turns as turn_input
 from optimem.memory.context import Links, PlacedPage
 from optimem.memory.curves import Curve
-from optimem.memory.reading import Reader, token_unit, tier_png
+from optimem.memory.reading import PageImages, Reader, token_unit, tier_png
 from optimem.memory.redis_server import EmbeddedRedis, connect
 from optimem.memory.results import (Appended, EmbeddingsContext, Forgotten, OpenAIContext, PageSpans, RawContext,
                                     Recall, Session)
@@ -36,6 +36,7 @@ DEFAULT_TENANT = "default"
 SESSION_CHARS = r"[A-Za-z0-9._-]{1,128}"   # a session id: the one definition the API's schemas reuse
 SESSION_ID = re.compile(SESSION_CHARS)
 RETIER_EVERY = 16  # turns; tiers are always computed exactly at read time, this only pre-reads
+BACKLOG_TOKENS = 8_000  # text past the budget that a read waits to see sealed (~4 pages); past it, none
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Memory:
         self.worker: jobs.Worker | None = None
         self.rewrite: erasure.FileRewrite | None = None   # Redis' files rewritten after a forget
         self._reader: Reader | None = None
+        self._images: PageImages | None = None
         self._locks = locks.SessionLocks(lambda: self.store.r if self.store else None)  # across processes, in Redis
         self._backend_lock = threading.Lock()
         self._sealer: Sealer | None = Sealer(self._seal) if self.settings.seal_background else None
@@ -88,17 +90,22 @@ class Memory:
 
         client, self.server = connect(self.settings.redis_url, self.settings.data_dir, self.settings.redis_maxmemory)
         self.store = MeteredStore(client)
+        self._reader = self._images = None    # over this store (a Memory may be opened again)
         self.store.jobs_max = self.settings.jobs_max
         jobs.ensure_group(client)
         self.rewrite = erasure.FileRewrite(client)
         if self.settings.worker:
-            self.worker = jobs.Worker(client, self.handle_job).start()
+            batch = jobs.batch_for(self.settings.worker_batch, self.encodes())
+            self.worker = jobs.Worker(client, self.handle_job, batch=batch).start()
+        if isinstance(self._typeset, Typesetter):
+            self._typeset.start()
         return self
 
     def close(self, stop_server: bool = True, timeout_s: float = 30) -> None:
         """Stop the worker (waiting up to ``timeout_s`` for the job in hand: a job is only
         read-ahead, so one cut short is done again later), then the embedded Redis, which saves
-        and exits. Acknowledged turns are in Redis already: nothing here can lose them."""
+        and exits, unless another process or Memory is connected to it (the last one stops it).
+        Acknowledged turns are in Redis already: nothing here can lose them."""
         if self._sealer is not None:
             self._sealer.stop(timeout_s)          # seal what appends left pending
             self._sealer = Sealer(self._seal)     # (a Memory may be opened again)
@@ -106,8 +113,10 @@ class Memory:
         if self.worker:
             self.worker.stop(timeout_s)
             self.worker = None
+        if self.store is not None:
+            self.store.r.close()   # our connections: the embedded server's other users count them
         if self.server and stop_server:
-            self.server.stop()
+            self.server.stop()     # unless another process (or Memory) still uses it
 
     def __enter__(self) -> "Memory":
         return self.open()
@@ -134,6 +143,13 @@ class Memory:
                                   threads=self.settings.read_threads)
         return self._reader
 
+    @property
+    def images(self) -> PageImages:
+        """Pages and mosaic canvases as images, from the stored PNGs: no model backend loaded."""
+        if self._images is None:
+            self._images = self._reader.images if self._reader else PageImages(self.store, self.settings.token_ttl)
+        return self._images
+
     def encodes(self) -> bool:
         """Whether the backend makes visual tokens; known from the setting without loading the model."""
         return self.reader.encodes if self._backend else self.settings.backend == "deepseek-ocr2"
@@ -146,10 +162,16 @@ class Memory:
 
     def _open(self, session: Any, tenant: str, settle: bool = True) -> _Open:
         k = self._keys(session, tenant)
-        if settle and self._sealer is not None:
-            self._sealer.settle(k.tag)     # a seal this process still owes the session comes first
+        if settle and self._sealer is not None and self._sealer.pending(k.tag) and not self._backlog(k):
+            # The seal an append just asked for, for a moment at most (its turns are text meanwhile).
+            self._sealer.wait_owed(k.tag)
         meta = self.store.meta(k)
         return _Open(k, meta, curves.load(meta.curve, self.ladder))
+
+    def _backlog(self, k: SessionKeys) -> bool:
+        """Whether more text waits to be sealed than a few pages hold (a bulk import): a read then
+        serves it as text at once rather than wait for any of it to be sealed."""
+        return self.store.text_tokens(k) > self.settings.recent_tokens + BACKLOG_TOKENS
 
     def curve(self, spec: Any) -> Curve:
         """A curve (preset name, JSON or dict) validated against this memory's tiers."""
@@ -186,7 +208,7 @@ class Memory:
     def append(self, session: str, turns: list[dict[str, Any]], *, tenant: str = DEFAULT_TENANT) -> Appended:
         """Store turns ({role, content, time?}) in order; seal full pages past the recent-text budget:
         inside this call, or just after it (``OPTIMEM_SEAL_BACKGROUND``, the default: ``sealing``
-        says a seal is under way; reads of the session in this process wait for it)."""
+        says a seal is under way; reads wait for it a moment at most, seeing its turns as text)."""
         k = self._keys(session, tenant)
         records = turn_input.parse_turns(turns, self.settings.max_turn_chars, self.settings.tokenizer)
         keep_source = self.store.meta(k).keep_source
@@ -231,7 +253,8 @@ class Memory:
 
     def settle(self, session: str, *, tenant: str = DEFAULT_TENANT) -> None:
         """Wait until the pages this process owes the session are sealed (background sealing),
-        however long that takes (a read of the session waits at most 30 s, then reads what is there)."""
+        however long that takes (a read of the session waits at most ``sealer.READ_WAIT_S`` and
+        serves the turns not yet on a page as text)."""
         if self._sealer is not None:
             self._sealer.settle(self._keys(session, tenant).tag, timeout_s=None)
 
@@ -255,8 +278,9 @@ class Memory:
             raise BadRequest(f"from..to must be in order and span at most {erasure.MAX_TURNS} turns")
         with self._locks[s.k.tag]:        # no seal of this session runs meanwhile (WATCH holds anyway)
             pages = erasure.forget_turns(self.store, s.k, list(range(turn, last + 1)), s.meta.keep_source,
-                                         lambda page: [f"{s.k.tag}:vt:{token_unit(page, t)}:{t.name}:"
-                                                       for t in self.ladder.tiers if t.per_canvas > 1])
+                                         lambda page: [prefix for t in self.ladder.tiers if t.per_canvas > 1
+                                                       for prefix in (s.k.token_cache(token_unit(page, t), t.name, ""),
+                                                                      s.k.canvas(page // t.per_canvas, t.name, ""))])
         self.rewrite.request()
         return Forgotten(session=session, turns=list(range(turn, last + 1)), pages=pages,
                          seconds=round(time.perf_counter() - started, 4))
@@ -285,6 +309,17 @@ class Memory:
         records, total = self.store.page_entries(s.k, after)
         kept = [p for p in context.place(records, s.curve, self.ladder, s.meta.turns) if not p.tier.gone]
         return kept, total - len(kept)
+
+    def _as_of_one_seal(self, k: SessionKeys, read: Callable[[], Any], tries: int = 5) -> Any:
+        """``read()`` (pages, then text turns) again if a seal committed while it ran: a seal moves
+        turns from text onto pages in one transaction, and a read of the pages before it and of
+        the text after it would see those turns in neither."""
+        for _ in range(tries - 1):
+            before = self.store.seal_state(k)
+            got = read()
+            if self.store.seal_state(k) == before:
+                return got
+        return read()
 
     def _tier_now(self, k: SessionKeys, page: int) -> Tier:
         """The tier a page's age gives it now, under its session's curve (from its page-index row)."""
@@ -335,15 +370,15 @@ class Memory:
             raise BadRequest("format=embeddings needs visual tokens: set OPTIMEM_BACKEND=deepseek-ocr2 "
                              "(the CPU reader only reads pages back; use format=openai for page images)")
         s = self._open(session, tenant)
-        kept, forgotten = self._kept(s)
-        built = context.assemble(self.store.text_turns(s.k), kept, budget, ladder=self.ladder,
+        (kept, forgotten), text = self._as_of_one_seal(s.k, lambda: (self._kept(s), self.store.text_turns(s.k)))
+        built = context.assemble(text, kept, budget, ladder=self.ladder,
                                  min_memory_tokens=min_memory_tokens, forgotten=forgotten)
         # The formats need a page's number, turn range, times and token costs: all in the light
         # records of the page index; no full PageRecord (turn spans) is read.
         if format == "raw":
             made = context.raw(s.k, s.meta, self.ladder, built, links)
         elif format == "openai":
-            made = context.openai(s.k, built, self.reader, links)
+            made = context.openai(s.k, built, self.images, links)   # stored PNGs only: no model
         else:
             made = context.embeddings(s.k, built, self.reader, links)
         made.accounting.turns_forgotten = int(self.store.r.scard(s.k.forgotten))
@@ -377,7 +412,7 @@ class Memory:
         chosen = self._tier(tier)
         if chosen.per_canvas <= 1:
             raise BadRequest(f"tier {tier!r} is not a mosaic")
-        png = self.reader.canvas_png(k, group, chosen)
+        png = self.images.canvas_png(k, group, chosen)
         if png is None:
             raise NotFound(f"session {session!r} has no pages in {tier} group {group}")
         return png
@@ -394,7 +429,7 @@ class Memory:
             int(unit) if unit.isdigit() else None
         if page is None or token_unit(page, chosen) != unit:
             raise BadRequest(f"unit {unit!r} is not a page number (or m<group> for a mosaic tier)")
-        return self.reader.visual_tokens(k, page, chosen).to_bytes()
+        return self.reader.encoded(k, page, chosen).to_bytes()
 
     # -- recall -------------------------------------------------------------------------------
     def recall(self, session: str, query: str | None = None, *, turn: int | str | None = None,

@@ -7,7 +7,7 @@ Redis Cluster slot and multi-key changes stay atomic in MULTI/EXEC (with WATCH) 
 only ever written alone or in non-transactional pipelines.
 
     key                              type    holds                                          written by
-    om:sessions:{tenant}             SET     the tenant's session ids                       create, delete
+    om:sessions:{tenant}             SET     the tenant's session ids (SessionKeys.sessions) create, delete
     om:{t:s}:meta                    HASH    created, curve, keep_source, next_turn,         create, append, set_curve,
                                              text_tokens (of the turns not sealed yet)       seal
     om:{t:s}:seal                    HASH    unsealed_from (first turn still text), next_page  seal
@@ -28,13 +28,12 @@ only ever written alone or in non-transactional pipelines.
     om:{t:s}:lines                   HASH    page -> line boxes JSON                         seal
     om:{t:s}:decoded                 HASH    "page:tier:backend@rev" -> Decoded JSON (cache)  model worker, recall
     om:{t:s}:reading:{page}:{tier}:{backend@rev}                                               Reader (claim_read)
-                                     STRING  a random token: this page is being read at this
-                                             tier by some process (SET NX PX, short-lived);
+                                     STRING  a lock (memory/locks.py): this page is being read
+                                             at this tier by some process (short-lived);
                                              others wait for the decoded cache instead
-    om:{t:s}:lock:compact            STRING  a random token: some API process is compacting    Memory.append
-                                             this session (SET NX PX 30 s, compare-and-delete;  (memory/locks.py)
-                                             saves wasted typesetting, the seal's WATCH keeps
-                                             correctness)
+    om:{t:s}:lock:compact            STRING  a lock (memory/locks.py): some API process is      Memory.append
+                                             compacting this session (30 s lease; saves wasted  (memory/locks.py)
+                                             typesetting, the seal's WATCH keeps correctness)
     om:{t:s}:queued                  HASH    page -> tier last sent to the model worker      retier
                                              (read-ahead only: waiting or in progress; a
                                              worker deletes an entry once done; past
@@ -46,6 +45,10 @@ only ever written alone or in non-transactional pipelines.
                                              kept; their records say ``forgotten``)           erasure.py)
     om:{t:s}:vt:{unit}:{tier}:{rev}  STRING  visual tokens, safetensors bytes (cache, TTL);  model worker, context
                                              unit = page, or m<group> for a mosaic canvas
+                                             (SessionKeys.token_cache)
+    om:{t:s}:canvas:{tier}:{group}:{generation}                                                PageImages (context,
+                                     STRING  a mosaic canvas's PNG (cache, TTL); generation =   mosaic image route)
+                                             "<created>-<pages of the group that exist>"
     om:jobs                          STREAM  model work; consumer group "workers"            enqueue, workers
     om:jobs:shed                     STRING  count of jobs shed (trimmed unread) so far      enqueue
     om:quota:{tenant}:recalls        ZSET    lease -> expiry: the tenant's recalls running    memory/quotas.py
@@ -70,7 +73,9 @@ A turn read by recall alone (only its lines) is cached in ``decoded`` as
 "page:tier:t<turn>:backend@rev" beside the whole-page entries.
 
 Turns are never deleted before the page covering them is committed: ``seal`` writes the pages and
-trims their turns in one transaction, guarded by WATCH on the seal state.
+trims their turns in one transaction, guarded by WATCH on the seal state and on ``meta`` (a session
+deleted meanwhile stays deleted). Every WATCH/MULTI goes through redis-py's ``transaction()``
+(``RedisCluster.transaction`` too), which retries when a watched key moved.
 """
 from __future__ import annotations
 
@@ -81,12 +86,14 @@ from typing import Any, Iterable
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import LockNotOwnedError
 
 from optimem.errors import NotFound
-from optimem.memory import index as ix
+from optimem.memory import index as ix, locks
 
 JOBS = "om:jobs"
 JOBS_SHED = "om:jobs:shed"
+CLAIM_MS = 120_000  # a read claim's lease (a process that died mid-read); Reader passes its own
 JOBS_MAX = 10_000   # default cap of the job stream (Settings.jobs_max; Memory.open sets it per store)
 
 
@@ -142,15 +149,20 @@ class SessionKeys:
         self.by_turn, self.page_info, self.retiered = f"{tag}:pages:by_turn", f"{tag}:pages:info", f"{tag}:retiered"
         self.forgotten = f"{tag}:forgotten"
         self.tag = tag
-        self.index = f"om:sessions:{{{tenant}}}"
+        self.sessions = f"om:sessions:{{{tenant}}}"     # the tenant's session ids (not the text index)
 
     def reading(self, page: int, tier: str, reader: str) -> str:
         """The claim key of a page read in flight at a tier (``tier`` as in the decoded cache)."""
         return f"{self.tag}:reading:{page}:{tier}:{reader}"
 
-    def visual_tokens(self, unit: str, tier: str, revision: str) -> str:
-        """``unit`` is a page number, or "m<group>" for a mosaic canvas of several pages."""
+    def token_cache(self, unit: str, tier: str, revision: str) -> str:
+        """Where a unit's visual tokens are cached. ``unit`` is a page number, or "m<group>" for a
+        mosaic canvas of several pages."""
         return f"{self.tag}:vt:{unit}:{tier}:{revision}"
+
+    def canvas(self, group: int, tier: str, generation: str) -> str:
+        """Where a mosaic canvas's PNG is cached: ``generation`` names the pages drawn on it."""
+        return f"{self.tag}:canvas:{tier}:{group}:{generation}"
 
     def all(self) -> list[str]:
         return [self.meta, self.seal, self.turns, self.source, self.pages, self.png, self.lines,
@@ -193,7 +205,7 @@ class Store:
             p.hset(k.meta, mapping={"curve": curve_json, "keep_source": int(keep_source), "next_turn": 0})
             p.hset(k.seal, mapping={"unsealed_from": 0, "next_page": 0})
             p.execute()
-        self.r.sadd(k.index, k.session)
+        self.r.sadd(k.sessions, k.session)
         return True
 
     def meta(self, k: SessionKeys) -> SessionMeta:
@@ -206,22 +218,18 @@ class Store:
         return sorted(_s(s) for s in self.r.smembers(f"om:sessions:{{{tenant}}}"))
 
     def delete_session(self, k: SessionKeys) -> None:
-        vt_keys = self._keys_with_prefix(k, f"{k.tag}:vt:")
-        with self.r.pipeline() as p:
-            while True:
-                try:
-                    # WATCH the vocabulary: a term added by a concurrent append is not left behind.
-                    p.watch(ix.vocab_key(k.tag))
-                    terms = [_s(t) for t in p.zrange(ix.vocab_key(k.tag), 0, -1)]
-                    p.multi()
-                    p.delete(*k.all(), *vt_keys, *ix.fixed_keys(k.tag))
-                    for i in range(0, len(terms), 10_000):
-                        p.delete(*(ix.post_key(k.tag, t) for t in terms[i:i + 10_000]))
-                    p.execute()
-                    break
-                except redis.WatchError:
-                    continue
-        self.r.srem(k.index, k.session)
+        vt_keys = self._keys_with_prefix(k, f"{k.tag}:vt:") + self._keys_with_prefix(k, f"{k.tag}:canvas:")
+
+        def drop(p) -> None:
+            # WATCH the vocabulary: a term added by a concurrent append is not left behind.
+            terms = [_s(t) for t in p.zrange(ix.vocab_key(k.tag), 0, -1)]
+            p.multi()
+            p.delete(*k.all(), *vt_keys, *ix.fixed_keys(k.tag))
+            for i in range(0, len(terms), 10_000):
+                p.delete(*(ix.post_key(k.tag, t) for t in terms[i:i + 10_000]))
+
+        self.r.transaction(drop, ix.vocab_key(k.tag))
+        self.r.srem(k.sessions, k.session)
 
     def _keys_with_prefix(self, k: SessionKeys, prefix: str) -> list:
         """The session's keys that start with ``prefix``: SCAN on one server; on a Redis Cluster only
@@ -241,27 +249,24 @@ class Store:
     # -- turns ------------------------------------------------------------------------------
     def append(self, k: SessionKeys, turns: list[TurnRecord]) -> int:
         """Give the turns the next indices and store them atomically; returns the first index."""
-        with self.r.pipeline() as p:
-            while True:
-                try:
-                    p.watch(k.meta)
-                    if not p.exists(k.meta):
-                        raise NotFound(f"no session {k.session!r}")
-                    first, counted = p.hmget(k.meta, "next_turn", "text_tokens")
-                    first = int(first)
-                    if counted is None:     # a session from before the count: count its text once
-                        counted = sum(json.loads(v)["tokens"] for v in p.hvals(k.turns))
-                    p.multi()
-                    for offset, turn in enumerate(turns):
-                        turn.index = first + offset
-                        p.hset(k.turns, turn.index, json.dumps(asdict(turn)))
-                        ix.add(p, k.tag, ix.source_doc(turn.index), turn.content)
-                    p.hset(k.meta, mapping={"next_turn": first + len(turns),
-                                            "text_tokens": int(counted) + sum(t.tokens for t in turns)})
-                    p.execute()
-                    return first
-                except redis.WatchError:
-                    continue
+
+        def add(p) -> int:
+            if not p.exists(k.meta):
+                raise NotFound(f"no session {k.session!r}")
+            first, counted = p.hmget(k.meta, "next_turn", "text_tokens")
+            first = int(first)
+            if counted is None:     # a session from before the count: count its text once
+                counted = sum(json.loads(v)["tokens"] for v in p.hvals(k.turns))
+            p.multi()
+            for offset, turn in enumerate(turns):
+                turn.index = first + offset
+                p.hset(k.turns, turn.index, json.dumps(asdict(turn)))
+                ix.add(p, k.tag, ix.source_doc(turn.index), turn.content)
+            p.hset(k.meta, mapping={"next_turn": first + len(turns),
+                                    "text_tokens": int(counted) + sum(t.tokens for t in turns)})
+            return first
+
+        return self.r.transaction(add, k.meta, value_from_callable=True)
 
     def text_tokens(self, k: SessionKeys) -> int:
         """Tokens of the text not sealed yet (kept in ``meta`` by append and seal): whether a seal
@@ -286,42 +291,46 @@ class Store:
         ``start`` moved past what was sealed. ``sealed_tokens``: text tokens that leave the text.
         """
         last = pages[-1][0]
-        with self.r.pipeline() as p:
-            try:
-                p.watch(k.seal)
-                if self.seal_state_of(p, k) != expect:
-                    raise Conflict("seal state moved")
-                finished_turns = [i for i in range(expect[0], last.last_turn + 1)
-                                  if i != last.last_turn or last.end_offset >= len(turns[i].content)]
-                # A forget-for-real session no longer holds a sealed turn in words: its text leaves
-                # the index with it (the page's decoded text comes in when the page is read).
-                unindex = {} if keep_source or not finished_turns else dict(zip(
-                    (ix.source_doc(i) for i in finished_turns),
-                    p.hmget(ix.docs_key(k.tag), [ix.source_doc(i) for i in finished_turns])))
-                p.multi()
-                ix.remove(p, k.tag, unindex)
-                for record, png, lines in pages:
-                    p.hset(k.pages, record.page, json.dumps(asdict(record)))
-                    p.zadd(k.by_turn, {record.page: record.last_turn})
-                    p.hset(k.page_info, record.page, page_entry(record))
-                    p.hset(k.png, record.page, png)
-                    p.hset(k.lines, record.page, json.dumps(lines))
-                for index in range(expect[0], last.last_turn + 1):
-                    turn = turns[index]
-                    if index == last.last_turn and last.end_offset < len(turn.content):
-                        p.hset(k.turns, index, json.dumps(asdict(turn)))  # caller moved start/tokens
-                        continue
-                    if keep_source:
-                        p.hset(k.source, index, json.dumps(
-                            {"role": turn.role, "content": turn.content, "time": turn.time}))
-                    p.hdel(k.turns, index)
-                finished = last.end_offset >= len(turns[last.last_turn].content)
-                p.hset(k.seal, mapping={"unsealed_from": last.last_turn + (1 if finished else 0),
-                                        "next_page": last.page + 1})
-                p.hincrby(k.meta, "text_tokens", -sealed_tokens)
-                p.execute()
-            except redis.WatchError:
-                raise Conflict("seal state moved") from None
+
+        def write(p) -> None:
+            # The session must still exist (a DELETE between the compactor's read and this would
+            # otherwise be undone: pages, PNGs and source written into a deleted session).
+            if not p.exists(k.meta):
+                raise NotFound(f"no session {k.session!r}")
+            if self.seal_state_of(p, k) != expect:
+                raise Conflict("seal state moved")
+            finished_turns = [i for i in range(expect[0], last.last_turn + 1)
+                              if i != last.last_turn or last.end_offset >= len(turns[i].content)]
+            # A forget-for-real session no longer holds a sealed turn in words: its text leaves
+            # the index with it (the page's decoded text comes in when the page is read).
+            unindex = {} if keep_source or not finished_turns else dict(zip(
+                (ix.source_doc(i) for i in finished_turns),
+                p.hmget(ix.docs_key(k.tag), [ix.source_doc(i) for i in finished_turns])))
+            p.multi()
+            ix.remove(p, k.tag, unindex)
+            for record, png, lines in pages:
+                p.hset(k.pages, record.page, json.dumps(asdict(record)))
+                p.zadd(k.by_turn, {record.page: record.last_turn})
+                p.hset(k.page_info, record.page, page_entry(record))
+                p.hset(k.png, record.page, png)
+                p.hset(k.lines, record.page, json.dumps(lines))
+            for index in range(expect[0], last.last_turn + 1):
+                turn = turns[index]
+                if index == last.last_turn and last.end_offset < len(turn.content):
+                    p.hset(k.turns, index, json.dumps(asdict(turn)))  # caller moved start/tokens
+                    continue
+                if keep_source:
+                    p.hset(k.source, index, json.dumps(
+                        {"role": turn.role, "content": turn.content, "time": turn.time}))
+                p.hdel(k.turns, index)
+            finished = last.end_offset >= len(turns[last.last_turn].content)
+            p.hset(k.seal, mapping={"unsealed_from": last.last_turn + (1 if finished else 0),
+                                    "next_page": last.page + 1})
+            p.hincrby(k.meta, "text_tokens", -sealed_tokens)
+
+        # WATCH meta too: a DELETE, or an append (then tried again: the seal state tells whether
+        # another seal came first, and Conflict is raised).
+        self.r.transaction(write, k.seal, k.meta)
 
     @staticmethod
     def seal_state_of(p, k: SessionKeys) -> tuple[int, int]:
@@ -350,21 +359,17 @@ class Store:
         """Write the page index from the page records (a session sealed before the index existed):
         one pass, guarded by WATCH on the seal state so a concurrent seal is not missed. Returns
         how many pages it holds."""
-        with self.r.pipeline() as p:
-            while True:
-                try:
-                    p.watch(k.seal)
-                    raw = p.hgetall(k.pages)
-                    records = [PageRecord(**json.loads(v)) for v in raw.values()]
-                    p.multi()
-                    for i in range(0, len(records), 1000):
-                        chunk = records[i:i + 1000]
-                        p.zadd(k.by_turn, {r.page: r.last_turn for r in chunk})
-                        p.hset(k.page_info, mapping={r.page: page_entry(r) for r in chunk})
-                    p.execute()
-                    return len(records)
-                except redis.WatchError:
-                    continue
+
+        def build(p) -> int:
+            records = [PageRecord(**json.loads(v)) for v in p.hgetall(k.pages).values()]
+            p.multi()
+            for i in range(0, len(records), 1000):
+                chunk = records[i:i + 1000]
+                p.zadd(k.by_turn, {r.page: r.last_turn for r in chunk})
+                p.hset(k.page_info, mapping={r.page: page_entry(r) for r in chunk})
+            return len(records)
+
+        return self.r.transaction(build, k.seal, value_from_callable=True)
 
     def page_entries(self, k: SessionKeys, after_turn: float | None = None) -> tuple[list[PageRecord], int]:
         """Light records (``light_record``) of the pages whose last turn is after ``after_turn``
@@ -500,42 +505,35 @@ class Store:
     def index_decoded(self, k: SessionKeys, page: int, tier: str, texts: dict[int, str]) -> bool:
         """Index what a read of ``page`` at ``tier`` gave of each turn (forget-for-real), replacing
         what an earlier read of the page gave, in one transaction. False if the session is gone."""
-        with self.r.pipeline() as p:
-            while True:
-                try:
-                    p.watch(k.meta, ix.docs_key(k.tag))
-                    if not p.exists(k.meta):
-                        return False
-                    old = self._page_docs(p, k, page)
-                    p.multi()
-                    ix.remove(p, k.tag, old)
-                    for turn, text in texts.items():
-                        ix.add(p, k.tag, ix.page_doc(page, turn), text)
-                    p.hset(ix.pages_key(k.tag), page, tier)
-                    p.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+
+        def index(p) -> bool:
+            if not p.exists(k.meta):
+                return False
+            old = self._page_docs(p, k, page)
+            p.multi()
+            ix.remove(p, k.tag, old)
+            for turn, text in texts.items():
+                ix.add(p, k.tag, ix.page_doc(page, turn), text)
+            p.hset(ix.pages_key(k.tag), page, tier)
+            return True
+
+        return self.r.transaction(index, k.meta, ix.docs_key(k.tag), value_from_callable=True)
 
     def unindex_pages(self, k: SessionKeys, pages: Iterable[int]) -> None:
         """Take pages' decoded text out of the index (a page faded to gone), in one transaction."""
         pages = list(pages)
         if not pages:
             return
-        with self.r.pipeline() as p:
-            while True:
-                try:
-                    p.watch(ix.docs_key(k.tag))
-                    old: dict = {}
-                    for page in pages:
-                        old.update(self._page_docs(p, k, page))
-                    p.multi()
-                    ix.remove(p, k.tag, old)
-                    p.hdel(ix.pages_key(k.tag), *pages)
-                    p.execute()
-                    return
-                except redis.WatchError:
-                    continue
+
+        def unindex(p) -> None:
+            old: dict = {}
+            for page in pages:
+                old.update(self._page_docs(p, k, page))
+            p.multi()
+            ix.remove(p, k.tag, old)
+            p.hdel(ix.pages_key(k.tag), *pages)
+
+        self.r.transaction(unindex, ix.docs_key(k.tag))
 
     def _page_docs(self, p, k: SessionKeys, page: int) -> dict[str, Any]:
         """The index entries of a page's decoded text (read on a watched pipeline)."""
@@ -556,33 +554,56 @@ class Store:
 
     def claim_read(self, k: SessionKeys, page: int, tier: str, reader: str, token: str, ms: int,
                    refresh: bool = False) -> bool:
-        """Claim a page read for ``ms`` milliseconds (SET NX PX), so other API processes wait for the
-        decoded cache instead of reading the page too. ``refresh``: extend a claim already held
+        """Claim a page read for ``ms`` milliseconds (``locks.claim``), so other API processes wait for
+        the decoded cache instead of reading the page too. ``refresh``: extend a claim already held
         (or take it again if it expired); False when another process holds it."""
-        key = k.reading(page, tier, reader)
-        if refresh and _s(self.r.get(key)) == token:
-            return bool(self.r.set(key, token, px=ms, xx=True))
-        return bool(self.r.set(key, token, nx=True, px=ms))
+        lock = locks.claim(self.r, k.reading(page, tier, reader), ms)
+        if refresh:
+            lock.local.token = token
+            try:
+                return lock.reacquire()
+            except LockNotOwnedError:
+                pass
+        return lock.acquire(blocking=False, token=token)
 
     def read_claimed(self, k: SessionKeys, page: int, tier: str, reader: str) -> bool:
         return bool(self.r.exists(k.reading(page, tier, reader)))
 
-    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-
     def release_read(self, k: SessionKeys, page: int, tier: str, reader: str, token: str) -> None:
-        """Drop a read claim, only if it is still ours (compare-and-delete in one script)."""
-        self.r.eval(self._RELEASE, 1, k.reading(page, tier, reader), token)
+        """Drop a read claim, only if it is still ours."""
+        lock = locks.claim(self.r, k.reading(page, tier, reader), CLAIM_MS)
+        try:
+            lock.do_release(token)
+        except LockNotOwnedError:
+            pass    # expired, and maybe claimed by another process since: not ours to drop
 
     def cached_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str) -> bytes | None:
-        return self.r.get(k.visual_tokens(unit, tier, revision))
+        return self.r.get(k.token_cache(unit, tier, revision))
 
     def cache_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str, data: bytes, ttl_s: int) -> None:
         """Set-if-absent with a TTL: caches expire (and with maxmemory-policy volatile-lru, Redis may
         evict them under memory pressure) while turns and pages, which have no TTL, never are."""
-        self.r.set(k.visual_tokens(unit, tier, revision), data, nx=True, ex=ttl_s or None)
+        self.r.set(k.token_cache(unit, tier, revision), data, nx=True, ex=ttl_s or None)
 
     def drop_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str) -> None:
-        self.r.delete(k.visual_tokens(unit, tier, revision))
+        self.r.delete(k.token_cache(unit, tier, revision))
+
+    def canvas_generation(self, k: SessionKeys, members: range) -> str | None:
+        """What a mosaic canvas of pages ``members`` shows: "<session created>-<pages of it that
+        exist>" (pages are numbered in seal order and never change), or None when none exists."""
+        with self.r.pipeline(transaction=False) as p:
+            p.hget(k.meta, "created")
+            p.hget(k.seal, "next_page")
+            created, next_page = p.execute()
+        drawn = min(len(members), int(next_page or 0) - members.start)
+        return None if created is None or drawn <= 0 else f"{_s(created)}-{drawn}"
+
+    def cached_canvas(self, k: SessionKeys, group: int, tier: str, generation: str) -> bytes | None:
+        return self.r.get(k.canvas(group, tier, generation))
+
+    def cache_canvas(self, k: SessionKeys, group: int, tier: str, generation: str, png: bytes, ttl_s: int) -> None:
+        """Like the visual tokens: a cache with a TTL, evicted first under memory pressure."""
+        self.r.set(k.canvas(group, tier, generation), png, nx=True, ex=ttl_s or None)
 
     # -- model jobs -------------------------------------------------------------------------
     def queued_tiers(self, k: SessionKeys, pages: list[int] | None = None) -> dict[int, str]:

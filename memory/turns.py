@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 from typing import Any
 
 from optimem.errors import BadRequest
-from optimem.memory import tokens
+from optimem.memory import times, tokens
 from optimem.memory.store import TurnRecord
+# The old names, until memory/recall.py imports ``times.normalise`` and ``times.now`` itself.
+from optimem.memory.times import MAX_CHARS as MAX_TIME_CHARS, normalise as normalise_time, now as now_iso  # noqa: F401
 
 MAX_TURNS_PER_CALL = 1000
-MAX_TIME_CHARS = 64
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -28,31 +28,6 @@ def check_unicode(text: str, where: str) -> None:
                          "(a UTF-16 surrogate pair cut in half is not a character)")
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def normalise_time(value: Any) -> str:
-    """An ISO 8601 time (naive means UTC) as ``YYYY-MM-DDTHH:MM:SSZ``; empty means now."""
-    if value is None or value == "":
-        return now_iso()
-    if not isinstance(value, str):
-        raise BadRequest(f"turn time must be an ISO 8601 string, got {str(value)[:40]!r}")
-    if len(value) > MAX_TIME_CHARS:
-        raise BadRequest(f"turn time is not ISO 8601: {len(value)} characters (e.g. 2024-05-01T12:30:00Z)")
-    try:
-        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"turn time {value!r} is not ISO 8601 (e.g. 2024-05-01T12:30:00Z)") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    try:
-        utc = stamp.astimezone(timezone.utc)
-    except OverflowError:  # 9999-12-31T23:59:59-05:00 is in year 10000 in UTC
-        raise BadRequest(f"turn time {value!r} is outside years 1-9999 in UTC") from None
-    return utc.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def parse_turn(raw: Any, position: int, max_chars: int, tokenizer: str, count: bool = True) -> TurnRecord:
     """A turn checked as ``append`` checks it; ``count=False``: its tokens left at 0 (a check only)."""
     if not isinstance(raw, dict):
@@ -67,7 +42,7 @@ def parse_turn(raw: Any, position: int, max_chars: int, tokenizer: str, count: b
     if len(content) > max_chars:
         raise BadRequest(f"turns[{position}].content has {len(content)} characters; the limit is "
                          f"{max_chars} (OPTIMEM_MAX_TURN_CHARS)")
-    time_ = normalise_time(raw.get("time"))
+    time_ = times.normalise(raw.get("time"))
     counted = tokens.turn_tokens(role, content, tokenizer) if count else 0
     return TurnRecord(index=-1, role=role.strip(), content=content, time=time_, tokens=counted)
 

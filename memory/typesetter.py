@@ -66,6 +66,12 @@ class Typesetter:
         log.warning("typesetting in-process: the typesetter process keeps failing")
         return renderer.typeset(turns, layout, full_only)
 
+    def start(self) -> None:
+        """Start the child now (it imports the renderer and loads fonts), so the first seal does
+        not pay for that while a read may be waiting for it."""
+        with self._lock:
+            self._started()
+
     def _started(self) -> subprocess.Popen:
         if self._child is None or self._child.poll() is not None:
             self._child = subprocess.Popen([sys.executable, "-m", "optimem.memory.typesetter"],

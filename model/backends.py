@@ -24,7 +24,9 @@ def load(settings: "Settings") -> Backend:
         return RapidOcrBackend(ladder=ladder_for(settings.family))
     if name == "deepseek-ocr2":
         from optimem.model.deepseek_ocr2 import DeepseekOcr2Backend
-        return DeepseekOcr2Backend(model_path=settings.model_path, device=settings.device, dtype=settings.dtype)
+        compile_ = settings.compile.strip().lower()
+        return DeepseekOcr2Backend(model_path=settings.model_path, device=settings.device, dtype=settings.dtype,
+                                   compile=None if not compile_ else compile_ not in ("0", "false", "no", "off"))
     if name == "vllm":
         from optimem.model.vllm_reader import VllmReader
         return VllmReader(url=settings.vllm_url, model=settings.vllm_model, api_key=settings.vllm_api_key)

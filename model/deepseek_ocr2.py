@@ -22,6 +22,26 @@ module never reads OPTIMEM_* variables):
 Decoding is greedy with the prompt ``<image>\\nFree OCR.`` and a windowed no-repeat n-gram guard
 (DeepSeek's own recipe: n=30 in a window of 90), so a faded page that sends the decoder into a loop
 ends instead of filling ``max_new_tokens`` with one phrase.
+
+Speed (issue 20; figures in bench/RESULTS.md):
+  pixels     made on the model's device from the views' uint8 pixels (``model.pixels``), batched;
+             ``pixels="pil"`` keeps transformers' PIL processor (benchmarks compare the two)
+  compile    (OPTIMEM_COMPILE; default on for CUDA) the vision tower and projector go through
+             ``torch.compile`` once per view size (1024, 768) with the batch dimension dynamic; a
+             batch is padded up to a power of two (at least 2), so requests never compile (one
+             that did would be logged).
+             ``warm()`` compiles at start and logs the seconds; until then, and if compiling
+             fails (logged), the eager encoder runs. Cached visual tokens carry no compiled/eager
+             tag: both run the same bf16 weights and differ by bf16 rounding only (``bench/gpu.py``
+             measures the difference; the decoder reads either the same way).
+  static     (on with compile) greedy decoding with a static KV cache of one fixed length, once
+             warm() has warmed it (before, the dynamic cache: a request never compiles), so
+             transformers compiles the decode step once per batch bucket (1, 8, decode_batch_size),
+             warmed in ``warm()``; batches are padded up to a bucket. The n-gram guard and the
+             per-token probability run as logits processors either way.
+  one turn   ``decode_lines`` reads only the lines of the views' line boxes (``model.line_crop``):
+             one small view (145 or 257 tokens), tens of tokens decoded; memory/reading.py reads a
+             turn this way (``reads_line_subsets``).
 """
 from __future__ import annotations
 
@@ -29,6 +49,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,7 +61,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import LogitsProcessor  # noqa: E402
 
+from optimem.model import pixels as device_pixels  # noqa: E402
+from optimem.model.batching import Lane  # noqa: E402
 from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns  # noqa: E402
+from optimem.model.line_crop import line_crop  # noqa: E402
 from optimem.model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
 from optimem.model.visual_tokens import VisualTokens  # noqa: E402
 
@@ -107,18 +131,21 @@ class DeepseekOcr2Backend:
 
     name = "deepseek-ocr2"
     ladder = DEEPSEEK_OCR2
+    reads_line_subsets = True   # decode_lines reads just a turn's lines (memory/reading.py)
 
     def __init__(self, model_path: str | os.PathLike | None = None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, *, batch_size: int = 8,
                  decode_batch_size: int = 4, max_new_tokens: int = 2048, ngram_size: int = 30,
-                 ngram_window: int = 90, whitelist_token_ids: Sequence[int] = (), prompt: str = FREE_OCR):
+                 ngram_window: int = 90, whitelist_token_ids: Sequence[int] = (), prompt: str = FREE_OCR,
+                 compile: bool | None = None, static_cache: bool | None = None, pixels: str = "device"):
         path = weights_dir(model_path or "")
         device_ = _pick_device(device or "")
         dtype_ = _pick_dtype("" if dtype is None else dtype, device_)
         self._configure(device_, dtype_, weights_revision(path), batch_size=batch_size,
                         decode_batch_size=decode_batch_size, max_new_tokens=max_new_tokens,
                         ngram_size=ngram_size, ngram_window=ngram_window,
-                        whitelist_token_ids=whitelist_token_ids, prompt=prompt)
+                        whitelist_token_ids=whitelist_token_ids, prompt=prompt, compile=compile,
+                        static_cache=static_cache, pixels=pixels)
         self.path = path
 
         try:
@@ -145,14 +172,32 @@ class DeepseekOcr2Backend:
 
     def _configure(self, device: torch.device, dtype: torch.dtype, revision: str, *, batch_size: int = 8,
                    decode_batch_size: int = 4, max_new_tokens: int = 2048, ngram_size: int = 30,
-                   ngram_window: int = 90, whitelist_token_ids: Sequence[int] = (), prompt: str = FREE_OCR):
+                   ngram_window: int = 90, whitelist_token_ids: Sequence[int] = (), prompt: str = FREE_OCR,
+                   compile: bool | None = None, static_cache: bool | None = None, pixels: str = "device",
+                   compile_backend: str = "inductor"):
         NoRepeatNGramWindow(ngram_size, ngram_window, 0)   # validate the guard's settings now
+        if pixels not in ("device", "pil"):
+            raise ValueError(f"pixels must be 'device' or 'pil', got {pixels!r}")
+        on_cuda = torch.device(device).type == "cuda"
+        self.compile = on_cuda if compile is None else bool(compile)
+        self.static_cache = self.compile if static_cache is None else bool(static_cache)
+        self.pixels, self.compile_backend = pixels, compile_backend
+        self._compiled: dict[int, tuple] = {}      # view side -> (compiled vision function, fixed batch or 0)
+        self.warming = False                       # True while warm() runs (/healthz says so)
+        self.min_new_tokens = 0                    # > 0 holds end of sequence off (benchmarks only)
+        self.warm_seconds: dict[str, float] = {}
+        self._static_ready = False                 # the static-cache decoder runs once warm() warmed it
         self.device, self.dtype, self.revision = device, dtype, revision
         self.batch_size, self.decode_batch_size = max(1, batch_size), max(1, decode_batch_size)
         self.max_new_tokens, self.prompt = max_new_tokens, prompt
         self.ngram_size, self.ngram_window = ngram_size, ngram_window
         self.whitelist_token_ids = tuple(whitelist_token_ids)
         self._prompts: dict[int, torch.Tensor] = {}
+        # Callers on many threads (worker jobs, recall reads) are batched per lane; lanes run side by side.
+        self.batching = True
+        self._lanes = {"encode": Lane("encode", lambda key, views: self._encode_now(views), self.batch_size),
+                       "page": Lane("page", lambda key, items: self._page_run(key, items), self.decode_batch_size),
+                       "turn": Lane("turn", lambda key, views: self._decode_lines_now(views), self.decode_batch_size)}
 
     def _attach(self, model, processor) -> None:
         self.model, self.processor = model.eval(), processor
@@ -177,16 +222,107 @@ class DeepseekOcr2Backend:
     # --- encode -------------------------------------------------------------------------------
 
     def encode(self, views: list[PageView]) -> list[VisualTokens]:
-        """Visual tokens per view, each with exactly ``view.tier.canvas_tokens`` rows, on the CPU."""
+        """Visual tokens per view, each with exactly ``view.tier.canvas_tokens`` rows, on the CPU.
+        Views of one tier from callers on other threads within a few ms go in the same batch."""
+        for v in views:
+            self._tier_of(v)
+        if not self.batching:
+            return self._encode_now(views)
+        lane = self._lanes["encode"]
+        lane.max_batch = self.batch_size
+        out: list[VisualTokens | None] = [None] * len(views)
+        by_tier: dict[str, list[int]] = {}
+        for i, v in enumerate(views):
+            by_tier.setdefault(v.tier.name, []).append(i)
+        for name, idx in by_tier.items():
+            for i, tokens in zip(idx, lane.call(name, [views[i] for i in idx])):
+                out[i] = tokens
+        return out  # type: ignore[return-value]
+
+    def _encode_now(self, views: list[PageView]) -> list[VisualTokens]:
         out: list[VisualTokens | None] = [None] * len(views)
         for tier, chunk in self._batches(views, self.batch_size):
-            for i, feats in zip(chunk, self._features([views[i] for i in chunk], tier)):
-                out[i] = VisualTokens(feats.to("cpu"), tier.name, self.revision)
+            # One copy to the host for the batch (views of one tier have one size), then one tensor each.
+            on_host = torch.stack(self._features([views[i] for i in chunk], tier)).to("cpu")
+            for i, feats in zip(chunk, on_host.unbind(0)):
+                out[i] = VisualTokens(feats.clone(), tier.name, self.revision)
         return out  # type: ignore[return-value]
 
     def _features(self, views: list[PageView], tier: Tier) -> list[torch.Tensor]:
         """The encoder's output for views of one tier, on the model's device."""
         images = [encoder_view(v.image, tier) for v in views]
+        if self.pixels == "pil":
+            return self._features_pil(images, tier)
+        shown = device_pixels.Shown(tier.canvas_px or tier.px, tier.crops)
+        return self._encode_images(images, shown, int(tier.canvas_tokens), tier.name)
+
+    def _encode_images(self, images: list[Image.Image], shown: device_pixels.Shown, expected: int,
+                       what: str) -> list[torch.Tensor]:
+        """Visual tokens of images shown one way, pixels made on the device; images of one size
+        go up in one batch (a mixed list is grouped by size, the order kept)."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            by_size.setdefault(im.size, []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(images)
+        for idx in by_size.values():
+            with torch.inference_mode():
+                glob, local, n_local = device_pixels.encoder_input([images[i] for i in idx], shown,
+                                                                   self.device, self.dtype)
+                features = self._assemble(self._vision(glob), None if local is None else self._vision(local),
+                                          n_local)
+            for i, f in zip(idx, features):
+                out[i] = f
+        for f in out:
+            if f.shape[0] != expected:
+                raise RuntimeError(f"{what} should give {expected:g} visual tokens a view, the encoder gave {f.shape[0]}")
+        return out  # type: ignore[return-value]
+
+    def _assemble(self, glob: torch.Tensor, local: torch.Tensor | None, n_local: list[int]) -> list[torch.Tensor]:
+        """Per image, as transformers' get_image_features lays them out: its local crops' tokens,
+        then the global view's, then the view separator."""
+        sep = self.model.model.view_separator.to(glob.dtype).unsqueeze(0)
+        out, start = [], 0
+        for k, n in enumerate(n_local):
+            parts = [local[start:start + n].reshape(-1, glob.shape[-1])] if n else []
+            start += n
+            out.append(torch.cat(parts + [glob[k], sep], dim=0))
+        return out
+
+    def _vision_eager(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` pixels -> ``[B, n, hidden]``: SAM, the query encoder, the projector."""
+        inner = self.model.model
+        return inner.multi_modal_projector(inner.vision_tower(pixels).last_hidden_state)
+
+    def _vision(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision tower, compiled where warmed for this view size (the batch padded to its
+        bucket, so no request compiles; one that did would be logged)."""
+        entry = self._compiled.get(int(pixels.shape[-1]))
+        if entry is None:
+            return self._vision_eager(pixels)
+        compiled, fixed = entry
+        n = pixels.shape[0]
+        if fixed and n > fixed:   # past the static graph's batch: in pieces
+            return torch.cat([self._vision(pixels[k:k + fixed]) for k in range(0, n, fixed)])
+        size = fixed or batch_bucket(n)
+        padded = pixels if size == n else torch.cat([pixels, pixels[-1:].expand(size - n, -1, -1, -1)])
+        from torch._dynamo.utils import counters
+
+        graphs = counters["stats"]["unique_graphs"]
+        try:
+            out = compiled(padded)[:n]
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001  compiled code failing: eager, logged
+            log.warning("compiled encoder failed on a batch of %d at %d px (%s); eager for this call",
+                        size, pixels.shape[-1], str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            return self._vision_eager(pixels)
+        if counters["stats"]["unique_graphs"] != graphs:   # not a setting: a bug in the buckets
+            log.warning("the encoder compiled on a request (batch %d at %d px)", size, pixels.shape[-1])
+        return out
+
+    def _features_pil(self, images: list[Image.Image], tier: Tier) -> list[torch.Tensor]:
+        """The same through transformers' PIL image processor on the CPU (the slow path, kept for
+        benchmarks and as the reference the device pixels are tested against)."""
         if tier.crops:
             kwargs = dict(crop_to_patches=True, min_patches=tier.crops, max_patches=tier.crops,
                           size={"height": tier.px, "width": tier.px})
@@ -211,6 +347,27 @@ class DeepseekOcr2Backend:
 
     def decode(self, views: list[PageView]) -> list[Decoded]:
         """Read views to text: encode, then decode from the fresh visual tokens."""
+        for v in views:
+            self._tier_of(v)
+        return self._through("page", views, lambda v: ("views", v.tier.name), self._decode_now)
+
+    def _through(self, lane_name: str, items: list, key, run) -> list:
+        """``run(items)``, through lane ``lane_name`` (batched with other callers' items of the same
+        key) when batching, else right here."""
+        if not self.batching or not items:
+            return run(items)
+        lane = self._lanes[lane_name]
+        lane.max_batch = self.decode_batch_size
+        out: list = [None] * len(items)
+        groups: dict = {}
+        for i, item in enumerate(items):
+            groups.setdefault(key(item), []).append(i)
+        for k, idx in groups.items():
+            for i, result in zip(idx, lane.call(k, [items[i] for i in idx])):
+                out[i] = result
+        return out
+
+    def _decode_now(self, views: list[PageView]) -> list[Decoded]:
         out: list[Decoded | None] = [None] * len(views)
         for tier, chunk in self._batches(views, self.decode_batch_size):
             start = time.perf_counter()
@@ -233,6 +390,11 @@ class DeepseekOcr2Backend:
             if t.revision != self.revision:
                 raise ValueError(f"visual tokens from model revision {t.revision!r} cannot be read by "
                                  f"{self.revision!r}; encode the page again")
+        pairs = [(t, lines[i] if lines else []) for i, t in enumerate(tokens)]
+        return self._through("page", pairs, lambda p: ("tokens", p[0].n_tokens),
+                             lambda ps: self._decode_tokens_now([p[0] for p in ps], [p[1] for p in ps]))
+
+    def _decode_tokens_now(self, tokens: list[VisualTokens], lines: list[list[LineBox]]) -> list[Decoded]:
         out: list[Decoded | None] = [None] * len(tokens)
         groups: dict[int, list[int]] = {}
         for i, t in enumerate(tokens):
@@ -260,17 +422,37 @@ class DeepseekOcr2Backend:
             self._prompts[n_tokens] = ids
         return self._prompts[n_tokens]
 
-    def generate_ids(self, features: list[torch.Tensor],
-                     min_new_tokens: int = 0) -> tuple[list[list[int]], list[list[float]]]:
+    def max_cache_len(self) -> int:
+        """The static KV cache's one length: the longest prompt (the largest view and the prompt
+        text) plus ``max_new_tokens``, rounded up to 256, so every decode reuses one compiled step."""
+        longest = int(max(t.canvas_tokens for t in self.ladder.tiers)) + 64
+        return -(-(longest + self.max_new_tokens) // 256) * 256
+
+    def decode_buckets(self) -> tuple[int, ...]:
+        """Batch sizes a static-cache decode runs at (a batch is padded up to the next one)."""
+        return tuple(sorted({1, min(8, self.decode_batch_size), self.decode_batch_size}))
+
+    def generate_ids(self, features: list[torch.Tensor], min_new_tokens: int | None = None,
+                     max_new_tokens: int | None = None,
+                     static_cache: bool | None = None) -> tuple[list[list[int]], list[list[float]]]:
         """Greedy decode of same-sized visual tokens: the new token ids per view (up to, not
         including, end of sequence) and the decoder's probability of each. ``min_new_tokens``
-        holds end of sequence off (benchmarks)."""
+        holds end of sequence off (benchmarks); ``max_new_tokens`` caps this call below the
+        backend's; ``static_cache`` overrides the backend's choice (benchmarks, tests)."""
         from transformers import GenerationConfig, LogitsProcessorList
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         n = features[0].shape[0]
         if any(f.shape[0] != n for f in features):
             raise ValueError("one generate call takes visual tokens of one size")
+        # Until warm() has compiled it, the static-cache decoder is not used: a request never compiles.
+        static = (self.static_cache and self._static_ready) if static_cache is None else static_cache
+        wanted = len(features)
+        if static:   # pad up to a warmed batch size: the compiled decode step never sees a new shape
+            size = next((b for b in self.decode_buckets() if b >= wanted), wanted)
+            features = list(features) + [features[-1]] * (size - wanted)
+        limit = self.max_new_tokens if max_new_tokens is None else min(max_new_tokens, self.max_new_tokens)
+        min_new_tokens = self.min_new_tokens if min_new_tokens is None else min_new_tokens
         prompt = self.prompt_ids(n)
         input_ids = prompt.unsqueeze(0).expand(len(features), -1).to(self.device)
         eos = self.model.generation_config.eos_token_id
@@ -278,8 +460,11 @@ class DeepseekOcr2Backend:
             eos = self.tokenizer.eos_token_id
         eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos])}
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids)
-        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
-                                  min_new_tokens=min_new_tokens, eos_token_id=sorted(eos_ids), pad_token_id=pad)
+        cache = dict(cache_implementation="static", max_cache_len=self.max_cache_len(),
+                     disable_compile=not self.compile) if static else {}
+        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=limit,
+                                  min_new_tokens=min(min_new_tokens, limit), eos_token_id=sorted(eos_ids),
+                                  pad_token_id=pad, **cache)
         probability = _ChosenProbability()
         guard = NoRepeatNGramWindow(self.ngram_size, self.ngram_window, prompt.shape[0], self.whitelist_token_ids)
         image = BaseModelOutputWithPooling(pooler_output=[f.to(self.device, self.dtype) for f in features])
@@ -287,8 +472,8 @@ class DeepseekOcr2Backend:
             sequences = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), mm_encoder_outputs={"image": image},
                 generation_config=config, logits_processor=LogitsProcessorList([guard, probability]))
-        new = sequences[:, prompt.shape[0]:].tolist()
-        probs = torch.stack(probability.steps, dim=1).tolist() if probability.steps else [[] for _ in new]
+        new = sequences[:wanted, prompt.shape[0]:].tolist()
+        probs = torch.stack(probability.steps, dim=1)[:wanted].tolist() if probability.steps else [[] for _ in new]
         ids_out, probs_out = [], []
         for row, p in zip(new, probs):
             end = next((k for k, t in enumerate(row) if t in eos_ids), len(row))
@@ -296,9 +481,125 @@ class DeepseekOcr2Backend:
             probs_out.append(p[:end])
         return ids_out, probs_out
 
-    def _generate(self, features: list[torch.Tensor], boxes: list[list[LineBox]]) -> list[Decoded]:
-        ids, probs = self.generate_ids(features)
+    def _generate(self, features: list[torch.Tensor], boxes: list[list[LineBox]],
+                  max_new_tokens: int | None = None) -> list[Decoded]:
+        ids, probs = self.generate_ids(features, max_new_tokens=max_new_tokens)
         return [self._decoded(i, p, b) for i, p, b in zip(ids, probs, boxes)]
+
+    # --- one turn -----------------------------------------------------------------------------
+
+    def decode_lines(self, views: list[PageView]) -> list[Decoded]:
+        """Read only the lines of each view's line boxes (one turn's, say): the lines cropped from
+        the view as it is (the page's tier), shown as one small view, decoded with a budget of
+        tokens for that many lines. Same ``Decoded`` as ``decode``; a view without lines reads as
+        empty. Views sharing a canvas size are encoded, then decoded, together, on a lane of their
+        own: a whole page being read never holds a turn up."""
+        return self._through("turn", views, lambda v: "lines", self._decode_lines_now)
+
+    def _decode_lines_now(self, views: list[PageView]) -> list[Decoded]:
+        out: list[Decoded | None] = [Decoded("", [], 0.0) if not v.lines else None for v in views]
+        crops = {i: line_crop(v) for i, v in enumerate(views) if v.lines}
+        by_px: dict[int, list[int]] = {}
+        for i, c in crops.items():
+            by_px.setdefault(c.px, []).append(i)
+        for px, idx in by_px.items():
+            expected = 257 if px == 1024 else 145
+            for k in range(0, len(idx), self.decode_batch_size):
+                chunk = idx[k:k + self.decode_batch_size]
+                start = time.perf_counter()
+                if self.pixels == "pil":
+                    tier = self.ladder["g1024" if px == 1024 else "v768"]
+                    feats = self._features_pil([crops[i].image for i in chunk], tier)
+                else:
+                    feats = self._encode_images([crops[i].image for i in chunk], device_pixels.Shown(px),
+                                                expected, f"a {px} px line crop")
+                budget = max(crops[i].max_new_tokens for i in chunk)
+                results = self._generate(feats, [crops[i].lines for i in chunk], max_new_tokens=budget)
+                seconds = (time.perf_counter() - start) / len(chunk)
+                for i, decoded in zip(chunk, results):
+                    turns = {b.turn for b in crops[i].lines}
+                    if len(turns) == 1:   # one turn's lines: every line read is that turn's
+                        for line in decoded.lines:
+                            line.turn = next(iter(turns))
+                    decoded.seconds = seconds
+                    out[i] = decoded
+        return out  # type: ignore[return-value]
+
+    # --- start-up -----------------------------------------------------------------------------
+
+    def warm(self) -> dict[str, float]:
+        """Compile the encoder (when ``compile``) and run the static-cache decoder at every batch
+        bucket (when ``static_cache``), now, so no request compiles; the seconds each took are
+        logged and returned. ``warming`` is True meanwhile. A compile that fails is logged and the
+        eager encoder kept."""
+        self.warming = True
+        try:
+            if self.compile and not self._compiled:
+                for px in (1024, 768):
+                    start = time.perf_counter()
+                    try:
+                        self._compile_vision(px)
+                    except Exception as e:  # noqa: BLE001  speed only: eager still reads
+                        log.warning("compiling the %d px encoder failed (%s: %s); the eager encoder runs",
+                                    px, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+                        self._compiled.clear()
+                        break
+                    self.warm_seconds[f"compile_{px}"] = time.perf_counter() - start
+                    log.info("encoder at %d px compiled and warmed in %.1f s", px, self.warm_seconds[f"compile_{px}"])
+            if self.static_cache:
+                feats = torch.zeros(145, self.model.config.text_config.hidden_size, dtype=self.dtype, device=self.device)
+                # CUDA graphs are recorded per thread: warm each decode lane on its own thread.
+                for lane in ("page", "turn") if self.batching else ("here",):
+                    for b in self.decode_buckets():
+                        start = time.perf_counter()
+                        step = lambda b=b: self.generate_ids([feats] * b, min_new_tokens=4,  # noqa: E731
+                                                             max_new_tokens=4, static_cache=True)
+                        step() if lane == "here" else self._lanes[lane].run_here(step)
+                        self.warm_seconds[f"decode_{lane}_batch_{b}"] = time.perf_counter() - start
+                        log.info("static-cache decoder (%s lane) at batch %d warmed in %.1f s", lane, b,
+                                 self.warm_seconds[f"decode_{lane}_batch_{b}"])
+                self._static_ready = True
+        finally:
+            self.warming = False
+        log.info("deepseek-ocr2 warm-up: %.1f s in all", sum(self.warm_seconds.values()))
+        return dict(self.warm_seconds)
+
+    def _compile_vision(self, px: int) -> None:
+        """Compile the vision tower for ``px`` views with a dynamic batch dimension, run it at the
+        smallest and largest buckets, and only then let requests use it. Where the batch cannot
+        be dynamic (the compiler specialises on it), one static graph at the largest bucket, every
+        batch padded up to it."""
+        largest = batch_bucket(self.batch_size)
+
+        def run(compiled, size: int, first: bool, dynamic: bool) -> None:
+            pixels = torch.zeros(size, 3, px, px, dtype=self.dtype, device=self.device)
+            if first:
+                if dynamic:
+                    torch._dynamo.mark_dynamic(pixels, 0, min=2, max=4096)
+                # Each view size gets its own graph with static sides (a second size would otherwise
+                # make the compiler turn the sides dynamic too).
+                with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+                    compiled(pixels)
+            else:
+                with torch.compiler.set_stance("fail_on_recompile"):
+                    compiled(pixels)
+
+        with torch.inference_mode():
+            try:
+                compiled = torch.compile(self._vision_eager, backend=self.compile_backend, dynamic=None)
+                for k, size in enumerate(dict.fromkeys((2, largest))):
+                    run(compiled, size, k == 0, True)
+                fixed = 0
+            except Exception as e:  # noqa: BLE001  try the static graph before giving up
+                log.warning("a dynamic-batch compile of the %d px encoder failed (%s: %s); compiling one static "
+                            "graph for batches of %d", px, type(e).__name__, str(e)[:300], largest, exc_info=log.isEnabledFor(logging.DEBUG))
+                compiled = torch.compile(self._vision_eager, backend=self.compile_backend, dynamic=False)
+                run(compiled, largest, True, False)
+                run(compiled, largest, False, False)
+                fixed = largest
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._compiled[px] = (compiled, fixed)
 
     def _decoded(self, ids: list[int], probs: list[float], boxes: list[LineBox]) -> Decoded:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -318,7 +619,18 @@ class DeepseekOcr2Backend:
         attribute_turns(lines, boxes)
         return Decoded(text.strip(), lines)
 
+    def _page_run(self, key, items: list) -> list[Decoded]:
+        if key[0] == "views":
+            return self._decode_now(items)
+        return self._decode_tokens_now([t for t, _ in items], [b for _, b in items])
+
     # --- helpers ------------------------------------------------------------------------------
+
+    def _tier_of(self, view: PageView) -> Tier:
+        """The view's tier, checked: a gone page or another family's tier fails here, in the caller."""
+        if view.tier.gone:
+            raise ValueError("a gone page has no view to encode or read")
+        return self.ladder[view.tier.name]
 
     def _batches(self, views: list[PageView], size: int) -> Iterable[tuple[Tier, list[int]]]:
         """Indices of ``views`` grouped by tier (first-seen order), cut into batches of ``size``."""
@@ -332,6 +644,12 @@ class DeepseekOcr2Backend:
             tier = views[idx[0]].tier
             for k in range(0, len(idx), size):
                 yield tier, idx[k:k + size]
+
+
+def batch_bucket(n: int) -> int:
+    """The batch size a compiled encoder call runs at: the next power of two, at least 2 (a batch
+    of 1 would make the compiler specialise on it)."""
+    return max(2, 1 << (max(1, n) - 1).bit_length())
 
 
 def encoder_view(image: Image.Image, tier: Tier) -> Image.Image:

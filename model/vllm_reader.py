@@ -31,6 +31,7 @@ import httpx
 from PIL import Image
 
 from optimem.model.base import Decoded, DecodedLine, ModelUnavailable, PageView, attribute_turns
+from optimem.model.line_crop import line_crop
 from optimem.model.tiers import DEEPSEEK_OCR2, Ladder, Tier
 
 PROMPT = "Free OCR."
@@ -41,6 +42,7 @@ class VllmReader:
     """A decode-only backend over a vLLM server. ``encode`` raises NotImplementedError."""
 
     name = "vllm"
+    reads_line_subsets = True   # decode_lines sends just a turn's lines (memory/reading.py)
 
     def __init__(self, url: str | None = None, model: str | None = None, *, ladder: Ladder = DEEPSEEK_OCR2,
                  max_tokens: int = 4096, ngram_size: int = 30, window_size: int = 90,
@@ -86,25 +88,47 @@ class VllmReader:
         with ThreadPoolExecutor(min(self.concurrency, len(views))) as pool:
             return list(pool.map(self._read, views))
 
-    def request_body(self, view: PageView) -> dict:
-        """The chat completion request for one view, as sent."""
+    def decode_lines(self, views: list[PageView]) -> list[Decoded]:
+        """Read only the lines of each view's line boxes (one turn's): the server gets the lines
+        cropped from the view onto one small image (``model.line_crop``) and a token budget for
+        that many lines, not the whole page. A view without lines reads as empty."""
+        def read(view: PageView) -> Decoded:
+            crop = line_crop(view)
+            if crop is None:
+                return Decoded("", [], 0.0)
+            decoded = self._read(view, crop.image, crop.max_new_tokens, crop.lines)
+            turns = {b.turn for b in crop.lines}
+            if len(turns) == 1:
+                for line in decoded.lines:
+                    line.turn = next(iter(turns))
+            return decoded
+
+        if len(views) <= 1 or self.concurrency == 1:
+            return [read(v) for v in views]
+        with ThreadPoolExecutor(min(self.concurrency, len(views))) as pool:
+            return list(pool.map(read, views))
+
+    def request_body(self, view: PageView, image: Image.Image | None = None, max_tokens: int | None = None) -> dict:
+        """The chat completion request for one view (or ``image``, a crop of it), as sent."""
+        shown = image if image is not None else _shown(view.image, view.tier)
         return {
             "model": self.model,
             "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": _data_url(_shown(view.image, view.tier))}},
+                {"type": "image_url", "image_url": {"url": _data_url(shown)}},
                 {"type": "text", "text": PROMPT},
             ]}],
             "temperature": 0.0,
-            "max_tokens": self.max_tokens,
+            "max_tokens": min(self.max_tokens, max_tokens or self.max_tokens),
             "skip_special_tokens": True,
             "logprobs": True,
             "vllm_xargs": self.xargs,
         }
 
-    def _read(self, view: PageView) -> Decoded:
+    def _read(self, view: PageView, image: Image.Image | None = None, max_tokens: int | None = None,
+              boxes: list | None = None) -> Decoded:
         start = time.perf_counter()
         try:
-            r = self._client.post("/v1/chat/completions", json=self.request_body(view))
+            r = self._client.post("/v1/chat/completions", json=self.request_body(view, image, max_tokens))
         except httpx.HTTPError as e:
             raise RuntimeError(f"vLLM server at {self.url} did not answer: {e}") from e
         if r.status_code != 200:
@@ -115,7 +139,7 @@ class VllmReader:
             raise RuntimeError(f"vLLM server at {self.url} sent no completion: {r.text[:500]}") from None
         text = choice["message"].get("content") or ""
         lines = _lines(text, (choice.get("logprobs") or {}).get("content") or [])
-        attribute_turns(lines, view.lines)
+        attribute_turns(lines, view.lines if boxes is None else boxes)
         return Decoded(text.strip(), lines, time.perf_counter() - start)
 
     def close(self) -> None:

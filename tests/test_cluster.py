@@ -169,9 +169,10 @@ def test_the_whole_loop_on_a_cluster(memory, tenant):
     found = memory.recall(sids[1], query=" ".join(needle), tenant=tenant)
     assert found.hits
 
-    # delete: every key of the session goes, cached visual tokens (found in its slot) too
+    # delete: every key of the session goes, cached visual tokens and canvases (found in its slot) too
     gone = SessionKeys(tenant, sids[1])
-    r.set(gone.visual_tokens("0", "crops", "test"), b"x")
+    r.set(gone.token_cache("0", "crops", "test"), b"x")
+    r.set(gone.canvas(0, "mosaic4", "1.0-2"), b"x")
     memory.delete_session(sids[1], tenant=tenant)
     assert memory.sessions(tenant=tenant) == sorted([sids[0], sids[2]])
     slot = r.keyslot(gone.meta)

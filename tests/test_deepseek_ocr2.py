@@ -327,3 +327,226 @@ def test_vllm_reader_errors_are_clear(monkeypatch):
             reader.decode([view("v768")])
     finally:
         failing.close()
+
+
+# --- issue 20: device pixels, compiled encoder, static cache, one-turn reads, lanes ------------
+
+def _processor_pixels(backend, images, tier):
+    if tier.crops:
+        kwargs = dict(crop_to_patches=True, min_patches=tier.crops, max_patches=tier.crops,
+                      size={"height": tier.px, "width": tier.px})
+    else:
+        kwargs = dict(crop_to_patches=False, tile_size=tier.canvas_px or tier.px)
+    return backend.processor.image_processor(images, return_tensors="pt", **kwargs)
+
+
+@pytest.mark.parametrize("tier", ["g1024", "v768", "mosaic4", "mosaic16"])
+def test_device_pixels_equal_the_pil_processor_where_nothing_is_resized(backend, tier):
+    from optimem.model import pixels
+
+    t = LADDER[tier]
+    images = [encoder_view(page(t.px, f"page {i}"), t) for i in range(2)]   # a mosaic cell goes on its canvas
+    ref = _processor_pixels(backend, images, t)
+    glob, local, n_local = pixels.encoder_input(images, pixels.Shown(t.canvas_px or t.px), torch.device("cpu"),
+                                                torch.float32)
+    assert local is None and n_local == [0, 0]
+    assert torch.equal(glob, ref["pixel_values"])
+
+
+def test_device_pixels_stay_within_the_stated_bound_where_a_resize_happens(backend):
+    """A 1024 page shown at 768, and the crops tier's 1536 px upsample: PIL resizes in fixed point,
+    torch in float; the bound in model/pixels.py (max 0.12, mean 1e-3 after normalization)."""
+    from optimem.model import pixels
+
+    cpu = torch.device("cpu")
+    images = [page(1024, f"page {i}") for i in range(2)]
+    ref = _processor_pixels(backend, images, LADDER["v768"])
+    glob, _, _ = pixels.encoder_input(images, pixels.Shown(768), cpu, torch.float32)
+    diff = (glob - ref["pixel_values"]).abs()
+    assert glob.shape == (2, 3, 768, 768) and diff.max() <= 0.12 and diff.mean() <= 1e-3
+
+    ref = _processor_pixels(backend, images, LADDER["crops"])
+    glob, local, n_local = pixels.encoder_input(images, pixels.Shown(1024, 4), cpu, torch.float32)
+    assert torch.equal(glob, ref["pixel_values"]) and n_local == [4, 4]
+    diff = (local - ref["pixel_values_local"]).abs()
+    assert local.shape == (8, 3, 768, 768) and diff.max() <= 0.12 and diff.mean() <= 1e-3
+    # a page that is not square is padded with the processor's grey, centred
+    wide = [page(1024).resize((1024, 600))]
+    assert torch.equal(pixels.encoder_input(wide, pixels.Shown(1024), cpu, torch.float32)[0],
+                       _processor_pixels(backend, wide, LADDER["g1024"])["pixel_values"])
+
+
+def test_device_pixels_give_the_pil_processors_visual_tokens(backend):
+    views = [view(t) for t in ("g1024", "v768", "mosaic4", "crops")]
+    backend.pixels = "pil"
+    try:
+        by_pil = backend.encode(views)
+    finally:
+        backend.pixels = "device"
+    by_device = backend.encode(views)
+    assert [vt.n_tokens for vt in by_device] == [LADDER[v.tier.name].canvas_tokens for v in views]
+    for a, b in zip(by_device[:3], by_pil[:3]):
+        assert torch.equal(a.tensor, b.tensor)
+    assert (by_device[3].tensor.float() - by_pil[3].tensor.float()).abs().max() < 0.05   # crops: resized locals
+
+
+def test_static_and_dynamic_caches_give_the_same_ids(backend):
+    feats = [vt.tensor for vt in backend.encode([view("g1024", "alpha"), view("g1024", "beta"), view("g1024", "x")])]
+    backend.decode_batch_size = 4   # three views: padded to the bucket of 4 with the static cache
+    try:
+        dynamic = backend.generate_ids(feats, static_cache=False)
+        static = backend.generate_ids(feats, static_cache=True)
+    finally:
+        backend.decode_batch_size = 4
+    assert static[0] == dynamic[0] and len(static[0]) == 3 and all(len(ids) > 0 for ids in static[0])
+    assert [[round(p, 3) for p in ps] for ps in static[1]] == [[round(p, 3) for p in ps] for ps in dynamic[1]]
+
+
+def test_the_ngram_guard_holds_with_the_static_cache(tiny_deepseek_dir):
+    b = DeepseekOcr2Backend(tiny_deepseek_dir, device="cpu", dtype="bfloat16", max_new_tokens=40,
+                            ngram_size=4, ngram_window=40, static_cache=True)
+    ids = b.generate_ids([b.encode([view("v768")])[0].tensor], static_cache=True)[0][0]
+    assert len(ids) > 8 and not repeats(ids, 4, 40)
+
+
+def test_compiled_encoder_is_warmed_at_start_and_never_compiles_on_a_request(tiny_deepseek_dir, caplog):
+    """CPU: dynamo traces and guards with its "eager" backend, as inductor would on a GPU."""
+    import logging
+
+    from torch._dynamo.utils import counters
+
+    b = DeepseekOcr2Backend(tiny_deepseek_dir, device="cpu", dtype="bfloat16", max_new_tokens=8,
+                            batch_size=2, compile=True, static_cache=False)
+    b.compile_backend = "eager"
+    eager = [vt.tensor for vt in b.encode([view("g1024", "a"), view("v768", "b")])]
+    with caplog.at_level(logging.INFO, logger="optimem.model.deepseek_ocr2"):
+        seconds = b.warm()
+    assert sorted(b._compiled) == [768, 1024] and seconds["compile_1024"] > 0 and not b.warming
+    assert "encoder at 1024 px compiled and warmed in" in caplog.text
+    graphs = counters["stats"]["unique_graphs"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        got = b.encode([view("g1024", "a"), view("v768", "b")])                 # batch 1: padded to 2
+        three = b.encode([view("g1024", "a"), view("g1024", "c"), view("g1024", "d")])   # 3: padded to 4
+    assert counters["stats"]["unique_graphs"] == graphs and "compiled on a request" not in caplog.text
+    assert [torch.equal(vt.tensor, e) for vt, e in zip(got, eager)] == [True, True]
+    assert torch.equal(three[0].tensor, eager[0]) and [vt.n_tokens for vt in three] == [257] * 3
+
+
+def test_a_failing_compile_falls_back_to_the_eager_encoder_with_a_log_line(tiny_deepseek_dir, caplog):
+    import logging
+
+    b = DeepseekOcr2Backend(tiny_deepseek_dir, device="cpu", dtype="bfloat16", compile=True, static_cache=False)
+    b.compile_backend = "no-such-backend"
+    with caplog.at_level(logging.WARNING, logger="optimem.model.deepseek_ocr2"):
+        b.warm()
+    assert not b._compiled and "the eager encoder runs" in caplog.text
+    assert b.encode([view("v768")])[0].n_tokens == 145
+
+
+def turn_view(tier: str = "g1024") -> PageView:
+    t = LADDER[tier]
+    boxes = [LineBox(5, (8, 8 + 24 * k, 300, 22 + 24 * k), f"line {k}") for k in (3, 4)]
+    return PageView(page(t.px, "turn text"), t, boxes)
+
+
+def test_one_turn_reads_its_lines_as_one_small_view(backend):
+    """decode_lines = the lines cropped at the page's tier onto a 768 canvas, encoded (145 tokens)
+    and decoded with a budget for two lines: the same text as decoding that crop by hand."""
+    from optimem.model.line_crop import line_crop
+
+    v = turn_view()
+    crop = line_crop(v)
+    assert crop.px == 768 and crop.max_new_tokens < 200
+    # the lines' box (8..300 x 80..118) and a 4 px margin, moved to the top left, unscaled, on white
+    assert crop.image.crop((0, 0, 300, 46)).tobytes() == v.image.crop((4, 76, 304, 122)).tobytes()
+    assert crop.image.crop((300, 46, 768, 768)).getextrema() == ((255, 255),) * 3
+    (got,) = backend.decode_lines([v])
+    tokens = backend.encode([PageView(crop.image, LADDER["v768"])])[0]
+    ids, _ = backend.generate_ids([tokens.tensor], max_new_tokens=crop.max_new_tokens)
+    assert got.text == backend.tokenizer.decode(ids[0], skip_special_tokens=True).strip() and got.text
+    assert got.lines and all(line.turn == 5 and 0.0 < line.score <= 1.0 for line in got.lines)
+    assert backend.decode_lines([PageView(v.image, v.tier, [])])[0].text == ""
+    assert backend.reads_line_subsets
+
+
+def test_lanes_batch_callers_from_many_threads_by_tier(backend):
+    from concurrent.futures import ThreadPoolExecutor
+
+    lane = backend._lanes["encode"]
+    lane.window_s = 0.5   # generous: the four callers below arrive well within it
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda text: backend.encode([view("v768", text)])[0], ["a", "b", "c", "d"]))
+    finally:
+        lane.window_s = 0.005
+    assert lane.batches[-1] == ("v768", 4) and [vt.n_tokens for vt in got] == [145] * 4
+
+
+def test_a_lane_never_waits_for_another():
+    import threading
+    import time as clock
+
+    from optimem.model.batching import Lane
+
+    release = threading.Event()
+    slow = Lane("page", lambda key, items: (release.wait(5), items)[1], max_batch=4)
+    fast = Lane("turn", lambda key, items: [i * 2 for i in items], max_batch=4)
+    threading.Thread(target=slow.call, args=("k", [1]), daemon=True).start()
+    clock.sleep(0.05)
+    start = clock.monotonic()
+    assert fast.call("k", [1, 2]) == [2, 4] and clock.monotonic() - start < 1.0
+    release.set()
+    with pytest.raises(ZeroDivisionError):
+        Lane("x", lambda key, items: [1 / 0], max_batch=1).call("k", [0])
+
+
+def test_vllm_reader_reads_one_turn_from_a_crop(vllm_server):
+    reader = VllmReader(vllm_server.url, model="m")
+    assert reader.reads_line_subsets
+    (got,) = reader.decode_lines([turn_view()])
+    assert got.text and all(line.turn == 5 for line in got.lines)
+    body = vllm_server.requests[0]["body"]
+    url = body["messages"][0]["content"][0]["image_url"]["url"]
+    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (768, 768)
+    assert body["max_tokens"] < 200
+    assert reader.decode_lines([PageView(page(1024), LADDER["g1024"], [])])[0].text == ""
+    assert len(vllm_server.requests) == 1
+
+
+def test_device_normalization_matches_the_processors_arithmetic_at_every_level():
+    import numpy as np
+
+    from optimem.model import pixels
+
+    levels = np.arange(256, dtype=np.uint8)
+    x = (levels.astype(np.float64) * (1 / 255)).astype(np.float32)          # the processor's rescale
+    expected = torch.from_numpy((x - np.float32(0.5)) / np.float32(0.5))    # and normalize
+    assert torch.equal(pixels.normalize(torch.from_numpy(levels), torch.float32), expected)
+
+
+def test_the_static_cache_decoder_is_used_only_once_warmed_in_each_lane(tiny_deepseek_dir):
+    b = DeepseekOcr2Backend(tiny_deepseek_dir, device="cpu", dtype="bfloat16", max_new_tokens=8,
+                            decode_batch_size=2, static_cache=True)
+    assert not b._static_ready            # a request before warm-up decodes with the dynamic cache
+    seconds = b.warm()
+    assert b._static_ready and not b.warming
+    assert set(seconds) == {f"decode_{lane}_batch_{n}" for lane in ("page", "turn") for n in (1, 2)}
+    tokens = b.encode([view("v768")])[0]
+    assert b.decode_tokens([tokens])[0].text == b.decode_tokens([tokens])[0].text
+
+
+def test_a_turn_taller_than_768_px_goes_on_a_1024_view(backend):
+    from optimem.model.line_crop import line_crop
+
+    t = LADDER["crops"]
+    boxes = [LineBox(9, (8, 8 + 24 * k, 1000, 22 + 24 * k), f"line {k}") for k in range(36)]   # 8..862 px
+    crop = line_crop(PageView(page(t.px), t, boxes))
+    assert crop.px == 1024 and crop.image.size == (1024, 1024)
+    assert crop.lines[0].box[:2] == (4, 4) and crop.max_new_tokens == 48 * 36 + 8
+    backend.max_new_tokens = 4   # the backend's cap bounds a crop's budget too: keep the test short
+    try:
+        (got,) = backend.decode_lines([PageView(page(t.px), t, boxes)])
+    finally:
+        backend.max_new_tokens = NEW_TOKENS
+    assert all(line.turn == 9 for line in got.lines)

@@ -59,16 +59,52 @@ def test_pages_are_encoded_by_workers_and_served_as_embeddings(api, memory, tena
     assert VisualTokens.from_bytes(raw.content).n_tokens == served["images"][0]["n_tokens"]
 
 
-def test_recall_decodes_from_cached_tokens_like_from_pixels(api, memory, tenant):
+def test_a_page_read_decodes_from_cached_tokens_like_from_pixels(api, memory, tenant):
     api.post("/v1/sessions", json={"id": "dec", "curve": "keep"})
     api.post("/v1/sessions/dec/turns", json={"turns": longest()[1][:120]})
     drain(memory)
-    hit = api.post("/v1/sessions/dec/recall", json={"turn": 0}).json()["hits"][0]
-    assert hit["page"] == 0 and hit["tier"] == "crops"
     k = SessionKeys(tenant, "dec")
-    from_pixels = memory.backend.decode([memory.reader.view(k, 0, memory.ladder["crops"])])[0].text
-    cached = memory.store.cached_decoded(k, 0, "crops", memory.reader.id)
-    assert cached["text"] == from_pixels
+    crops = memory.ladder["crops"]
+    from_pixels = memory.backend.decode([memory.reader.view(k, 0, crops)])[0].text
+    assert memory.reader.decoded(k, 0, crops)["text"] == from_pixels
+    assert memory.store.cached_decoded(k, 0, "crops", memory.reader.id)["text"] == from_pixels
+
+
+def test_recall_of_one_turn_reads_only_its_lines(api, memory, tenant):
+    """The GPU backend reads a turn like the CPU reader does: its line boxes, cropped from the page
+    at the page's tier, as one small view (decode_lines), cached per turn; the page is not read."""
+    from optimem.model.base import PageView
+    from optimem.renderer import scale_lines, view
+
+    api.post("/v1/sessions", json={"id": "one", "curve": "keep"})
+    api.post("/v1/sessions/one/turns", json={"turns": longest()[1][:120]})
+    got = api.post("/v1/sessions/one/recall", json={"turn": 1}).json()
+    hit = got["hits"][0]
+    assert hit["page"] == 0 and hit["tier"] == "crops" and 0 <= hit["confidence"] <= 1
+    k = SessionKeys(tenant, "one")
+    crops = memory.ladder["crops"]
+    cached = memory.store.cached_decoded(k, 0, "crops:t1", memory.reader.id)
+    assert cached is not None and memory.store.cached_decoded(k, 0, "crops", memory.reader.id) is None
+    lines = scale_lines(memory.reader.turn_lines(k, 0, 1), memory.ladder.page_px, crops.px)
+    direct = memory.backend.decode_lines([PageView(view(memory.store.png(k, 0), crops.px), crops, lines)])[0]
+    assert cached["text"] == direct.text and cached["text"]
+    assert {line["turn"] for line in cached["lines"]} == {1}
+
+
+def test_the_worker_sends_encode_jobs_of_one_tier_as_one_batch(memory, tenant):
+    memory.create_session("many", curve="keep", tenant=tenant)
+    memory.append("many", longest()[1][:400], tenant=tenant)   # several pages, one encode job each
+    r = memory.store.r
+    waiting = jobs.backlog(r)
+    assert waiting >= 3
+    lane = memory.backend._lanes["encode"]
+    lane.window_s = 0.5     # the worker's jobs start together; a CPU this slow needs the room
+    worker = jobs.Worker(r, memory.handle_job, name="batcher", batch=8)
+    try:
+        assert worker.run_once(block_ms=10) == waiting
+    finally:
+        lane.window_s = 0.005
+    assert ("crops", waiting) in lane.batches and jobs.backlog(r) == 0
 
 
 def test_a_corrupted_token_entry_is_recomputed_not_served(api, memory, tenant):
@@ -76,7 +112,7 @@ def test_a_corrupted_token_entry_is_recomputed_not_served(api, memory, tenant):
     api.post("/v1/sessions/bad/turns", json={"turns": longest()[1][:120]})
     drain(memory)
     k = SessionKeys(tenant, "bad")
-    key = k.visual_tokens("0", "crops", memory.backend.revision)
+    key = k.token_cache("0", "crops", memory.backend.revision)
     good = memory.store.r.get(key)
     broken = bytearray(good)
     broken[-5] ^= 0xFF

@@ -114,8 +114,32 @@ def test_a_kill_between_sealing_steps_loses_no_turn(tmp_path, when, background):
     try:
         before = memory.session("crash", tenant="default")
         memory.append("crash", turns[sent:sent + 100], tenant="default")
+        memory.settle("crash", tenant="default")      # sealed behind the append: wait for it here
         after = memory.session("crash", tenant="default")
         assert after.pages > before.pages
         every_turn_is_somewhere(memory, "default", "crash", turns[:sent + 100])
     finally:
         memory.close()
+
+
+def test_an_embedded_memory_on_the_servers_data_dir_leaves_the_servers_redis_running(tmp_path):
+    """Issue 25 item 4: ``optimem.Memory()`` on a running server's data directory adopts its
+    embedded Redis; closing it used to shut that Redis down, and the server then answered 500 on
+    every route. The last user to close stops it: here the server, on SIGTERM."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_service(tmp_path, port)
+    try:
+        httpx.post(f"{url}/v1/sessions", json={"id": "served"}).raise_for_status()
+        with Memory(Settings(data_dir=tmp_path, recent_tokens=300, worker=False)) as embedded:
+            embedded.create_session("embedded")
+            embedded.add("embedded", "written beside the server")
+            assert sorted(embedded.sessions()) == ["embedded", "served"]      # the same store
+        assert EmbeddedRedis(tmp_path)._alive()
+        got = httpx.post(f"{url}/v1/sessions/served/turns", json={"turns": [{"role": "user", "content": "still here"}]})
+        assert got.status_code == 200, got.text[:200]
+        assert httpx.get(f"{url}/v1/sessions").json() == {"sessions": ["embedded", "served"]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert not EmbeddedRedis(tmp_path)._alive(), "the server, the last user, stops it"

@@ -66,11 +66,13 @@ def test_a_forgotten_turn_leaves_every_key_the_pixels_recall_context_and_the_dis
     whole = memory.reader.decoded(k, page, memory.ladder["g1024"])        # a whole-page read, cached
     assert "Zephyr" in whole["text"]
     assert api.get(f"/v1/sessions/s/pages/{page}/image?tier=mosaic4").status_code == 200
+    canvas_before = api.get(f"/v1/sessions/s/mosaics/mosaic4/{page // 4}/image").content   # cached now
+    assert list(r.scan_iter(match=f"{k.tag}:canvas:mosaic4:{page // 4}:*"))
     # Visual tokens as a GPU backend caches them (the CPU reader makes none): the page's own, its
     # mosaic canvases', and another page's, which stays
-    own = [k.visual_tokens(str(page), "g1024", "rev1"), k.visual_tokens(f"m{page // 4}", "mosaic4", "rev0"),
-           k.visual_tokens(f"m{page // 16}", "mosaic16", "rev1")]
-    other = k.visual_tokens(str(page + 5), "g1024", "rev1")
+    own = [k.token_cache(str(page), "g1024", "rev1"), k.token_cache(f"m{page // 4}", "mosaic4", "rev0"),
+           k.token_cache(f"m{page // 16}", "mosaic16", "rev1")]
+    other = k.token_cache(str(page + 5), "g1024", "rev1")
     for key in own:
         r.set(key, b"tokens of a page that reads " + PLANTED.encode())
     r.set(other, b"tokens of another page")
@@ -85,6 +87,9 @@ def test_a_forgotten_turn_leaves_every_key_the_pixels_recall_context_and_the_dis
 
     assert not [x for x in session_content(r, k) if holds(x)]              # no key, no value
     assert r.exists(*own) == 0 and r.get(other) == b"tokens of another page"
+    assert not list(r.scan_iter(match=f"{k.tag}:canvas:mosaic4:{page // 4}:*"))            # the canvas too
+    canvas_after = api.get(f"/v1/sessions/s/mosaics/mosaic4/{page // 4}/image").content
+    assert canvas_after != canvas_before
     for query in ("Zephyr Marmalade", "vault phrase Quixotic", "4417"):
         hits = api.post("/v1/sessions/s/recall", json={"query": query, "limit": 20}).json()["hits"]
         assert not [h for h in hits if holds(json.dumps(h).encode())]
