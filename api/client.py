@@ -26,7 +26,8 @@ import httpx
 from pydantic import BaseModel
 
 from optimem.errors import BadRequest, ModelUnavailable, NotFound, OptimemError, SessionExists
-from optimem.memory.results import Appended, EmbeddingsContext, OpenAIContext, RawContext, Recall, Session
+from optimem.memory.results import (Appended, EmbeddingsContext, Forgotten, OpenAIContext, RawContext, Recall,
+                                    Session)
 
 __all__ = ["Client", "AsyncClient", "Context"]
 
@@ -137,6 +138,12 @@ class _Calls:
     @staticmethod
     def health() -> _Call[dict[str, Any]]:
         return _Call("GET", "/healthz", lambda r: dict(r.json()))
+
+    @staticmethod
+    def forget(session: str, turn: int, last: int | None) -> _Call[Forgotten]:
+        if last is None:
+            return _Call("DELETE", f"{_s(session)}/turns/{int(turn)}", _model(Forgotten))
+        return _Call("DELETE", f"{_s(session)}/turns", _model(Forgotten), params={"from": int(turn), "to": int(last)})
 
     @staticmethod
     def delete_all_sessions(tenant: str) -> _Call[int]:
@@ -256,6 +263,11 @@ class Client(_Base):
     def health(self) -> dict[str, Any]:
         return self._do(_Calls.health())
 
+    def forget(self, session: str, turn: int, last: int | None = None) -> Forgotten:
+        """Forget turns ``turn``..``last`` (one turn without ``last``) for real: their text leaves every
+        store, page pixel and cache; their numbers stay."""
+        return self._do(_Calls.forget(session, turn, last))
+
     def delete_all_sessions(self, tenant: str) -> int:
         """Delete every session of your tenant (``tenant``: its name, as a check); how many were deleted."""
         return self._do(_Calls.delete_all_sessions(tenant))
@@ -358,6 +370,9 @@ class AsyncClient(_Base):
 
     async def health(self) -> dict[str, Any]:
         return await self._do(_Calls.health())
+
+    async def forget(self, session: str, turn: int, last: int | None = None) -> Forgotten:
+        return await self._do(_Calls.forget(session, turn, last))
 
     async def delete_all_sessions(self, tenant: str) -> int:
         return await self._do(_Calls.delete_all_sessions(tenant))

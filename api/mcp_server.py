@@ -33,6 +33,7 @@ from optimem.api.schemas import TurnIn
 from optimem.api.verbs import Recalled, Verbs, append_creating, asked, raw_context, recall_text, recalled
 from optimem.errors import NotFound, OptimemError
 from optimem.memory.results import Accounting, Recall
+from optimem.memory.results import Forgotten as TurnsForgotten
 from optimem.memory.service import SESSION_CHARS
 from optimem.settings import SCOPES
 
@@ -237,6 +238,25 @@ def server(caller_for: Callable[[Context], Caller], name: str = "optimem") -> MC
         await _run(caller_for(ctx).needs("admin", "forget_session").verbs.delete_session, session)
         return _structured(Forgotten(session=session, deleted=True),
                            [TextContent(type="text", text=f"Session {session!r} is deleted.")])
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True),
+              description="Forget turns for real, when the user asks: their text leaves memory (the stored "
+              "text, the search index, the page images, every cache); the turns keep their numbers, empty. "
+              "`turn`, or `turn` to `last`; needs `confirm: true`.")
+    async def forget_turns(
+            session: Session,
+            turn: Annotated[StrictInt, Field(description="The (first) turn to forget.", ge=0)],
+            ctx: Context,
+            last: Annotated[Optional[StrictInt], Field(description="The last turn to forget (included).", ge=0)] = None,
+            confirm: Annotated[bool, Field(description="Must be true: the text cannot be brought back.")] = False,
+    ) -> Annotated[CallToolResult, TurnsForgotten]:
+        if confirm is not True:
+            raise ToolError("not forgotten: call again with confirm=true to take these turns' text out of memory "
+                            "for good")
+        got = await _run(caller_for(ctx).needs("admin", "forget_turns").verbs.forget, session, turn, last)
+        span = f"turn {got.turns[0]}" if len(got.turns) == 1 else f"turns {got.turns[0]}-{got.turns[-1]}"
+        return _structured(got, [TextContent(type="text", text=f"Forgot {span} of session {session!r}: the text "
+                                                               "is gone, the turn numbers stay.")])
 
     @mcp.resource("optimem://{session}/pages/{n}{?tier}", name="page", mime_type="image/png",
                   description="A memory page as PNG, at `tier` (a tier name or 'full'; default: its tier now).")

@@ -48,6 +48,7 @@ def document(app: FastAPI, memory_: Memory) -> dict:
                 responses.pop("422", None)
                 responses.setdefault("400", {"description": "Bad request", "content": openai_error})
                 responses["401"] = {"description": "Missing or unknown API key", "content": openai_error}
+                responses["403"] = {"description": "The API key's scope does not allow this", "content": openai_error}
                 continue
             html = path.startswith("/inspect")
             if "422" in responses or params or "requestBody" in op:
@@ -63,6 +64,8 @@ def document(app: FastAPI, memory_: Memory) -> dict:
             if keyed and path not in OPEN:
                 responses["401"] = {"description": "Missing or unknown API key (when API keys are set)",
                                     "content": problem}
+                responses["403"] = {"description": "The API key's scope (read, write, admin) does not allow this "
+                                                   "route: the detail names the scope it needs", "content": problem}
             for p in params:
                 if p.get("name") == "tier" and p.get("in") in ("query", "path"):
                     names = mosaics if "/mosaics/" in path else tiers + (["full"] if "/pages/" in path else [])

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from optimem.api.client import Client
 from optimem.errors import NotFound, SessionExists
-from optimem.memory.results import Appended, RawContext, Recall
+from optimem.memory.results import Appended, Forgotten, RawContext, Recall
 from optimem.memory.service import DEFAULT_TENANT, Memory
 
 
@@ -22,6 +22,7 @@ class Verbs(Protocol):
     def create_session(self, session: str | None = None) -> Any: ...
     def sessions(self) -> list[str]: ...
     def delete_session(self, session: str) -> None: ...
+    def forget(self, session: str, turn: int, last: int | None = None) -> Forgotten: ...
     def append(self, session: str, turns: list[dict[str, Any]]) -> Appended: ...
     def context(self, session: str, *, budget: int | None = None, format: str = "raw") -> Any: ...
     def page_image(self, session: str, page: int, tier: str | None = None) -> bytes: ...
@@ -44,6 +45,9 @@ class Embedded:
 
     def delete_session(self, session: str) -> None:
         self.memory.delete_session(session, tenant=self.tenant)
+
+    def forget(self, session: str, turn: int, last: int | None = None) -> Forgotten:
+        return self.memory.forget(session, turn, last, tenant=self.tenant)
 
     def append(self, session: str, turns: list[dict[str, Any]]) -> Appended:
         return self.memory.append(session, turns, tenant=self.tenant)

@@ -156,3 +156,26 @@ def test_an_export_carries_a_forgotten_turn_as_a_marker_and_an_import_forgets_it
     assert memory.forgotten("copy", tenant=k.tenant) == {100}
     assert api.get("/v1/sessions/copy/context").json()["accounting"]["turns_forgotten"] == 1
     assert api.get("/v1/sessions/copy/export").content.split(b"\n")[1:] == data.split(b"\n")[1:]
+
+
+def test_the_clients_forget_a_turn_and_a_range(api, memory, planted, tenant):
+    import asyncio
+
+    import httpx
+
+    import optimem
+
+    chat, k, page = planted
+    with optimem.Client("http://testserver", api_key=f"key-{tenant}", http=api) as client:
+        one = client.forget("s", 100)
+        assert one.turns == [100] and one.pages == [page]
+        with pytest.raises(optimem.BadRequest, match="0..499"):
+            client.forget("s", 900)
+
+    async def later():
+        async with optimem.AsyncClient("http://testserver", api_key=f"key-{tenant}",
+                                       transport=httpx.ASGITransport(app=api.app)) as client:
+            return await client.forget("s", 10, 12)
+
+    assert asyncio.run(later()).turns == [10, 11, 12]
+    assert memory.forgotten("s", tenant=k.tenant) == {10, 11, 12, 100}

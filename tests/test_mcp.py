@@ -29,7 +29,7 @@ from tests.test_api import every_turn_is_somewhere
 from tests.test_durability import free_port
 
 FACT = "By the way, my sister Marguerite keeps her sailboat Tortuga moored at pier 47 in Halifax."
-TOOLS = {"remember", "recall", "context", "sessions", "forget_session"}
+TOOLS = {"remember", "recall", "context", "sessions", "forget_session", "forget_turns"}   # forget_turns: issue 24
 LIMIT_S = 240   # any one conversation with a server; the test fails rather than hangs
 
 

@@ -122,3 +122,18 @@ def test_a_scope_must_be_one_of_the_three(keys, words):
     else:
         with pytest.raises(ValueError, match=words):
             Settings(api_keys=keys)
+
+
+def test_the_mcp_forget_turns_tool_needs_admin_and_confirm(app, memory, tenant):
+    memory.create_session("f", tenant=tenant)
+    memory.append("f", [{"role": "user", "content": "my pin is 8812"}, {"role": "assistant", "content": "ok"}],
+                  tenant=tenant)
+    refused = mcp_tool(app, "kw", tenant, "forget_turns", {"session": "f", "turn": 0, "confirm": True})
+    assert refused["isError"] and "needs 'admin'" in refused["content"][0]["text"]
+    unconfirmed = mcp_tool(app, "ka", tenant, "forget_turns", {"session": "f", "turn": 0})
+    assert unconfirmed["isError"] and "confirm=true" in unconfirmed["content"][0]["text"]
+    assert memory.forgotten("f", tenant=tenant) == set()
+    done = mcp_tool(app, "ka", tenant, "forget_turns", {"session": "f", "turn": 0, "confirm": True})
+    assert not done.get("isError") and done["structuredContent"]["turns"] == [0]
+    assert memory.forgotten("f", tenant=tenant) == {0}
+    assert "8812" not in memory.context("f", tenant=tenant).model_dump_json()
