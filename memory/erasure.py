@@ -12,6 +12,7 @@ import threading
 import time
 
 import redis
+from redis.cluster import RedisCluster
 
 from optimem.errors import NotFound
 from optimem.memory import index as ix
@@ -184,6 +185,10 @@ class FileRewrite:
     def _rewrite(self) -> None:
         """BGREWRITEAOF, then (snapshots configured) BGSAVE, each waited for: a rewrite or save
         already running began before the forget, so ours starts after it."""
+        if isinstance(self.r, RedisCluster):   # each node keeps its own files: the operator rewrites them
+            log.warning("a turn was forgotten on a Redis Cluster: run BGREWRITEAOF (and BGSAVE) on every "
+                        "primary and replica so their files drop the old writes")
+            return
         deadline = time.monotonic() + REWRITE_GIVE_UP_S
         if int(self.r.info("persistence").get("aof_enabled", 0)):
             self._run(self.r.bgrewriteaof, "aof_rewrite_in_progress", deadline)

@@ -113,6 +113,8 @@ class Memory:
         if self.worker:
             self.worker.stop(timeout_s)
             self.worker = None
+        if self.rewrite is not None:
+            self.rewrite.wait(timeout_s)     # a forget's file rewrite, before the server may stop
         if self.store is not None:
             self.store.r.close()   # our connections: the embedded server's other users count them
         if self.server and stop_server:

@@ -293,6 +293,8 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
             chunk.append(_appended(obj))
             if len(chunk) == CHUNK:
                 memory.append(sid, chunk, tenant=tenant)
+                # Pages sealed before the next chunk: a seal backlog would typeset (and hold) them all at once.
+                memory.settle(sid, tenant=tenant)
                 if progress:
                     progress(len(chunk))
                 chunk = []
