@@ -104,7 +104,8 @@ def main() -> None:
             same = (orig.turns, orig.pages, orig.text_turns_from) == (copy.turns, copy.pages, copy.text_turns_from) \
                 and page_digests(memory, "orig", orig.pages) == page_digests(memory, "copy", copy.pages)
             n = args.turns
-            result = {"machine": machine(), "turns": n, "pages": orig.pages, "file_mb": round(path.stat().st_size / 2**20, 1),
+            result = {"machine": machine(), "turns": n, "pages": orig.pages,
+                      "file_mb": round(path.stat().st_size / 2**20, 1),
                       "build": {"s": round(build_s, 1), "turns_per_s": round(n / build_s), "rss_peak_mb": build_rss.mb},
                       "export": {"s": round(export_s, 2), "turns_per_s": round(n / export_s),
                                  "rss_peak_mb": export_rss.mb},
