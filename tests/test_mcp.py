@@ -92,9 +92,15 @@ def test_an_agent_on_stdio_remembers_500_turns_recalls_an_early_fact_from_its_pa
             listed = await c.call_tool("sessions", {})
             assert listed.structured_content["sessions"] == ["long", "other"]
 
-            found = await c.call_tool("recall", {"session": "long", "query": "where does Marguerite keep the sailboat",
-                                                 "limit": 3})
-            best = found.structured_content["hits"][0]
+            # Pages are sealed just after `remember` answers; until then a turn is served as text. Wait for page 0.
+            deadline = time.monotonic() + 60
+            while True:
+                found = await c.call_tool("recall", {"session": "long", "query": "where does Marguerite keep the "
+                                                     "sailboat", "limit": 3})
+                best = found.structured_content["hits"][0]
+                if best["page"] is not None or time.monotonic() > deadline:
+                    break
+                await anyio.sleep(0.2)
             assert (best["turn"], best["page"], best["tier"]) == (6, 0, "crops")
             assert best["text"].replace("\n", " ") == FACT        # as read from the page, not the kept source
             assert best["confidence"] > 0.8 and best["role"] == "user"
