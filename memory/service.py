@@ -308,8 +308,10 @@ class Memory:
                              "(the CPU reader only reads pages back; use format=openai for page images)")
         s = self._open(session, tenant)
         kept, forgotten = self._kept(s)
+        making = context.Making(self.settings.recent_floor_turns, context.made_pages(
+            s.k.tag, self.layout, self.settings.tokenizer, s.curve, self.ladder, s.meta.turns))
         built = context.assemble(self.store.text_turns(s.k), kept, budget, ladder=self.ladder,
-                                 min_memory_tokens=min_memory_tokens, forgotten=forgotten)
+                                 min_memory_tokens=min_memory_tokens, forgotten=forgotten, making=making)
         # The formats need a page's number, turn range, times and token costs: all in the light
         # records of the page index; no full PageRecord (turn spans) is read.
         if format == "raw":
