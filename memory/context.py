@@ -279,7 +279,8 @@ def _text(turns: list[TurnRecord], room: float) -> tuple[list[TurnRecord], int]:
 def _move_text(turns: list[TurnRecord], visible: list[PlacedPage], views: list[Tier], legible: Tier,
                budget: int, making: Making) -> tuple[list[TurnRecord], list[PlacedPage]]:
     """Rule 0: the text and the made pages (oldest first) that keep the memory legible with the
-    most text; when nothing does, only the floor stays text and every older turn is on a page."""
+    most text; when nothing does, the choice (all text, down to only the floor) that shows the most
+    turns legibly after fading."""
     floor, _ = _text(turns[len(turns) - min(making.floor_turns, len(turns)):], budget)
     older = turns[:len(turns) - len(floor)]
     if not older:
@@ -307,7 +308,40 @@ def _move_text(turns: list[TurnRecord], visible: list[PlacedPage], views: list[T
             if legible_cost(visible + fewer, views, legible) <= budget - sum(t.tokens for t in more) + 1e-9:
                 return more, fewer
         return text, made[:j]
-    return floor, made
+    # Not every page can stay legible: keep what shows the most turns legibly, from all text (no page
+    # made) to only the floor as text.
+    options = [(_text(turns, budget)[0], [])]
+    for j in range(1, len(made) + 1):
+        options.append(([t for t in older if t.index >= made[j].record.first_turn] + floor if j < len(made) else floor,
+                        made[:j]))
+    options = [o for o in options if sum(t.tokens for t in o[0]) <= budget]
+    return max(options, key=lambda o: _legible_turns(o[0], visible + o[1], views, legible,
+                                                     budget - sum(t.tokens for t in o[0])))
+
+
+def _fit(visible: list[PlacedPage], views: list[Tier], room: float) -> tuple[int, list[Tier]]:
+    """Rules 2-4: how many of the oldest pages are dropped, and the tiers of the rest, in ``room``."""
+    dropped = 0
+    least = min((t.tokens for t in views), default=0.0) or min((p.tier.tokens for p in visible), default=0.0)
+    # Fewer pages than this can't fit at any tier (each costs at least the faintest per-page price).
+    while dropped < len(visible) and (len(visible) - dropped) * least > room + 1e-9:
+        dropped += 1
+    while dropped < len(visible):
+        fitted = fade_to_fit(visible[dropped:], views, room)
+        if fitted is not None:
+            return dropped, fitted
+        dropped += 1
+    return dropped, []
+
+
+def _legible_turns(text: list[TurnRecord], pages: list[PlacedPage], views: list[Tier], legible: Tier,
+                   room: float) -> int:
+    """Turns a candidate shows legibly once its pages are fitted in ``room`` (as text, or on a page
+    at ``legible`` or sharper; a page counts the turns it spans)."""
+    dropped, tiers = _fit(pages, views, room)
+    limit = views.index(legible) if legible in views else len(views) - 1
+    return len(text) + sum(p.record.last_turn - p.record.first_turn + 1
+                           for p, t in zip(pages[dropped:], tiers) if t in views and views.index(t) <= limit)
 
 
 def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | None = None, *,
@@ -340,19 +374,7 @@ def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | No
 
     dropped_pages, tiers = 0, [p.tier for p in visible]
     if budget is not None:
-        room = budget - spent
-        least = min((t.tokens for t in views), default=0.0) or min((p.tier.tokens for p in visible), default=0.0)
-        # Fewer pages than this can't fit at any tier (each costs at least the faintest per-page price).
-        while dropped_pages < len(visible) and (len(visible) - dropped_pages) * least > room + 1e-9:
-            dropped_pages += 1
-        while dropped_pages < len(visible):
-            fitted = fade_to_fit(visible[dropped_pages:], views, room)
-            if fitted is not None:
-                tiers = fitted
-                break
-            dropped_pages += 1
-        else:
-            tiers = []
+        dropped_pages, tiers = _fit(visible, views, budget - spent)
     kept = visible[dropped_pages:]
     shares = charges([(p.record.page, t) for p, t in zip(kept, tiers)])
     kept_pages = [PlacedPage(p.record, t, p.age, curve_tier=p.tier, charge=c, png=p.png)

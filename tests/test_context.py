@@ -99,16 +99,22 @@ def test_text_yields_to_keep_pages_legible_and_moves_onto_made_pages():
     assert a.recent_text_tokens + 100 + a.visual_tokens > budget or len(built.turns) == 30
 
 
-def test_the_floor_always_stays_text():
-    """A budget too small for the memory even at the faintest view: only the floor is text, every
-    older turn is on a made page, and the pages fade (then drop, oldest first) as before."""
+def legible_turns(built) -> int:
+    limit = LADDER.index("mosaic4")
+    return len(built.turns) + sum(p.record.last_turn - p.record.first_turn + 1 for p in built.pages
+                                  if LADDER.index(p.tier.name) <= limit)
+
+
+def test_the_floor_always_stays_text_and_a_budget_too_small_for_legible_pages_shows_the_most_it_can():
+    """A budget too small for the memory even at mosaic4: the floor stays text; of all text, only the
+    floor, and the moves between, the context shows the one with the most turns legible."""
     placed, turns, making = setting(40, 30, floor=6, session="floor")
     built = assemble(turns, placed, 1200, ladder=LADDER, making=making)
     a = built.accounting
-    assert [t.index for t in built.turns] == [t.index for t in turns[-6:]] and a.recent_text_tokens == 600
-    assert a.total_tokens <= 1200 and a.pages_made >= 1
-    kept = [p.record.page for p in built.pages]
-    assert kept == sorted(kept) and kept[-1] == 40 + a.pages_made - 1      # made pages are the newest, kept last
+    assert [t.index for t in built.turns][-6:] == [t.index for t in turns[-6:]] and a.total_tokens <= 1200
+    all_text = assemble(turns, placed, 1200, ladder=LADDER)
+    only_floor = assemble(turns[-6:], placed + [p for p in making.pages(turns[:-6], 40)], 1200, ladder=LADDER)
+    assert legible_turns(built) >= max(legible_turns(all_text), legible_turns(only_floor))
     order = [LADDER.index(p.tier.name) for p in built.pages]
     assert order == sorted(order, reverse=True)                           # older never sharper
     # a floor larger than the budget keeps the newest turns that fit, nothing else
