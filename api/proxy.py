@@ -168,7 +168,8 @@ def prepare(memory: Memory, t: str, session: str, messages: list[ChatMessage], b
     if mode == "both":
         return len(turns), memory.context(session, budget=budget, format="openai", min_memory_tokens=min_memory,
                                           tenant=t), pages
-    raw = memory.context(session, budget=budget, format="raw", tenant=t)  # no page images made at all
+    # no page images made at all, and none sent: the budget is all recent text's
+    raw = memory.context(session, budget=budget, format="raw", text_only=True, tenant=t)
     messages_ = []
     for turn in raw.turns:
         role, name = openai_role(turn.role)
