@@ -127,6 +127,17 @@ def table(report: dict[str, Any]) -> str:
                    f"{r['facts'][0]:>2}/{r['facts'][1]:<2} {r['pages_made']:>4} {r['turns_moved']:>5} | "
                    f"{before['legible']:>6.1%} {before['facts'][0]:>2}/{before['facts'][1]:<2} | "
                    + (f"{trunc['legible']:>6.1%} {trunc['facts'][0]:>2}/{trunc['facts'][1]:<2}" if trunc else ""))
+    floors = report.get("floors") or []
+    if floors:
+        out += ["", f"the rule now with other floors (curve {rows[0]['curve']}): turns legible / text turns kept",
+                f"{'conversation':<14} {'budget':>6} " + " ".join(f"{'floor ' + str(f):>14}" for f in
+                                                                [report['settings']['recent_floor_turns']] + floors)]
+        for r in rows:
+            if r["rule"] != "legible" or r["curve"] != rows[0]["curve"]:
+                continue
+            cells = [r] + [index.get((r["conversation"], r["curve"], r["budget"], f"floor{f}")) for f in floors]
+            out.append(f"{r['conversation']:<14} {r['budget']:>6} " + " ".join(
+                f"{c['legible']:>7.1%} {c['text_turns']:>5}  " if c else f"{'-':>14}" for c in cells))
     return "\n".join(out)
 
 
@@ -139,6 +150,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     names = list(dict.fromkeys(r["conversation"] for r in report["rows"]))
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False, sharey=True)
     styles = {"legible": "-", "fade": "-.", "truncation": "--"}
+    report = {**report, "rows": [r for r in report["rows"] if r["rule"] in styles]}
     for ax, name in zip(axes[0], names):
         mine = [r for r in report["rows"] if r["conversation"] == name]
         for key in dict.fromkeys((r["curve"], r["rule"]) for r in mine):
@@ -166,6 +178,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dense", type=int, default=6, help="chitchat utterances joined into one turn")
     parser.add_argument("--needles", type=int, default=12)
     parser.add_argument("--sample-pages", type=int, default=3, help="pages read at every view for tier precision")
+    parser.add_argument("--precision", help="reuse the tier precision of an earlier legible.json (no page read)")
+    parser.add_argument("--floors", default="", help="also score the rule now with these recent-text floors "
+                                                     "(turns, comma-separated; the setting is always scored)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="lab-report")
     args = parser.parse_args(argv)
@@ -178,7 +193,9 @@ def main(argv: list[str]) -> None:
         memory = Memory(settings).open()
         try:
             curves = lab.parse_curves(args.curves, memory)
-            rows, tiers, convs = [], None, []
+            rows, convs = [], []
+            tiers = json.loads(Path(args.precision).read_text())["tiers"] if args.precision else None
+            floors = sorted({int(f) for f in args.floors.split(",") if f.strip()} - {settings.recent_floor_turns})
             for n, (key, turns) in enumerate(chats([int(x) for x in args.lengths.split(",") if x], args.dense)):
                 planted, needles = lab.plant(turns, args.needles, rng)
                 rep = lab.replay(memory, key, f"l{n}", planted, needles)
@@ -186,6 +203,9 @@ def main(argv: list[str]) -> None:
                     tiers = tier_precision(memory, rep, args.sample_pages)
                 legible = {t for t, v in tiers.items() if (v["precision"] or 0) >= LEGIBLE}
                 rows += measure(memory, rep, curves, budgets, legible, settings.recent_floor_turns)
+                for floor in floors:   # the rule now with another floor: its rows only
+                    rows += [dict(r, rule=f"floor{floor}") for r in measure(memory, rep, curves[:1], budgets, legible,
+                                                                             floor) if r["rule"] == "legible"]
                 convs.append({"key": key, "turns": len(rep.turns), "pages": len(rep.pages), "text_turns": len(rep.text)})
         finally:
             memory.close()
@@ -194,7 +214,8 @@ def main(argv: list[str]) -> None:
               "settings": {"recent_tokens": settings.recent_tokens, "recent_floor_turns": settings.recent_floor_turns,
                            "font_px": settings.font_px, "dense": args.dense, "seed": args.seed, "budgets": budgets,
                            "curves": {name: c.spec for name, c in curves}, "rules": RULES},
-              "tiers": tiers, "conversations": convs, "rows": rows}
+              "tiers": tiers, "precision_from": args.precision, "floors": floors, "conversations": convs,
+              "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "legible.json").write_text(json.dumps(report, indent=1))
