@@ -512,12 +512,13 @@ def embeddings(k: SessionKeys, built: Assembled, reader: Reader, links: Links | 
         if (unit, p.tier.name) in seen:
             continue
         seen.add((unit, p.tier.name))
-        tokens = _made_tokens(k, p, built.pages, reader) or reader.visual_tokens(k, p.record.page, p.tier)
+        made = _made_tokens(k, p, built.pages, reader)
+        tokens = made or reader.visual_tokens(k, p.record.page, p.tier)
         members = [q.record.page for q in built.pages if token_unit(q.record.page, q.tier) == unit and q.tier == p.tier]
         image = TokenImage(unit=unit, tier=p.tier.name, n_tokens=tokens.n_tokens, hidden=int(tokens.tensor.shape[1]),
                            dtype=str(tokens.tensor.dtype).removeprefix("torch."), revision=tokens.revision,
                            pages=members)
-        if links:
+        if links and made is None:   # a unit holding a made page is served by no link: inline
             image.tokens_url = links.tokens(k.session, unit, p.tier.name)
         else:
             image.safetensors_base64 = base64.b64encode(tokens.to_bytes()).decode()

@@ -20,6 +20,7 @@ from optimem.memory.service import Memory
 from optimem.memory.store import PageRecord, TurnRecord
 from optimem.model.tiers import DEEPSEEK_OCR2 as LADDER
 from optimem.settings import Settings
+from tests.tiny_deepseek import tiny_deepseek_dir  # noqa: F401  (session fixture)
 
 TURNS_PER_PAGE = 50
 LAYOUT = renderer.Layout(page_px=LADDER.page_px, font_px=12, line_spacing=1.15)
@@ -187,3 +188,38 @@ def test_memory_context_moves_text_onto_made_pages_and_sends_them_inline(tmp_pat
         n = made[0].page % 4                       # the made page's cell holds ink (the page), not blank canvas
         box = ((n % 2) * 512, (n // 2) * 512, (n % 2) * 512 + 512, (n // 2) * 512 + 512)
         assert last.convert("L").crop(box).getextrema()[0] < 100
+
+
+def test_embeddings_encode_a_canvas_holding_a_made_page_now_and_inline(redis_server, tmp_path, tiny_deepseek_dir,
+                                                                       dense_chat):
+    """The GPU format: a made page is not stored, so its canvas's visual tokens are encoded for the
+    context (not cached) and come inline even when the caller wants links."""
+    from tests.conftest import settings_for
+    from optimem.model.visual_tokens import VisualTokens
+
+    settings = settings_for(redis_server, tmp_path, backend="deepseek-ocr2", model_path=str(tiny_deepseek_dir),
+                            device="cpu", dtype="bfloat16", recent_tokens=2000)
+
+    class Links:
+        def page(self, session, page, tier):
+            return f"/p/{page}/{tier}"
+
+        def mosaic(self, session, tier, group):
+            return f"/m/{tier}/{group}"
+
+        def tokens(self, session, unit, tier):
+            return f"/t/{unit}/{tier}"
+
+    with Memory(settings) as m:
+        m.create_session("e")
+        m.append("e", dense_chat[:120])
+        free = m.context("e")
+        budget = int(free.accounting.visual_tokens) + 500
+        ctx = m.context("e", budget=budget, format="embeddings", links=Links())
+        assert ctx.accounting.pages_made >= 1
+        made_units = [i for i in ctx.images if i.tokens_url is None]
+        assert made_units and all(i.safetensors_base64 for i in made_units)
+        tokens = VisualTokens.from_bytes(base64.b64decode(made_units[-1].safetensors_base64))
+        assert tokens.n_tokens == made_units[-1].n_tokens == 257
+        assert m.store.cached_tokens(m._keys("e", "default"), made_units[-1].unit, made_units[-1].tier,
+                                     m.backend.revision) is None        # not cached: the page is not stored
