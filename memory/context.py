@@ -138,8 +138,8 @@ class Assembled:
 #    page dropped, and the rule starts again from 2 for the rest; again until the memory fits.
 # With a floor (``Making``, what ``Memory.context`` passes; issue 22): an old turn costs ~30 tokens as
 # text and ~2 on a legible page, so beyond the newest ``floor_turns`` turns text yields to pages:
-# 0. if the memory can't be kept at legible tiers (each page at its curve tier or the ladder's
-#    ``faintest_legible``, whichever is fainter) in what the text of rule 1 leaves, the turns older
+# 0. if the text of rule 1 leaves turns out, or the memory can't be kept at legible tiers (each page
+#    at its curve tier or the ladder's ``faintest_legible``, whichever is fainter) in what it leaves, the turns older
 #    than the floor are typeset onto pages made for this context (``context_pages``: cached, never
 #    stored), and the text keeps the newest turns that leave room for the memory and the fewest of
 #    those pages to stay legible (whole pages move, oldest first; the floor always stays text).
@@ -367,7 +367,8 @@ def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | No
     made: list[PlacedPage] = []
     if budget is not None and making is not None and views:
         legible = found.faintest_legible
-        if legible_cost(visible, views, legible) > budget - spent + 1e-9:
+        # Text cut short, or pages that would fade below legible: older text is worth more on pages.
+        if dropped_turns or legible_cost(visible, views, legible) > budget - spent + 1e-9:
             kept_turns, made = _move_text(turns, visible, views, legible, budget, making)
             spent, dropped_turns = sum(t.tokens for t in kept_turns), 0
             visible = visible + made

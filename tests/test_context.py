@@ -123,6 +123,20 @@ def test_the_floor_always_stays_text_and_a_budget_too_small_for_legible_pages_sh
     assert [t.index for t in tiny.turns] == [t.index for t in turns[-2:]] and tiny.accounting.total_tokens <= 250
 
 
+def test_text_a_budget_would_cut_goes_onto_pages_even_with_no_page_sealed_yet():
+    """No sealed page, 30 turns (3,000 tokens) in a 1,500-token budget: before, the oldest 15 turns
+    were left out; now they are on a made page (64 tokens at mosaic4) and the text keeps the rest."""
+    _, turns, making = setting(0, 30, session="nosealed")
+    before = assemble(turns, [], 1500, ladder=LADDER)
+    assert before.accounting.dropped_turns == 15
+    built = assemble(turns, [], 1500, ladder=LADDER, making=making)
+    a = built.accounting
+    assert a.dropped_turns == 0 and a.pages_made >= 1 and a.total_tokens <= 1500
+    on_pages = {s["index"] for p in built.pages for s in p.record.turns}
+    assert on_pages | {t.index for t in built.turns} == {t.index for t in turns}
+    assert {p.tier.name for p in built.pages} == {"mosaic4"} and len(built.turns) >= 12
+
+
 def test_a_curve_that_forgets_at_once_moves_nothing():
     placed, turns, making = setting(10, 30, curve={"kind": "step", "steps": [[0, "mosaic4"], [1, "gone"]]},
                                     session="gone")
