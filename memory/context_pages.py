@@ -57,8 +57,15 @@ class _Cache:
 CACHE = _Cache(CACHED_PAGES)
 
 
-def _record(page: renderer.Page, number: int, by_index: dict[int, TurnRecord], turn_count: int,
-            tokenizer: str) -> PageRecord:
+@dataclass(frozen=True)
+class _Drawn:
+    """A typeset page as the cache keeps it: with its turn spans and text tokens, counted once."""
+    page: renderer.Page
+    spans: tuple
+    text_tokens: int
+
+
+def _drawn(page: renderer.Page, by_index: dict[int, TurnRecord], tokenizer: str) -> _Drawn:
     spans, text_tokens = [], 0
     for index in range(page.first_turn, page.last_turn + 1):
         turn = by_index[index]
@@ -66,11 +73,17 @@ def _record(page: renderer.Page, number: int, by_index: dict[int, TurnRecord], t
         end = page.end_offset if index == page.last_turn else len(turn.content)
         spans.append({"index": index, "role": turn.role, "time": turn.time, "start": start, "end": end})
         text_tokens += tokens.turn_tokens(turn.role, turn.content[start:end], tokenizer)
-    first, last = by_index[page.first_turn], by_index[page.last_turn]
-    return PageRecord(page=number, first_turn=page.first_turn, first_offset=page.first_offset,
-                      last_turn=page.last_turn, end_offset=page.end_offset, sealed_at_turn=turn_count,
-                      sealed_time=0.0, first_time=first.time, last_time=last.time, text_tokens=text_tokens,
-                      turns=spans)
+    return _Drawn(page, tuple(spans), text_tokens)
+
+
+def _made(d: _Drawn, number: int, by_index: dict[int, TurnRecord], turn_count: int) -> MadePage:
+    page = d.page
+    record = PageRecord(page=number, first_turn=page.first_turn, first_offset=page.first_offset,
+                        last_turn=page.last_turn, end_offset=page.end_offset, sealed_at_turn=turn_count,
+                        sealed_time=0.0, first_time=by_index[page.first_turn].time,
+                        last_time=by_index[page.last_turn].time, text_tokens=d.text_tokens,
+                        turns=[dict(s) for s in d.spans])
+    return MadePage(record, page.png)
 
 
 def make(session: str, turns: list[TurnRecord], layout: renderer.Layout, first_page: int, turn_count: int,
@@ -82,30 +95,31 @@ def make(session: str, turns: list[TurnRecord], layout: renderer.Layout, first_p
     out: list[MadePage] = []
     i = 0
     while i < len(turns):
-        where = (session, layout, turns[i].index, turns[i].start)
+        where = (session, layout, tokenizer, turns[i].index, turns[i].start)
         # A full page holds while its own turns are unchanged; the last, partial one only for the
         # same turns to the end (kept apart: callers may end their turns at different places).
         full = cache.get(("full",) + where)
         if full is not None:
-            page, sig = full
-            if sig == _signature([t for t in turns[i:] if t.index <= page.last_turn]):
-                out.append(MadePage(_record(page, first_page + len(out), by_index, turn_count, tokenizer), page.png))
-                i = _next(turns, i, page)
+            d, sig = full
+            if sig == _signature([t for t in turns[i:] if t.index <= d.page.last_turn]):
+                out.append(_made(d, first_page + len(out), by_index, turn_count))
+                i = _next(turns, i, d.page)
                 continue
         last = cache.get(("last",) + where + (_signature(turns[i:]),))
         if last is not None:
-            out.append(MadePage(_record(last, first_page + len(out), by_index, turn_count, tokenizer), last.png))
+            out.append(_made(last, first_page + len(out), by_index, turn_count))
             break
         drawn = renderer.typeset([renderer.TurnText(t.index, t.role, t.content, t.time, t.start)
                                   for t in turns[i:]], layout)
         cache.typeset_pages += len(drawn)
         for page in drawn:
-            where = (session, layout, turns[i].index, turns[i].start)
+            where = (session, layout, tokenizer, turns[i].index, turns[i].start)
+            d = _drawn(page, {t.index: t for t in turns[i:]}, tokenizer)
             if page.full:
-                cache.put(("full",) + where, (page, _signature([t for t in turns[i:] if t.index <= page.last_turn])))
+                cache.put(("full",) + where, (d, _signature([t for t in turns[i:] if t.index <= page.last_turn])))
             else:
-                cache.put(("last",) + where + (_signature(turns[i:]),), page)
-            out.append(MadePage(_record(page, first_page + len(out), by_index, turn_count, tokenizer), page.png))
+                cache.put(("last",) + where + (_signature(turns[i:]),), d)
+            out.append(_made(d, first_page + len(out), by_index, turn_count))
             i = _next(turns, i, page)
         break
     return out
