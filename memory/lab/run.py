@@ -47,7 +47,8 @@ from optimem.settings import Settings
 
 TENANT = "lab"
 ACCOUNTED = ("recent_text_tokens", "visual_tokens", "total_tokens", "text_tokens_replaced", "pages",
-             "pages_forgotten", "dropped_pages", "dropped_turns", "pages_faded_by_budget")
+             "pages_forgotten", "dropped_pages", "dropped_turns", "pages_faded_by_budget", "pages_made",
+             "turns_moved_to_pages")
 BUCKETS = (0, 50, 100, 200, 400, 800, 1600)   # age bucket lower edges, in turns
 LEGIBLE = 0.97                                # a tier reads legibly from this character precision on
 FIDELITY_TIE = 0.005                          # fidelities closer than this are a tie when picking the best
@@ -643,7 +644,8 @@ def budget_table(report: dict[str, Any]) -> str:
     rows = {(r["method"], r["curve"], r["budget"]): r for r in report["rows"]}
     budgets = report["settings"].get("budgets") or []
     out = ["per budget: tokens sent, share of the conversation legible (fidelity), needles legible; "
-           "now = fade then drop, before = drop at the curve tiers",
+           "now = a floor of recent turns, older text onto pages made for the context, then fade, then drop; "
+           "before = drop at the curve tiers",
            f"{'curve':<12} {'budget':>6} {'tokens':>7} {'legible':>7} {'needles':>7} {'faded':>5} {'dropped':>7} | "
            f"{'before':>7} {'legible':>7} {'needles':>7} {'dropped':>7}"]
     for name in report["settings"]["curves"]:
