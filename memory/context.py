@@ -277,18 +277,18 @@ def _text(turns: list[TurnRecord], room: float) -> tuple[list[TurnRecord], int]:
 
 
 def _move_text(turns: list[TurnRecord], visible: list[PlacedPage], views: list[Tier], legible: Tier,
-               budget: int, making: Making) -> tuple[list[TurnRecord], list[PlacedPage]]:
+               budget: int, making: Making) -> tuple[list[TurnRecord], list[PlacedPage]] | None:
     """Rule 0: the text and the made pages (oldest first) that keep the memory legible with the
     most text; when nothing does, the choice (all text, down to only the floor) that shows the most
-    turns legibly after fading."""
+    turns legibly after fading. None: nothing moves."""
     floor, _ = _text(turns[len(turns) - min(making.floor_turns, len(turns)):], budget)
     older = turns[:len(turns) - len(floor)]
     if not older:
-        return floor, []
+        return None
     first = visible[-1].record.page + 1 if visible else 0
     made = making.pages(older, first)
     if any(p.tier.gone for p in made):   # a curve that forgets at once: pages would hold nothing
-        return _text(turns, budget)[0], []
+        return None
     for j in range(1, len(made) + 1):
         if j < len(made):   # text from the turn the next page starts with (a split turn: all of it)
             start = made[j].record.first_turn
@@ -310,7 +310,7 @@ def _move_text(turns: list[TurnRecord], visible: list[PlacedPage], views: list[T
         return text, made[:j]
     # Not every page can stay legible: keep what shows the most turns legibly, from all text (no page
     # made) to only the floor as text.
-    options = [(_text(turns, budget)[0], [])]
+    options: list[tuple[list[TurnRecord], list[PlacedPage]]] = [(_text(turns, budget)[0], [])]
     for j in range(1, len(made) + 1):
         options.append(([t for t in older if t.index >= made[j].record.first_turn] + floor if j < len(made) else floor,
                         made[:j]))
@@ -369,9 +369,12 @@ def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | No
         legible = found.faintest_legible
         # Text cut short, or pages that would fade below legible: older text is worth more on pages.
         if dropped_turns or legible_cost(visible, views, legible) > budget - spent + 1e-9:
-            kept_turns, made = _move_text(turns, visible, views, legible, budget, making)
-            spent, dropped_turns = sum(t.tokens for t in kept_turns), 0
-            visible = visible + made
+            moved = _move_text(turns, visible, views, legible, budget, making)
+            if moved is not None:
+                kept_turns, made = moved
+                shown = {t.index for t in kept_turns} | {s["index"] for p in made for s in p.record.turns}
+                spent, dropped_turns = sum(t.tokens for t in kept_turns), sum(t.index not in shown for t in turns)
+                visible = visible + made
 
     dropped_pages, tiers = 0, [p.tier for p in visible]
     if budget is not None:
