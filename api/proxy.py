@@ -138,7 +138,8 @@ def prepare(memory: Memory, t: str, session: str, messages: list[ChatMessage], b
     if mode == "both":
         return len(turns), memory.context(session, budget=budget, format="openai", min_memory_tokens=min_memory,
                                           tenant=t), pages
-    raw = memory.context(session, budget=budget, format="raw", tenant=t)  # no page images made at all
+    # no page images made at all, and none sent: the budget is all recent text's
+    raw = memory.context(session, budget=budget, format="raw", text_only=True, tenant=t)
     messages_ = openai_messages([TurnRecord(x.index, x.role, x.content, x.time) for x in raw.turns], [])
     sent = raw.accounting.model_copy(update={"pages": 0, "visual_tokens": 0.0, "text_tokens_replaced": 0,
                                              "compression": None,

@@ -54,6 +54,8 @@ class PageInfo(BaseModel):
     curve_tier: Optional[str] = Field(None, description="In a context: the tier the curve gives the page; "
                                                          "differs from tier when the budget faded it further.")
     image_url: Optional[str] = Field(None, description="Where the API serves the page at this tier (absent in-process).")
+    made_for_context: bool = Field(False, description="A page typeset for this context from recent turns (not "
+                                                      "sealed): its image comes inline, never from a link.")
 
 
 
@@ -79,6 +81,13 @@ class Accounting(BaseModel):
                                                   "pages before recent text (0: recent text first).")
     memory_tokens_reserved: float = Field(0, description="What was kept from recent text for memory: "
                                                          "min(min_memory_tokens, budget, memory at curve tiers).")
+    recent_floor_turns: Optional[int] = Field(None, description="The newest turns that always stay text; older "
+                                                                "text moves onto pages made for this context when "
+                                                                "the memory would otherwise fade below legible "
+                                                                "(OPTIMEM_RECENT_FLOOR_TURNS; null: text first).")
+    pages_made: int = Field(0, description="Pages typeset for this context from turns not sealed yet (in `pages`).")
+    turns_moved_to_pages: int = Field(0, description="Recent turns shown on those pages instead of as text.")
+    text_tokens_moved: int = Field(0, description="Text tokens those pages hold (in text_tokens_replaced).")
 
 
 class RawContext(BaseModel):

@@ -320,7 +320,7 @@ class Memory:
 
     # -- context ------------------------------------------------------------------------------
     def context(self, session: str, *, budget: int | None = None, format: str = "raw", links: Links | None = None,
-                min_memory_tokens: int = 0, tenant: str = DEFAULT_TENANT
+                min_memory_tokens: int = 0, text_only: bool = False, tenant: str = DEFAULT_TENANT
                 ) -> RawContext | OpenAIContext | EmbeddingsContext:
         """Recent turns plus pages within ``budget`` tokens, as ``format``: raw, openai (messages with
         page images) or embeddings (cached visual tokens). Images and tokens are inline unless
@@ -330,7 +330,10 @@ class Memory:
         the budget they fade further (oldest first, one tier at a time) and are dropped, oldest
         first, only when even the faintest view doesn't fit (``context.assemble``). Recent text
         comes first, except for ``min_memory_tokens``: that much of the budget (no more than the
-        memory needs) is kept for pages even when recent text would fill it."""
+        memory needs) is kept for pages even when recent text would fill it. Beyond the newest
+        ``OPTIMEM_RECENT_FLOOR_TURNS`` turns, text moves onto pages made for the context when the
+        memory would otherwise fade below legible. ``text_only``: the caller sends no pages (the
+        proxy's tool mode), so the whole budget goes to recent text."""
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
             raise BadRequest("budget must be a whole number of tokens >= 0")
         if isinstance(min_memory_tokens, bool) or not isinstance(min_memory_tokens, int) or min_memory_tokens < 0:
@@ -341,9 +344,13 @@ class Memory:
             raise BadRequest("format=embeddings needs visual tokens: set OPTIMEM_BACKEND=deepseek-ocr2 "
                              "(the CPU reader only reads pages back; use format=openai for page images)")
         s = self._open(session, tenant)
-        (kept, forgotten), text = self._as_of_one_seal(s.k, lambda: (self._kept(s), self.store.text_turns(s.k)))
+        def snapshot():
+            return (self._kept(s) if not text_only else ([], 0)), self.store.text_turns(s.k)
+        (kept, forgotten), text = self._as_of_one_seal(s.k, snapshot)
+        making = None if text_only else context.Making(self.settings.recent_floor_turns, context.made_pages(
+            s.k.tag, self.layout, self.settings.tokenizer, s.curve, self.ladder, s.meta.turns))
         built = context.assemble(text, kept, budget, ladder=self.ladder,
-                                 min_memory_tokens=min_memory_tokens, forgotten=forgotten)
+                                 min_memory_tokens=min_memory_tokens, forgotten=forgotten, making=making)
         # The formats need a page's number, turn range, times and token costs: all in the light
         # records of the page index; no full PageRecord (turn spans) is read.
         if format == "raw":
