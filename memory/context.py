@@ -242,6 +242,7 @@ class Making:
     and places them (``made_pages``)."""
     floor_turns: int
     pages: Callable[[list[TurnRecord], int], list[PlacedPage]]
+    reach_tokens: int = 0   # text older than the floor that may move: the recent-text window (0: all)
 
 
 def made_pages(session: str, layout: renderer.Layout, tokenizer: str, curve: Curve, ladder: Ladder,
@@ -265,6 +266,28 @@ def legible_cost(pages: list[PlacedPage], views: list[Tier], legible: Tier) -> f
                           for p in pages])
 
 
+PAGE_TOKENS = 2000   # text tokens a page holds, at most, when no sealed page says (12 px body, 1024 px page)
+
+
+def _within_reach(older: list[TurnRecord], visible: list[PlacedPage], legible: Tier, budget: int,
+                  reach_tokens: int) -> list[TurnRecord]:
+    """The newest of ``older`` that pages made for this context may hold: at most the recent-text
+    window's worth (``reach_tokens``), and never more than the budget could show at the faintest
+    legible tier. Normally all of it: unsealed text is at most the window plus a page. After a bulk
+    import thousands of turns wait for the sealer; typesetting them all (~50 ms a page) on a context
+    call took 23 s for 134 pages, of which a 4k budget shows a few. Those wait for their seal."""
+    per_page = max((p.record.text_tokens for p in visible), default=0) or PAGE_TOKENS
+    reach = (int(budget // max(legible.tokens, 1.0)) + 1) * per_page
+    if reach_tokens:
+        reach = min(reach, reach_tokens)
+    spent = 0
+    for n, turn in enumerate(reversed(older)):
+        spent += turn.tokens
+        if spent > reach:
+            return older[len(older) - n:]
+    return older
+
+
 def _text(turns: list[TurnRecord], room: float) -> tuple[list[TurnRecord], int]:
     """The newest turns (contiguous) within ``room`` tokens, and how many older ones are left out."""
     spent, kept = 0, []
@@ -282,7 +305,7 @@ def _move_text(turns: list[TurnRecord], visible: list[PlacedPage], views: list[T
     most text; when nothing does, the choice (all text, down to only the floor) that shows the most
     turns legibly after fading. None: nothing moves."""
     floor, _ = _text(turns[len(turns) - min(making.floor_turns, len(turns)):], budget)
-    older = turns[:len(turns) - len(floor)]
+    older = _within_reach(turns[:len(turns) - len(floor)], visible, legible, budget, making.reach_tokens)
     if not older:
         return None
     first = visible[-1].record.page + 1 if visible else 0

@@ -348,7 +348,8 @@ class Memory:
             return (self._kept(s) if not text_only else ([], 0)), self.store.text_turns(s.k)
         (kept, forgotten), text = self._as_of_one_seal(s.k, snapshot)
         making = None if text_only else context.Making(self.settings.recent_floor_turns, context.made_pages(
-            s.k.tag, self.layout, self.settings.tokenizer, s.curve, self.ladder, s.meta.turns))
+            s.k.tag, self.layout, self.settings.tokenizer, s.curve, self.ladder, s.meta.turns),
+            reach_tokens=self.settings.recent_tokens + 2 * context.PAGE_TOKENS)
         built = context.assemble(text, kept, budget, ladder=self.ladder,
                                  min_memory_tokens=min_memory_tokens, forgotten=forgotten, making=making)
         # The formats need a page's number, turn range, times and token costs: all in the light

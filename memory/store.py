@@ -463,7 +463,8 @@ class Store:
 
     def pngs(self, k: SessionKeys, pages: Iterable[int]) -> list[bytes]:
         """The PNGs of those pages that exist, in order (a mosaic group may not be full yet)."""
-        return [png for png in self.r.hmget(k.png, list(pages)) if png]
+        wanted = list(pages)
+        return [png for png in self.r.hmget(k.png, wanted) if png] if wanted else []   # HMGET needs a field
 
     def lines(self, k: SessionKeys, page: int) -> list[list]:
         raw = self.r.hget(k.lines, page)

@@ -237,3 +237,19 @@ def test_embeddings_encode_a_canvas_holding_a_made_page_now_and_inline(redis_ser
         assert tokens.n_tokens == made_units[-1].n_tokens == 257
         assert m.store.cached_tokens(m._keys("e", "default"), made_units[-1].unit, made_units[-1].tier,
                                      m.backend.revision) is None        # not cached: the page is not stored
+
+
+def test_a_seal_backlog_is_not_typeset_on_a_context_call():
+    """After a bulk import thousands of turns wait for the sealer. A context call makes pages only
+    from the recent-text window's worth of them (``reach_tokens``); the rest wait for their seal."""
+    placed, _, _ = setting(8, 0, session="backlog")
+    count = 8 * TURNS_PER_PAGE + 3000
+    c = curves.load("default", LADDER)
+    backlog = text_turns(3000, 8 * TURNS_PER_PAGE)                      # 300,000 tokens unsealed
+    bounded = Making(4, made_pages("backlog", LAYOUT, "cl100k_base", c, LADDER, count), reach_tokens=6000)
+    drawn = context_pages.CACHE.typeset_pages
+    built = assemble(backlog, placed, 4000, ladder=LADDER, making=bounded)
+    made = context_pages.CACHE.typeset_pages - drawn
+    assert 0 < made <= 10                                   # 6,000 tokens of text: a few pages, not ~300
+    assert built.accounting.pages_made >= 1 and built.accounting.total_tokens <= 4000
+    assert [t.index for t in built.turns] == list(range(built.turns[0].index, count))   # newest text, in order
