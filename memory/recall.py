@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 from rapidfuzz.distance import Levenshtein
 
 from optimem.errors import BadRequest
-from optimem.memory import index as ix
+from optimem.memory import index as ix, question, ranking, vectors
 from optimem.memory.context import PlacedPage, parse_time
 from optimem.memory.fragments import Fragment, fragments_from_decoded, headers_of, strip_header  # noqa: F401
 from optimem.memory.reading import Reader
@@ -167,8 +167,27 @@ class Found:
     wanted: list[tuple[int, int | None]] = field(default_factory=list)
     match: dict[int, float] = field(default_factory=dict)       # turn -> coverage of the query
     searched_text: dict[int, str] = field(default_factory=dict)  # turn -> "source" or "decoded"
+    time_match: dict[int, str] = field(default_factory=dict)     # turn -> the question's time window it is in
     searched: int = 0               # pages whose text was searched in time (content query)
     unsearched: int = 0             # pages that could not be searched in time
+
+
+CANDIDATES = 100      # index hits reranked per content query
+
+
+def understood(text: str, found: list[tuple[str, float, float]], turns: Turns,
+               dense: dict[int, float] | None) -> list[ranking.Candidate]:
+    """The index's hits reranked by who and when the question is about (``memory/question.py``),
+    relative to the session's own roles and times (never the wall clock)."""
+    near = {ix.doc_turn(doc)[0] + d for doc, _, _ in found for d in (0, 1)} | {0}
+    turns.where(sorted(near))                  # locate every candidate (and its answer) in one go
+    known = {t: rt for t in near if (rt := turns.role_time(t)) is not None}
+    roles = sorted({role for role, _ in known.values()} | {t.role for t in turns.text})
+    stamps = [parse_time(when) for _, when in known.values()] + [parse_time(t.time) for t in turns.text]
+    first = parse_time(known[0][1]) if 0 in known else min(stamps, default=0.0)
+    latest = parse_time(turns.text[-1].time) if turns.text else max(stamps, default=0.0)
+    return ranking.rerank(found, ix.doc_turn, lambda t: known.get(t) or turns.role_time(t),
+                          question.who(text, roles), question.when(text, first, latest), dense)
 
 
 def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader], store: Store,
@@ -183,18 +202,20 @@ def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Call
         found.searched, found.unsearched = make_searchable(k, placed(), reader(), store, deadline)
     else:
         found.searched = turns.page_count
-    hits = [(doc, coverage) for doc, _, coverage in store.search(k, q.text, limit=max(50, 10 * q.limit))]
-    for n, (doc, coverage) in enumerate(hits):
-        turn, page = ix.doc_turn(doc)
-        if n % (2 * q.limit) == 0:   # locate the next few hits' pages in one go
-            where = turns.where({ix.doc_turn(d)[0] for d, _ in hits[n:n + 2 * q.limit]})
-        if turn in found.match or (only is not None and turn not in only) or not turns.allowed(q, turn):
+    found_docs = store.search(k, q.text, limit=CANDIDATES)
+    dense = vectors.similarities(store, k, meta.turns, meta.keep_source, q.text)
+    ranked = understood(q.text, found_docs, turns, dense)
+    for c in ranked:
+        if c.turn in found.match or (only is not None and c.turn not in only) or not turns.allowed(q, c.turn):
             continue
-        if page is not None and not any(p.record.page == page and not p.tier.gone for p, _ in where[turn]):
+        if c.page is not None and not any(p.record.page == c.page and not p.tier.gone
+                                          for p, _ in turns.where([c.turn])[c.turn]):
             continue              # a page that faded out since it was indexed holds nothing now
-        found.match[turn] = coverage
-        found.searched_text[turn] = "source" if page is None else "decoded"
-        found.wanted.append((turn, page))
+        found.match[c.turn] = c.coverage
+        found.searched_text[c.turn] = "source" if c.page is None else "decoded"
+        if c.time_match:
+            found.time_match[c.turn] = c.time_match
+        found.wanted.append((c.turn, c.page))
         if len(found.wanted) >= q.limit:
             break
     return found
@@ -261,7 +282,7 @@ def answer(q: Query, k: SessionKeys, meta: SessionMeta, store: Store, found: Fou
         m = found.match.get(f.turn, 1.0)
         hit = Hit(turn=f.turn, role=f.role, time=f.time, page=f.page, tier=f.tier, age=f.age, span=[f.start, f.end],
                   text=f.decoded, confidence=round(m * f.score, 4), match=round(m, 4), found_by=found_by,
-                  searched=found.searched_text.get(f.turn))
+                  searched=found.searched_text.get(f.turn), time_match=found.time_match.get(f.turn))
         if f.turn in sources:
             exact = sources[f.turn]["content"][f.start:f.end]
             hit.source, hit.char_error = exact, round(char_error(f.decoded, exact), 4)

@@ -141,6 +141,11 @@ class Hit(BaseModel):
                           "(kept source, or a recent turn still plain text); 'decoded': what a read of its "
                           "page gave (forget-for-real sessions: a sealed turn has no other text). Null "
                           "for 'position' and 'time'.")
+    time_match: Optional[str] = Field(
+        None, description="For found_by 'index': the time words of the query this turn's time is in and the "
+                          "window they were read as, relative to the session's latest turn "
+                          "(e.g. 'a month ago: 2024-03-20..2024-04-19'); null when the query names no time "
+                          "or the turn is outside it.")
 
 
 class Recall(BaseModel):

@@ -1,0 +1,118 @@
+"""Rerank what the text index found with what the question says (``memory/question.py``).
+
+The index ranks turns by the question's words (BM25). People ask about a person, a time, or a fact
+that was the answer to a question asked just before it ("how long have you played?" / "flute
+since 5th grade"). So each candidate turn's score is
+
+    (bm25 + ANSWER * bm25 of the turn just before it, when another role said that one)
+        * (1 + WHO * how much the question is about the turn's role)
+        * (1 + WHEN if the turn's time is in the window the question's time words point at)
+
+and the list is made diverse: a turn next to one already taken weighs NEIGHBOUR less (several
+facts are rarely in consecutive turns). Never a filter: a turn of another role or time can still
+come first when its words say so. The weights were tuned on the question set's ``tune`` half
+(``bench/recall.py``) and checked on its held-back half.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from optimem.memory.context import parse_time
+from optimem.memory.question import Window
+
+ANSWER = 0.6        # share of the turn before's score an answering turn inherits (another role said it)
+GOES_ON = 0.5       # share a turn inherits from the one before by the same role (a message sent in parts)
+WHO = 1.0           # boost of the role the question is about
+WHEN = 1.0          # boost of a turn inside the question's time window
+NEIGHBOUR = 1.0    # weight of a turn next to one already taken
+DENSE = 0.5         # weight of the dense similarity's z-score against BM25's
+DENSE_TOP = 50      # turns nearest in meaning added to the index's hits
+
+
+@dataclass
+class Candidate:
+    doc: str
+    turn: int
+    page: int | None
+    score: float
+    coverage: float
+    time_match: str | None = None
+
+
+def mix(found: list[tuple[str, float, float]], dense: dict[int, float]) -> list[tuple[str, float, float]]:
+    """BM25 and a dense similarity (turn -> cosine, every source turn) mixed as z-scores, gently
+    (``DENSE``), over the index's hits and the DENSE_TOP turns nearest in meaning; shifted so the
+    lowest is 0. Mixing by rank (reciprocal rank fusion) was measured and lost to this."""
+    if not dense:
+        return found
+    import numpy as np
+
+    turns = np.fromiter(dense.keys(), dtype=np.int64)
+    cos = np.fromiter(dense.values(), dtype=np.float64)
+    z = (cos - cos.mean()) / (cos.std() or 1.0)
+    zd = dict(zip(turns.tolist(), z.tolist()))
+    bm = np.array([s for _, s, _ in found] or [0.0])
+    mean, std = bm.mean(), bm.std() or 1.0
+    rows: dict[str, tuple[float, float]] = {doc: (s, c) for doc, s, c in found}
+    for i in np.argsort(-z)[:DENSE_TOP].tolist():
+        rows.setdefault(f"t{turns[i]}", (0.0, 0.0))
+    mixed = []
+    for doc, (s, c) in rows.items():
+        turn = int(doc[1:]) if doc.startswith("t") else int(doc.split(":")[1])
+        mixed.append((doc, (s - mean) / std + DENSE * zd.get(turn, 0.0), c))
+    low = min(m for _, m, _ in mixed)
+    return sorted(((d, m - low + 1e-6, c) for d, m, c in mixed), key=lambda r: -r[1])
+
+
+def rerank(found: list[tuple[str, float, float]], doc_turn: Callable[[str], tuple[int, int | None]],
+           role_time: Callable[[int], tuple[str, str] | None], roles: dict[str, float],
+           window: Window | None, dense: dict[int, float] | None = None) -> list[Candidate]:
+    """The index's (doc, bm25, coverage) rescored and ordered as the module says. ``role_time``
+    gives a turn's role and time (None for a turn the session no longer has); ``dense``, when
+    given, a similarity in meaning of every source turn to the question."""
+    by_turn: dict[tuple[int | None, int], Candidate] = {}
+    for doc, score, coverage in mix(found, dense or {}):
+        turn, page = doc_turn(doc)
+        by_turn.setdefault((page, turn), Candidate(doc, turn, page, score, coverage))
+    base = {key: c.score for key, c in by_turn.items()}
+    # An answer inherits from the question before it: also a turn the index did not find itself.
+    for (page, turn), c in list(by_turn.items()):
+        after = (page, turn + 1)
+        if after not in by_turn:
+            doc = f"t{turn + 1}" if page is None else f"p{page}:{turn + 1}"
+            by_turn[after] = Candidate(doc, turn + 1, page, 0.0, c.coverage * ANSWER)
+    out = []
+    for (page, turn), c in by_turn.items():
+        me = role_time(turn)
+        if me is None:
+            continue
+        before = base.get((page, turn - 1))
+        if before:
+            prev = role_time(turn - 1)
+            if prev is not None:
+                c.score += (ANSWER if prev[0] != me[0] else GOES_ON) * before
+        if c.score <= 0:
+            continue
+        c.score *= 1 + WHO * roles.get(me[0], 0.0)
+        if window is not None and window.holds(parse_time(me[1])):
+            c.score *= 1 + WHEN
+            c.time_match = window.label()
+        out.append(c)
+    return diverse(out)
+
+
+def diverse(cands: list[Candidate]) -> list[Candidate]:
+    """Greedy: the best left, where a turn beside one taken counts NEIGHBOUR of its score."""
+    left = sorted(cands, key=lambda c: (-c.score, c.turn))
+    taken: list[Candidate] = []
+    near: set[int] = set()
+    while left:
+        best_i = max(range(len(left)), key=lambda i: left[i].score * (NEIGHBOUR if left[i].turn in near else 1.0))
+        c = left.pop(best_i)
+        taken.append(c)
+        near.update((c.turn - 1, c.turn + 1))
+        if len(taken) >= 60:
+            taken += sorted(left, key=lambda c: (-c.score, c.turn))
+            break
+    return taken

@@ -1,0 +1,130 @@
+"""Meaning beside words: how close each turn of a session is to a question, for recall's ranking.
+
+The model is a small static embedding shipped inside its wheel (WordLlama's 256-dim default, 16
+MB, numpy only: no weights downloaded, nothing loaded on the append path), or, where
+``OPTIMEM_EMBED_MODEL`` names a local folder, that sentence-transformers model (loaded with
+``local_files_only``: never a download). Without either, recall ranks by words alone.
+
+Vectors are made when a session is first asked (a turn's source text embeds in ~0.07 ms) and kept
+in Redis under the session's hash tag, so every API process and cluster slot sees them:
+
+- ``vec`` HASH  "<model>:<dims>:<block>" -> float16 rows of turns block*256 .. block*256+255 (unit
+  length); a block short of 256 rows is the session's newest and is grown as turns come. Expires
+  VEC_TTL_S after it was last written (a deleted session's vectors go then: the store's delete
+  does not know this key).
+
+and in this process for the session's latest turn count, so a warm question costs one matrix
+product. Only sessions that keep source (every turn's exact text is there to embed) and have at
+most MAX_TURNS turns are embedded; others rank by words alone.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optimem.memory.store import SessionKeys, Store
+
+BLOCK = 256
+MAX_TURNS = 20_000
+VEC_TTL_S = 7 * 86_400
+_cache: dict[str, tuple[int, np.ndarray]] = {}
+_lock = threading.Lock()
+
+
+class Embedder:
+    """Texts -> unit-length float32 rows."""
+
+    def __init__(self, name: str, encode: Any):
+        self.name, self._encode = name, encode
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        rows = np.asarray(self._encode(texts), dtype=np.float32)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
+
+
+@lru_cache(maxsize=1)
+def embedder() -> Embedder | None:
+    """The model recall ranks with: OPTIMEM_EMBED_MODEL (a local sentence-transformers folder),
+    else the WordLlama weights in its wheel, else None."""
+    path = os.environ.get("OPTIMEM_EMBED_MODEL", "").strip()
+    if path:
+        if not Path(path).is_dir():
+            raise RuntimeError(f"OPTIMEM_EMBED_MODEL={path!r} is not a folder (a local model; nothing is downloaded)")
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(path, device="cpu", local_files_only=True)
+        return Embedder(f"st-{Path(path).name}", lambda texts: model.encode(texts, batch_size=64))
+    try:
+        import wordllama
+    except ImportError:
+        return None
+    # The wheel carries its weights and tokenizer (under tokenizers/, where the loader looks for
+    # tokenizer/ and then would download): load from the package folder, downloads off.
+    wl = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+    return Embedder("wl256", wl.embed)
+
+
+def key(k: SessionKeys) -> str:
+    return f"{k.tag}:vec"
+
+
+def similarities(store: Store, k: SessionKeys, turns: int, keep_source: bool, text: str) -> dict[int, float] | None:
+    """turn -> cosine similarity of its source text to ``text``, for every turn of the session;
+    None where the session is not embedded (no model, no source kept, or over MAX_TURNS)."""
+    model = embedder()
+    if model is None or not keep_source or not 0 < turns <= MAX_TURNS:
+        return None
+    matrix = _matrix(store, k, turns, model)
+    query = model([text])[0]
+    return dict(enumerate((matrix @ query).tolist()))
+
+
+def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.ndarray:
+    with _lock:
+        hit = _cache.get(k.tag)
+    if hit is not None and hit[0] == turns:
+        return hit[1]
+    blocks = _load(store, k, model.name)
+    rows: list[np.ndarray] = []
+    for b in range((turns + BLOCK - 1) // BLOCK):
+        want = min(BLOCK, turns - b * BLOCK)
+        have = blocks.get(b)
+        if have is None or len(have) < want:
+            have = _embed_block(store, k, model, b, have, want)
+        rows.append(have[:want])
+    matrix = np.concatenate(rows).astype(np.float32)
+    with _lock:
+        if len(_cache) > 64:
+            _cache.clear()
+        _cache[k.tag] = (turns, matrix)
+    return matrix
+
+
+def _load(store: Store, k: SessionKeys, name: str) -> dict[int, np.ndarray]:
+    out = {}
+    for field, raw in store.r.hgetall(key(k)).items():
+        model, dims, block = (field.decode() if isinstance(field, bytes) else field).rsplit(":", 2)
+        if model == name:
+            out[int(block)] = np.frombuffer(raw, dtype=np.float16).reshape(-1, int(dims))
+    return out
+
+
+def _embed_block(store: Store, k: SessionKeys, model: Embedder, block: int, have: np.ndarray | None,
+                 want: int) -> np.ndarray:
+    """Embed the block's turns not embedded yet (their source text) and store the block."""
+    start = block * BLOCK + (0 if have is None else len(have))
+    end = block * BLOCK + want
+    sources = store.sources(k, range(start, end))
+    texts = [sources.get(t, {}).get("content", "") or " " for t in range(start, end)]
+    new = model(texts).astype(np.float16)
+    rows = new if have is None else np.concatenate([have, new])
+    with store.r.pipeline(transaction=False) as p:
+        p.hset(key(k), f"{model.name}:{rows.shape[1]}:{block}", rows.tobytes())
+        p.expire(key(k), VEC_TTL_S)
+        p.execute()
+    return rows
