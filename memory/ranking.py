@@ -28,6 +28,16 @@ WHEN = 1.0          # boost of a turn inside the question's time window
 NEIGHBOUR = 1.0    # weight of a turn next to one already taken
 DENSE = 0.5         # weight of the dense similarity's z-score against BM25's
 DENSE_TOP = 50      # turns nearest in meaning added to the index's hits
+RERANK = 40         # candidates (after mixing) reranked: each needs its own and its neighbours' role and time
+
+
+@dataclass(frozen=True)
+class Said:
+    """What ranking needs of a turn: who said it, when, and whether it asks (None: its text is not
+    at hand, e.g. a forget-for-real session; counted as asking)."""
+    role: str
+    time: str
+    asks: bool | None = None
 
 
 @dataclass
@@ -66,13 +76,12 @@ def mix(found: list[tuple[str, float, float]], dense: dict[int, float]) -> list[
 
 
 def rerank(found: list[tuple[str, float, float]], doc_turn: Callable[[str], tuple[int, int | None]],
-           role_time: Callable[[int], tuple[str, str] | None], roles: dict[str, float],
-           window: Window | None, dense: dict[int, float] | None = None) -> list[Candidate]:
-    """The index's (doc, bm25, coverage) rescored and ordered as the module says. ``role_time``
-    gives a turn's role and time (None for a turn the session no longer has); ``dense``, when
-    given, a similarity in meaning of every source turn to the question."""
+           said: Callable[[int], Said | None], roles: dict[str, float],
+           window: Window | None) -> list[Candidate]:
+    """The index's (doc, score, coverage) (after ``mix``) rescored and ordered as the module says.
+    ``said`` gives a turn's role, time and whether it asks (None for a turn the session no longer has)."""
     by_turn: dict[tuple[int | None, int], Candidate] = {}
-    for doc, score, coverage in mix(found, dense or {}):
+    for doc, score, coverage in found:
         turn, page = doc_turn(doc)
         by_turn.setdefault((page, turn), Candidate(doc, turn, page, score, coverage))
     base = {key: c.score for key, c in by_turn.items()}
@@ -84,18 +93,20 @@ def rerank(found: list[tuple[str, float, float]], doc_turn: Callable[[str], tupl
             by_turn[after] = Candidate(doc, turn + 1, page, 0.0, c.coverage * ANSWER)
     out = []
     for (page, turn), c in by_turn.items():
-        me = role_time(turn)
+        me = said(turn)
         if me is None:
             continue
         before = base.get((page, turn - 1))
         if before:
-            prev = role_time(turn - 1)
-            if prev is not None:
-                c.score += (ANSWER if prev[0] != me[0] else GOES_ON) * before
+            prev = said(turn - 1)
+            if prev is not None and prev.role == me.role:
+                c.score += GOES_ON * before
+            elif prev is not None and prev.asks is not False:
+                c.score += ANSWER * before
         if c.score <= 0:
             continue
-        c.score *= 1 + WHO * roles.get(me[0], 0.0)
-        if window is not None and window.holds(parse_time(me[1])):
+        c.score *= 1 + WHO * roles.get(me.role, 0.0)
+        if window is not None and window.holds(parse_time(me.time)):
             c.score *= 1 + WHEN
             c.time_match = window.label()
         out.append(c)

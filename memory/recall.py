@@ -175,19 +175,27 @@ class Found:
 CANDIDATES = 100      # index hits reranked per content query
 
 
-def understood(text: str, found: list[tuple[str, float, float]], turns: Turns,
-               dense: dict[int, float] | None) -> list[ranking.Candidate]:
-    """The index's hits reranked by who and when the question is about (``memory/question.py``),
-    relative to the session's own roles and times (never the wall clock)."""
-    near = {ix.doc_turn(doc)[0] + d for doc, _, _ in found for d in (0, 1)} | {0}
-    turns.where(sorted(near))                  # locate every candidate (and its answer) in one go
-    known = {t: rt for t in near if (rt := turns.role_time(t)) is not None}
-    roles = sorted({role for role, _ in known.values()} | {t.role for t in turns.text})
-    stamps = [parse_time(when) for _, when in known.values()] + [parse_time(t.time) for t in turns.text]
-    first = parse_time(known[0][1]) if 0 in known else min(stamps, default=0.0)
+def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, store: Store, k: SessionKeys,
+               keep_source: bool, dense: dict[int, float] | None) -> list[ranking.Candidate]:
+    """The index's hits (mixed with ``dense``) reranked by who and when the question is about
+    (``memory/question.py``), relative to the session's own roles and times (never the wall clock)."""
+    found = ranking.mix(found, dense or {})[:ranking.RERANK]
+    near = sorted({t for doc, _, _ in found for t in _around(ix.doc_turn(doc)[0])} | {0})
+    if keep_source:      # role and time of every candidate and neighbour: one round trip
+        known = {t: ranking.Said(s["role"], s["time"], "?" in s["content"] or "？" in s["content"])
+                 for t, s in store.sources(k, near).items()}
+    else:
+        turns.where(near)
+        known = {t: ranking.Said(*rt) for t in near if (rt := turns.role_time(t)) is not None}
+    roles = sorted({s.role for s in known.values()} | {t.role for t in turns.text})
+    stamps = [parse_time(s.time) for s in known.values()] + [parse_time(t.time) for t in turns.text]
+    first = parse_time(known[0].time) if 0 in known else min(stamps, default=0.0)
     latest = parse_time(turns.text[-1].time) if turns.text else max(stamps, default=0.0)
-    return ranking.rerank(found, ix.doc_turn, lambda t: known.get(t) or turns.role_time(t),
-                          question.who(text, roles), question.when(text, first, latest), dense)
+    return ranking.rerank(found, ix.doc_turn, known.get, question.who(text, roles), question.when(text, first, latest))
+
+
+def _around(turn: int) -> tuple[int, ...]:
+    return (turn - 1, turn, turn + 1) if turn else (turn, turn + 1)
 
 
 def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader], store: Store,
@@ -204,8 +212,10 @@ def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Call
         found.searched = turns.page_count
     found_docs = store.search(k, q.text, limit=CANDIDATES)
     dense = vectors.similarities(store, k, meta.turns, meta.keep_source, q.text)
-    ranked = understood(q.text, found_docs, turns, dense)
-    for c in ranked:
+    ranked = understood(q.text, found_docs, turns, store, k, meta.keep_source, dense)
+    for n, c in enumerate(ranked):
+        if n % (2 * q.limit) == 0:   # locate the next few hits' pages in one go
+            turns.where({r.turn for r in ranked[n:n + 2 * q.limit]})
         if c.turn in found.match or (only is not None and c.turn not in only) or not turns.allowed(q, c.turn):
             continue
         if c.page is not None and not any(p.record.page == c.page and not p.tier.gone
