@@ -41,7 +41,7 @@ import bm25s  # noqa: E402
 from optimem.memory import context, index as ix  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402
 from optimem.memory.lab.corpus import conversations  # noqa: E402
-from optimem.memory import recall as recalling  # noqa: E402
+from optimem.memory import recall as recalling, vectors  # noqa: E402
 from optimem.memory.redis_server import EmbeddedRedis  # noqa: E402
 from optimem.memory.service import Memory  # noqa: E402
 from optimem.memory.recall import Turns  # noqa: E402
@@ -274,15 +274,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--e2e", type=int, default=30, help="questions also asked end to end on the 700-turn session")
     ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--read-threads", type=int, default=1, help="OPTIMEM_READ_THREADS: page reads at once")
     ap.add_argument("--out", default=str(ROOT / "bench" / "recall.json"))
     args = ap.parse_args()
     rng = random.Random(9)
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp)).start()
         try:
-            settings = Settings(data_dir=Path(tmp), redis_url=f"unix://{server.socket}", worker=False)
+            settings = Settings(data_dir=Path(tmp), redis_url=f"unix://{server.socket}", worker=False,
+                                read_threads=args.read_threads)
             with Memory(settings) as memory:
                 memory.backend.decode([])     # load the reader's models before timing anything
+                vectors.embedder()            # and the embedding recall ranks with
                 q = quality(memory)
                 c = cold(memory, args.e2e) if args.e2e else {}
                 sizes = [scale(memory, int(s), rng) for s in args.sizes.split(",") if s]

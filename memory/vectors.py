@@ -19,6 +19,7 @@ most MAX_TURNS turns are embedded; others rank by words alone.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from functools import lru_cache
@@ -29,10 +30,11 @@ import numpy as np
 
 from optimem.memory.store import SessionKeys, Store
 
+log = logging.getLogger("optimem.recall")
 BLOCK = 256
 MAX_TURNS = 20_000
 VEC_TTL_S = 7 * 86_400
-_cache: dict[str, tuple[int, np.ndarray]] = {}
+_cache: dict[tuple[str, str], tuple[int, np.ndarray]] = {}     # (session tag, model) -> (turns, rows)
 _lock = threading.Lock()
 
 
@@ -54,7 +56,9 @@ def embedder() -> Embedder | None:
     path = os.environ.get("OPTIMEM_EMBED_MODEL", "").strip()
     if path:
         if not Path(path).is_dir():
-            raise RuntimeError(f"OPTIMEM_EMBED_MODEL={path!r} is not a folder (a local model; nothing is downloaded)")
+            log.error("OPTIMEM_EMBED_MODEL=%r is not a folder (a local model: nothing is downloaded); "
+                      "recall ranks by words alone", path)
+            return None
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(path, device="cpu", local_files_only=True)
@@ -86,7 +90,7 @@ def similarities(store: Store, k: SessionKeys, turns: int, keep_source: bool, te
 
 def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.ndarray:
     with _lock:
-        hit = _cache.get(k.tag)
+        hit = _cache.get((k.tag, model.name))
     if hit is not None and hit[0] == turns:
         return hit[1]
     blocks = _load(store, k, model.name)
@@ -101,7 +105,7 @@ def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.nda
     with _lock:
         if len(_cache) > 64:
             _cache.clear()
-        _cache[k.tag] = (turns, matrix)
+        _cache[(k.tag, model.name)] = (turns, matrix)
     return matrix
 
 
