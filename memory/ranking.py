@@ -48,6 +48,7 @@ class Candidate:
     score: float
     coverage: float
     time_match: str | None = None
+    asked_by: int | None = None      # the turn just before, by another role, that asks what this answers
 
 
 def mix(found: list[tuple[str, float, float]], dense: dict[int, float]) -> list[tuple[str, float, float]]:
@@ -103,6 +104,8 @@ def rerank(found: list[tuple[str, float, float]], doc_turn: Callable[[str], tupl
                 c.score += GOES_ON * before
             elif prev is not None and prev.asks is not False:
                 c.score += ANSWER * before
+        if turn and (prev := said(turn - 1)) is not None and prev.role != me.role and prev.asks:
+            c.asked_by = turn - 1
         if c.score <= 0:
             continue
         c.score *= 1 + WHO * roles.get(me.role, 0.0)

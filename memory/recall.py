@@ -168,6 +168,7 @@ class Found:
     match: dict[int, float] = field(default_factory=dict)       # turn -> coverage of the query
     searched_text: dict[int, str] = field(default_factory=dict)  # turn -> "source" or "decoded"
     time_match: dict[int, str] = field(default_factory=dict)     # turn -> the question's time window it is in
+    asked_by: dict[int, int] = field(default_factory=dict)       # turn -> the turn before that asks what it answers
     searched: int = 0               # pages whose text was searched in time (content query)
     unsearched: int = 0             # pages that could not be searched in time
 
@@ -225,6 +226,8 @@ def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Call
         found.searched_text[c.turn] = "source" if c.page is None else "decoded"
         if c.time_match:
             found.time_match[c.turn] = c.time_match
+        if c.asked_by is not None:
+            found.asked_by[c.turn] = c.asked_by
         found.wanted.append((c.turn, c.page))
         if len(found.wanted) >= q.limit:
             break
@@ -285,7 +288,8 @@ def answer(q: Query, k: SessionKeys, meta: SessionMeta, store: Store, found: Fou
     else:
         pages_read, pages_unread = len(got.read_pages), len(got.unread_pages)
     fragments = got.fragments[:q.limit]
-    sources = store.sources(k, [f.turn for f in fragments]) if meta.keep_source else {}
+    sources = store.sources(k, [f.turn for f in fragments] + [found.asked_by[f.turn] for f in fragments
+                                                              if f.turn in found.asked_by]) if meta.keep_source else {}
     found_by = "index" if q.text else "position" if q.turn is not None else "time"
     hits = []
     for f in fragments:
@@ -296,6 +300,8 @@ def answer(q: Query, k: SessionKeys, meta: SessionMeta, store: Store, found: Fou
         if f.turn in sources:
             exact = sources[f.turn]["content"][f.start:f.end]
             hit.source, hit.char_error = exact, round(char_error(f.decoded, exact), 4)
+        if (asker := found.asked_by.get(f.turn)) in sources:     # the question this turn answers
+            hit.asked = {"turn": asker, "role": sources[asker]["role"], "text": sources[asker]["content"]}
         hits.append(hit)
     return Recall(session=k.session, hits=hits, pages_read=pages_read, pages_unread=pages_unread,
                   seconds=round(time.perf_counter() - started, 3))

@@ -146,6 +146,10 @@ class Hit(BaseModel):
                           "window they were read as, relative to the session's latest turn "
                           "(e.g. 'a month ago: 2024-03-20..2024-04-19'); null when the query names no time "
                           "or the turn is outside it.")
+    asked: Optional[dict[str, Any]] = Field(
+        None, description="For found_by 'index', where the session keeps source: the turn just before this "
+                          "one, by another role, that asks what this turn answers, as {turn, role, text} (its "
+                          "exact source), so the pair reads together; null otherwise.")
 
 
 class Recall(BaseModel):

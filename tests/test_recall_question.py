@@ -159,3 +159,11 @@ def test_a_local_sentence_transformers_model_plumbs_through(api, memory, tenant,
     finally:
         monkeypatch.delenv("OPTIMEM_EMBED_MODEL")
         vectors.embedder.cache_clear()
+
+
+def test_an_answer_comes_with_the_question_it_answers(api):
+    make(api, "pair", TALK)
+    best = recall(api, "pair", query="How long has Leo played the cello?", limit=1)[0]
+    assert best["turn"] == 5 and best["asked"] == {"turn": 4, "role": "Maya", "text": TALK[4]["content"]}
+    other = recall(api, "pair", query="spicy ramen", limit=2)
+    assert all(h["asked"] is None for h in other)          # turn 0 asks nothing
