@@ -1,6 +1,7 @@
 """Recall by content: retrieval quality on questions people ask, and time per recall. One command:
 
-    python bench/recall.py [--e2e 30] [--sizes 1000,10000] [--out bench/recall.json]
+    python bench/recall.py [--e2e 30] [--sizes 1000,10000] [--models wordllama] [--read-threads 1]
+                           [--out bench/recall.json]
 
 - quality: the question set (``bench/data/recall_questions.jsonl``, 322 questions written by
   reading real turns, over six long chitchat sessions and the Chinese lab text that
@@ -9,7 +10,8 @@
   question right after; recall@5 and @10 (the share of a question's evidence turns among the
   first 5 or 10 turns recall finds, the same ranking ``Memory.recall`` reads) per kind and split,
   against a plain BM25 over the exact source turns (bm25s, English stop words, no stemming;
-  characters and pairs of them for Chinese) in the same run.
+  characters and pairs of them for Chinese) in the same run. Ranked with words alone (the
+  default) and with each ``--models`` value as ``OPTIMEM_EMBED_MODEL`` (meaning beside words).
 - cold: a 700-turn session (chat0, chat1 and the start of chat2 of the set, one after another)
   right after import, ``--e2e`` of its questions through ``Memory.recall`` (index, then reading
   the hit turns' lines off the pages at their tiers, nothing read before): p50/p95 seconds cold
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import sys
@@ -139,18 +142,22 @@ def import_session(memory: Memory, session: str, turns: list[dict]) -> None:
     memory.settle(session, tenant=TENANT)
 
 
-def quality(memory: Memory) -> dict:
-    sessions = set_sessions()
+def quality(memory: Memory, model: str) -> dict:
+    """Every question of the set, ranked with ``OPTIMEM_EMBED_MODEL=model`` ("": words alone)."""
+    os.environ["OPTIMEM_EMBED_MODEL"] = model
+    vectors.embedder.cache_clear()
+    vectors.embedder()               # load the model before timing anything
     rows = []
-    for name, turns in sessions.items():
-        import_session(memory, f"set-{name}", turns)
+    for name, turns in set_sessions().items():
+        session = f"set-{name}"
+        if not memory.store.r.exists(SessionKeys(TENANT, session).meta):
+            import_session(memory, session, turns)
         plain = PlainBM25(turns)
         for q in (q for q in question_set() if q["session"] == name):
             t0 = time.perf_counter()
-            ours = found_turns(memory, f"set-{name}", q["question"], 10)
+            ours = found_turns(memory, session, q["question"], 10)
             rows.append({**q, "optimem_top10": ours, "bm25_top10": plain.top(q["question"], 10),
                          "find_ms": round((time.perf_counter() - t0) * 1000, 2)})
-        print(f"  {name}: {len(turns)} turns", file=sys.stderr)
     return {"summary": summarise(rows), "rows": rows}
 
 
@@ -270,10 +277,20 @@ def scale(memory: Memory, size: int, rng: random.Random, queries: int = 20) -> d
             "index_bytes_per_1k_turns": round(size_b * 1000 / size)}
 
 
+def table(model: str, summary: dict) -> None:
+    print(f"\nrecall@k of the evidence turns, OPTIMEM_EMBED_MODEL={model!r} (question set; optimem's find step "
+          "against plain BM25 over the source, same run)")
+    print(f"{'split/kind':18} {'n':>4} {'optimem@5':>9} {'bm25@5':>7} {'optimem@10':>10} {'bm25@10':>8} {'find p50 ms':>11}")
+    for key, s in summary.items():
+        print(f"{key:18} {s['questions']:>4} {s['optimem@5']:>9} {s['bm25@5']:>7} {s['optimem@10']:>10} "
+              f"{s['bm25@10']:>8} {s['find_p50_ms']:>11}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--e2e", type=int, default=30, help="questions also asked end to end on the 700-turn session")
     ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--models", default="wordllama", help="OPTIMEM_EMBED_MODEL values ranked with too, beside words alone")
     ap.add_argument("--read-threads", type=int, default=1, help="OPTIMEM_READ_THREADS: page reads at once")
     ap.add_argument("--out", default=str(ROOT / "bench" / "recall.json"))
     args = ap.parse_args()
@@ -285,19 +302,19 @@ def main() -> None:
                                 read_threads=args.read_threads)
             with Memory(settings) as memory:
                 memory.backend.decode([])     # load the reader's models before timing anything
-                vectors.embedder()            # and the embedding recall ranks with
-                q = quality(memory)
+                models = [""] + [m for m in args.models.split(",") if m]
+                q = {m or "words": quality(memory, m) for m in models}
+                os.environ["OPTIMEM_EMBED_MODEL"] = ""       # the default for the timings
+                vectors.embedder.cache_clear()
                 c = cold(memory, args.e2e) if args.e2e else {}
                 sizes = [scale(memory, int(s), rng) for s in args.sizes.split(",") if s]
         finally:
             server.stop()
-    result = {"machine": machine(), "quality": q["summary"], "cold": c, "scale": sizes, "questions": q["rows"]}
+    result = {"machine": machine(), "quality": {m: r["summary"] for m, r in q.items()}, "cold": c, "scale": sizes,
+              "questions": {m: r["rows"] for m, r in q.items()}}
     Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
-    print("\nrecall@k of the evidence turns (question set; optimem's find step against plain BM25 over the source)")
-    print(f"{'split/kind':18} {'n':>4} {'optimem@5':>9} {'bm25@5':>7} {'optimem@10':>10} {'bm25@10':>8} {'find p50 ms':>11}")
-    for key, s in q["summary"].items():
-        print(f"{key:18} {s['questions']:>4} {s['optimem@5']:>9} {s['bm25@5']:>7} {s['optimem@10']:>10} "
-              f"{s['bm25@10']:>8} {s['find_p50_ms']:>11}")
+    for model, r in q.items():
+        table(model, r["summary"])
     if c:
         print(f"\n700-turn session right after import, through Memory.recall: {json.dumps(c)}")
     print("\nscale (real turns repeated; recall = index + reading the hits' lines, nothing read before)")

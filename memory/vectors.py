@@ -1,12 +1,15 @@
 """Meaning beside words: how close each turn of a session is to a question, for recall's ranking.
 
-The model is a small static embedding shipped inside its wheel (WordLlama's 256-dim default, 16
-MB, numpy only: no weights downloaded, nothing loaded on the append path), or, where
-``OPTIMEM_EMBED_MODEL`` names a local folder, that sentence-transformers model (loaded with
-``local_files_only``: never a download). Without either, recall ranks by words alone.
+Off by default (the CPU default stays weight-free: recall ranks by words, who and when). On with
+``OPTIMEM_EMBED_MODEL``:
 
-Vectors are made when a session is first asked (a turn's source text embeds in ~0.07 ms) and kept
-in Redis under the session's hash tag, so every API process and cluster slot sees them:
+- ``wordllama``: the small static embedding shipped inside the ``wordllama`` wheel (256 dims, 16
+  MB, numpy; ``pip install "optimem[meaning]"``). A turn embeds in ~0.07 ms.
+- a local folder: that sentence-transformers model, loaded with ``local_files_only`` (never a
+  download), on the CPU.
+
+Vectors are made when a session is first asked (nothing on the append path) and kept in Redis under
+the session's hash tag, so every API process and cluster slot sees them:
 
 - ``vec`` HASH  "<model>:<dims>:<block>" -> float16 rows of turns block*256 .. block*256+255 (unit
   length); a block short of 256 rows is the session's newest and is grown as turns come. Expires
@@ -51,26 +54,28 @@ class Embedder:
 
 @lru_cache(maxsize=1)
 def embedder() -> Embedder | None:
-    """The model recall ranks with: OPTIMEM_EMBED_MODEL (a local sentence-transformers folder),
-    else the WordLlama weights in its wheel, else None."""
-    path = os.environ.get("OPTIMEM_EMBED_MODEL", "").strip()
-    if path:
-        if not Path(path).is_dir():
-            log.error("OPTIMEM_EMBED_MODEL=%r is not a folder (a local model: nothing is downloaded); "
-                      "recall ranks by words alone", path)
-            return None
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(path, device="cpu", local_files_only=True)
-        return Embedder(f"st-{Path(path).name}", lambda texts: model.encode(texts, batch_size=64))
-    try:
-        import wordllama
-    except ImportError:
+    """The model recall ranks with (``OPTIMEM_EMBED_MODEL``), or None: words alone."""
+    name = os.environ.get("OPTIMEM_EMBED_MODEL", "").strip()
+    if not name:
         return None
-    # The wheel carries its weights and tokenizer (under tokenizers/, where the loader looks for
-    # tokenizer/ and then would download): load from the package folder, downloads off.
-    wl = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
-    return Embedder("wl256", wl.embed)
+    if name == "wordllama":
+        try:
+            import wordllama
+        except ImportError:
+            log.error('OPTIMEM_EMBED_MODEL=wordllama needs pip install "optimem[meaning]"; recall ranks by words alone')
+            return None
+        # The wheel carries its weights and tokenizer (under tokenizers/, where the loader looks for
+        # tokenizer/ and then would download): load from the package folder, downloads off.
+        wl = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+        return Embedder("wl256", wl.embed)
+    if not Path(name).is_dir():
+        log.error("OPTIMEM_EMBED_MODEL=%r is neither 'wordllama' nor a folder (a local model: nothing is "
+                  "downloaded); recall ranks by words alone", name)
+        return None
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(name, device="cpu", local_files_only=True)
+    return Embedder(f"st-{Path(name).name}", lambda texts: model.encode(texts, batch_size=64))
 
 
 def key(k: SessionKeys) -> str:

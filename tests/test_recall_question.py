@@ -106,8 +106,25 @@ def test_the_answer_after_a_matched_question_is_found(api):
     assert hits == [5, 4]     # "Since fifth grade, ...": no word of the question, it answers turn 4
 
 
-@pytest.mark.skipif(vectors.embedder() is None, reason="no packaged embedding installed")
-def test_meaning_beside_words_and_vectors_kept_per_session_under_its_hash_tag(api, memory, tenant):
+@pytest.fixture
+def wordllama(monkeypatch):
+    pytest.importorskip("wordllama")
+    monkeypatch.setenv("OPTIMEM_EMBED_MODEL", "wordllama")
+    vectors.embedder.cache_clear()
+    yield vectors.embedder()
+    monkeypatch.delenv("OPTIMEM_EMBED_MODEL")
+    vectors.embedder.cache_clear()
+
+
+def test_by_default_recall_ranks_by_words_and_keeps_no_vectors(api, memory, tenant, monkeypatch):
+    monkeypatch.delenv("OPTIMEM_EMBED_MODEL", raising=False)
+    vectors.embedder.cache_clear()
+    make(api, "plain", TALK)
+    assert recall(api, "plain", query="spicy ramen", limit=1)
+    assert vectors.embedder() is None and not memory.store.r.exists(vectors.key(SessionKeys(tenant, "plain")))
+
+
+def test_meaning_beside_words_and_vectors_kept_per_session_under_its_hash_tag(api, memory, tenant, wordllama):
     turns = [
         {"role": "user", "content": "I suppose I fear failure, but that's about it.", "time": "2024-03-05T19:00:00Z"},
         {"role": "assistant", "content": "We watched a film about sharks last night.", "time": "2024-03-05T19:01:00Z"},
