@@ -1,17 +1,19 @@
 """Rerank what the text index found with what the question says (``memory/question.py``).
 
 The index ranks turns by the question's words (BM25). People ask about a person, a time, or a fact
-that was the answer to a question asked just before it ("how long have you played?" / "flute
-since 5th grade"). So each candidate turn's score is
+that was the answer to a question asked just before it ("how long have you played?" / "flute since
+5th grade"), or that runs over a message sent in parts. So each candidate turn's score is
 
-    (bm25 + ANSWER * bm25 of the turn just before it, when another role said that one)
+    (bm25 + ANSWER * bm25 of the turn before, when another role asked it there
+           + GOES_ON * bm25 of the turn before, when the same role said it)
         * (1 + WHO * how much the question is about the turn's role)
         * (1 + WHEN if the turn's time is in the window the question's time words point at)
 
-and the list is made diverse: a turn next to one already taken weighs NEIGHBOUR less (several
-facts are rarely in consecutive turns). Never a filter: a turn of another role or time can still
-come first when its words say so. The weights were tuned on the question set's ``tune`` half
-(``bench/recall.py``) and checked on its held-back half.
+where bm25 is, with a dense model on (``memory/vectors.py``), BM25 mixed with the similarity in
+meaning as z-scores (``mix``). Never a filter: a turn of another role or time still comes first
+when its words say so. The weights were set on the question set's ``tune`` half
+(``bench/recall.py``) and checked on its held-back half; diverse hits (a turn next to one taken
+weighing less) and rank fusion were measured there and lost (bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ ANSWER = 0.6        # share of the turn before's score an answering turn inherit
 GOES_ON = 0.5       # share a turn inherits from the one before by the same role (a message sent in parts)
 WHO = 1.0           # boost of the role the question is about
 WHEN = 1.0          # boost of a turn inside the question's time window
-NEIGHBOUR = 1.0    # weight of a turn next to one already taken
 DENSE = 0.5         # weight of the dense similarity's z-score against BM25's
 DENSE_TOP = 50      # turns nearest in meaning added to the index's hits
 RERANK = 40         # candidates (after mixing) reranked: each needs its own and its neighbours' role and time
@@ -113,20 +114,5 @@ def rerank(found: list[tuple[str, float, float]], doc_turn: Callable[[str], tupl
             c.score *= 1 + WHEN
             c.time_match = window.label()
         out.append(c)
-    return diverse(out)
+    return sorted(out, key=lambda c: (-c.score, c.turn))
 
-
-def diverse(cands: list[Candidate]) -> list[Candidate]:
-    """Greedy: the best left, where a turn beside one taken counts NEIGHBOUR of its score."""
-    left = sorted(cands, key=lambda c: (-c.score, c.turn))
-    taken: list[Candidate] = []
-    near: set[int] = set()
-    while left:
-        best_i = max(range(len(left)), key=lambda i: left[i].score * (NEIGHBOUR if left[i].turn in near else 1.0))
-        c = left.pop(best_i)
-        taken.append(c)
-        near.update((c.turn - 1, c.turn + 1))
-        if len(taken) >= 60:
-            taken += sorted(left, key=lambda c: (-c.score, c.turn))
-            break
-    return taken
