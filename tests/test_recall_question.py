@@ -184,3 +184,28 @@ def test_an_answer_comes_with_the_question_it_answers(api):
     assert best["turn"] == 5 and best["asked"] == {"turn": 4, "role": "Maya", "text": TALK[4]["content"]}
     other = recall(api, "pair", query="spicy ramen", limit=2)
     assert all(h["asked"] is None for h in other)          # turn 0 asks nothing
+
+
+def test_the_question_set_points_at_real_turns_and_holds_half_back():
+    """bench/data/recall_questions.jsonl against the sessions bench/recall_set.py rebuilds."""
+    import sys
+    from collections import Counter
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import recall_set
+
+    sessions, asked = recall_set.sessions(), recall_set.questions()
+    assert len(asked) >= 300 and len({q["id"] for q in asked}) == len(asked)
+    assert sum(1 for name in sessions if name.startswith("chat")) >= 6 and "zh" in sessions
+    assert {q["session"] for q in asked} == set(sessions)
+    assert set(Counter(q["kind"] for q in asked)) == {"fact", "when", "two", "inference"}
+    splits = Counter(q["split"] for q in asked)
+    assert set(splits) == {"tune", "heldout"} and abs(splits["tune"] - splits["heldout"]) <= 0.15 * len(asked)
+    for q in asked:
+        assert q["evidence"] and all(0 <= e < len(sessions[q["session"]]) for e in q["evidence"]), q["id"]
+    two = [q for q in asked if q["kind"] == "two"]
+    assert all(len(q["evidence"]) == 2 for q in two)
+    # Sessions span months (the second conversation a month on), so time words have something to mean.
+    times = [t["time"] for t in sessions["chat0"]]
+    assert times[0].startswith("2024-03") and times[-1].startswith("2024-05")
