@@ -22,7 +22,7 @@ from optimem.memory.context import PlacedPage, parse_time
 from optimem.memory.fragments import Fragment, fragments_from_decoded, headers_of, strip_header  # noqa: F401
 from optimem.memory.reading import Reader
 from optimem.memory.results import Hit, Recall
-from optimem.memory.searchable import drop_gone, index_page, make_searchable, reindex_cached  # noqa: F401
+from optimem.memory.searchable import drop_gone, make_searchable, reindex_cached  # noqa: F401  (service.py)
 from optimem.memory.store import PageRecord, SessionKeys, SessionMeta, Store, TurnRecord
 from optimem.memory.turns import check_unicode, normalise_time
 

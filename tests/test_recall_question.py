@@ -3,7 +3,7 @@ meaning beside words. Through the HTTP API on short sessions (recent text: nothi
 the reading of time words and names on their own."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 
