@@ -150,6 +150,15 @@ class Hit(BaseModel):
                           "(kept source, or a recent turn still plain text); 'decoded': what a read of its "
                           "page gave (forget-for-real sessions: a sealed turn has no other text). Null "
                           "for 'position' and 'time'.")
+    time_match: Optional[str] = Field(
+        None, description="For found_by 'index': the time words of the query this turn's time is in and the "
+                          "window they were read as, relative to the session's latest turn "
+                          "(e.g. 'a month ago: 2024-03-20..2024-04-19'); null when the query names no time "
+                          "or the turn is outside it.")
+    asked: Optional[dict[str, Any]] = Field(
+        None, description="For found_by 'index', where the session keeps source: the turn just before this "
+                          "one, by another role, that asks what this turn answers, as {turn, role, text} (its "
+                          "exact source), so the pair reads together; null otherwise.")
 
 
 class Recall(BaseModel):

@@ -242,10 +242,7 @@ class Memory:
                 return sealed
             changed = self._retier(s)
             if not keep_source:   # a page faded out holds nothing: its decoded text leaves the index
-                gone = [p.record.page for p in changed if p.tier.gone]
-                if gone:
-                    indexed = self.store.indexed_pages(k)
-                    self.store.unindex_pages(k, [page for page in gone if page in indexed])
+                recalling.drop_gone(self.store, k, changed)
         return sealed
 
     def settle(self, session: str, *, tenant: str = DEFAULT_TENANT) -> None:
@@ -314,9 +311,8 @@ class Memory:
             placed = context.place([self.store.page(s.k, job.page)], s.curve, self.ladder, s.meta.turns)[0]
         except NotFound:
             return
-        if placed.tier.name == job.tier and not placed.tier.gone:
-            decoded = self.reader.cached(s.k, job.page, placed.tier)
-            recalling.index_page(self.store, s.k, placed, self.reader.cache_key(placed.tier), decoded)
+        if placed.tier.name == job.tier:
+            recalling.reindex_cached(self.store, s.k, placed, self.reader)
 
     # -- context ------------------------------------------------------------------------------
     def context(self, session: str, *, budget: int | None = None, format: str = "raw", links: Links | None = None,
