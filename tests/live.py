@@ -1,12 +1,17 @@
 """Real servers on loopback for tests that drive optimem the way a chatbot or a browser does."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import httpx
 import uvicorn
 
 
@@ -43,3 +48,30 @@ def wait_for(condition, timeout: float = 10.0, every: float = 0.05):
             assert value, f"not true after {timeout} s: {condition}"
             return value
         time.sleep(every)
+
+
+def start_serve(env: dict, port: int, *args: str) -> subprocess.Popen:
+    """``optimem serve`` as a process on loopback with ``env``; returns once /healthz answers 200."""
+    proc = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "serve", "--port", str(port),
+                             "--log-level", "warning", *args], env={**os.environ, **env})
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"optimem serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("optimem serve did not come up")
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within a minute."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

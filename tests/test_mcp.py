@@ -26,6 +26,7 @@ from optimem.memory.lab.corpus import longest
 from optimem.memory.service import Memory
 from optimem.settings import Settings
 from tests.test_api import every_turn_is_somewhere
+from tests import live
 from tests.test_durability import free_port
 
 FACT = "By the way, my sister Marguerite keeps her sailboat Tortuga moored at pier 47 in Halifax."
@@ -247,28 +248,10 @@ def test_a_garbage_line_is_answered_and_the_next_call_served_and_kill_9_loses_no
 
 
 def start_serve(data_dir, port: int, *args: str, **env: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "serve", "--port", str(port),
-                             "--log-level", "warning", *args], env=mcp_env(data_dir, **env))
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"optimem serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("optimem serve did not come up")
+    return live.start_serve(mcp_env(data_dir, **env), port, *args)
 
 
-def stop_serve(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop_serve = live.stop_serve
 
 
 @pytest.fixture
