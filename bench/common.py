@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,3 +42,15 @@ def start_serve(env: dict, port: int, *args: str) -> subprocess.Popen:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("optimem serve did not come up")
+
+
+def stop_serve(proc: subprocess.Popen) -> float:
+    """SIGTERM (SIGKILL after a minute); seconds until it exited."""
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return time.monotonic() - start

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/common.py, also when loaded by path
-from common import free_port, pct, start_serve  # noqa: E402
+from common import free_port, pct, start_serve, stop_serve  # noqa: E402
 from optimem.memory.lab.corpus import longest
 
 QUERY = {"query": "what did we talk about"}
@@ -43,18 +42,7 @@ def start_server(data_dir: Path, port: int, **env: str) -> subprocess.Popen:
                         "OPTIMEM_API_KEYS": "", **env}, port)
 
 
-def stop_server(proc: subprocess.Popen) -> float:
-    """SIGTERM; seconds until it exited."""
-    start = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    return time.monotonic() - start
-
-
+stop_server = stop_serve
 
 
 # The external prober: GET /healthz every 50 ms on one keep-alive connection; one line per probe.

@@ -1,17 +1,14 @@
 """Real servers on loopback for tests that drive optimem the way a chatbot or a browser does."""
 from __future__ import annotations
 
-import os
-import signal
+import importlib.util
 import socket
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
-import httpx
 import uvicorn
 
 
@@ -50,28 +47,16 @@ def wait_for(condition, timeout: float = 10.0, every: float = 0.05):
         time.sleep(every)
 
 
-def start_serve(env: dict, port: int, *args: str) -> subprocess.Popen:
-    """``optimem serve`` as a process on loopback with ``env``; returns once /healthz answers 200."""
-    proc = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "serve", "--port", str(port),
-                             "--log-level", "warning", *args], env={**os.environ, **env})
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"optimem serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("optimem serve did not come up")
+
+def _bench_common():
+    """bench/common.py (bench/ is scripts, not a package): its ``start_serve``/``stop_serve``."""
+    spec = importlib.util.spec_from_file_location("optimem_bench_common", Path(__file__).resolve().parents[1]
+                                                  / "bench" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def stop_serve(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within a minute."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+_common = _bench_common()
+start_serve = _common.start_serve     # optimem serve as a process; returns once /healthz is 200
+stop_serve = _common.stop_serve       # SIGTERM (SIGKILL after a minute)
