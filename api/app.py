@@ -32,9 +32,11 @@ from optimem.errors import OptimemError
 from optimem.memory import metrics as observed, results
 from optimem.memory.concurrency import COMPUTE, Threads
 from optimem.memory.service import Memory
+from optimem.memory.store import Store
 
-PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
-ERRORS = {404: {"model": schemas.Problem}, 409: {"model": schemas.Problem}, 422: {"model": schemas.Problem}}
+PNG: schemas.Responses = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
+ERRORS: schemas.Responses = {404: {"model": schemas.Problem}, 409: {"model": schemas.Problem},
+                     422: {"model": schemas.Problem}}
 SessionId = Annotated[str, Path(pattern=schemas.SESSION_ID, max_length=128,
                                 description="Session id: 1-128 letters, digits, '.', '_' or '-'.")]
 
@@ -45,6 +47,13 @@ STORE_PING_S = 2.0   # /healthz waits this long for Redis to answer a PING befor
 
 def run(fn, *args, **kwargs):
     return run_in_threadpool(fn, *args, **kwargs)  # Redis and the reader block; keep the loop free
+
+
+def store_of(m: Memory) -> Store:
+    """The store of the app's Memory, opened by the app's lifespan before any request is served."""
+    if m.store is None:
+        raise RuntimeError("the app's Memory is not open: requests are served only inside its lifespan")
+    return m.store
 
 
 class Health(schemas.Health):
@@ -74,7 +83,7 @@ async def healthz(request: Request,
     if down:
         return SafeJSON({**health, "status": "store unavailable", "store": down}, status_code=503)
     if tenant_of(m.settings.tenants(), authorization) is not None:
-        health["jobs_backlog"], health["jobs_oldest_s"], health["jobs_shed"] = await run(m.store.jobs_state)
+        health["jobs_backlog"], health["jobs_oldest_s"], health["jobs_shed"] = await run(store_of(m).jobs_state)
     return health
 
 
@@ -84,7 +93,7 @@ async def store_down(m: Memory) -> str | None:
     started = time.monotonic()
     try:
         with anyio.fail_after(STORE_PING_S):
-            await anyio.to_thread.run_sync(m.store.r.ping, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(store_of(m).r.ping, abandon_on_cancel=True)
     except TimeoutError:
         return f"Redis did not answer a PING within {STORE_PING_S:g} s"
     except Exception as exc:   # redis-py's ConnectionError, or any other way a PING fails
@@ -99,9 +108,9 @@ async def prometheus_metrics(_: str = Depends(tenant), m: Memory = Depends(memor
     """Prometheus metrics of this process (requests per route, appends, seals, recalls, page reads,
     cache lookups) and the job stream (backlog, oldest age, shed). With API keys set, any valid key
     may read them (they are global, not per tenant)."""
-    state = await run(m.store.jobs_state)
-    cap = getattr(m.store, "jobs_max", m.settings.jobs_max)
-    return Response(observe.scrape(state, cap), media_type=observe.CONTENT_TYPE)
+    store = store_of(m)
+    state = await run(store.jobs_state)
+    return Response(observe.scrape(state, store.jobs_max), media_type=observe.CONTENT_TYPE)
 
 
 @router.post("/v1/sessions", response_model=results.Session, status_code=201, tags=["sessions"], responses=ERRORS)
@@ -229,14 +238,16 @@ def create_app(m: Memory | None = None) -> FastAPI:
     app = FastAPI(title="optimem", version=__version__, lifespan=lifespan,
                   description="Optical memory for chatbots: old turns become page images that fade with "
                               "age; recall reads them back.")
-    app.add_exception_handler(OptimemError, optimem_error)
-    app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(HTTPException, http_error)
+    # Starlette annotates a handler as taking any Exception, though it calls each only with the
+    # class it was registered for: a handler typed for its own class is refused (starlette#2417).
+    app.add_exception_handler(OptimemError, optimem_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
     app.add_middleware(Admission, settings=lambda: own.settings)        # key and body size, before any parsing
     app.add_middleware(observe.Observe, tenants=lambda: own.settings.tenants())
     app.include_router(router)
     app.include_router(proxy.router)
     app.include_router(inspector.router)
     app.include_router(mcp_http.router())   # MCP at /mcp, with its session manager's life cycle
-    app.openapi = lambda: openapi.document(app, own)
+    app.openapi = lambda: openapi.document(app, own)  # type: ignore[method-assign]  # FastAPI's documented way
     return app
