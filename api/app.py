@@ -32,7 +32,6 @@ from optimem.errors import OptimemError
 from optimem.memory import metrics as observed, results
 from optimem.memory.concurrency import COMPUTE, Threads
 from optimem.memory.service import Memory
-from optimem.memory.store import Store
 
 PNG: schemas.Responses = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
 ERRORS: schemas.Responses = {404: {"model": schemas.Problem}, 409: {"model": schemas.Problem},
@@ -47,13 +46,6 @@ STORE_PING_S = 2.0   # /healthz waits this long for Redis to answer a PING befor
 
 def run(fn, *args, **kwargs):
     return run_in_threadpool(fn, *args, **kwargs)  # Redis and the reader block; keep the loop free
-
-
-def store_of(m: Memory) -> Store:
-    """The store of the app's Memory, opened by the app's lifespan before any request is served."""
-    if m.store is None:
-        raise RuntimeError("the app's Memory is not open: requests are served only inside its lifespan")
-    return m.store
 
 
 class Health(schemas.Health):
@@ -83,7 +75,7 @@ async def healthz(request: Request,
     if down:
         return SafeJSON({**health, "status": "store unavailable", "store": down}, status_code=503)
     if tenant_of(m.settings.tenants(), authorization) is not None:
-        health["jobs_backlog"], health["jobs_oldest_s"], health["jobs_shed"] = await run(store_of(m).jobs_state)
+        health["jobs_backlog"], health["jobs_oldest_s"], health["jobs_shed"] = await run(m.store.jobs_state)
     return health
 
 
@@ -93,7 +85,7 @@ async def store_down(m: Memory) -> str | None:
     started = time.monotonic()
     try:
         with anyio.fail_after(STORE_PING_S):
-            await anyio.to_thread.run_sync(store_of(m).r.ping, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(m.store.r.ping, abandon_on_cancel=True)
     except TimeoutError:
         return f"Redis did not answer a PING within {STORE_PING_S:g} s"
     except Exception as exc:   # redis-py's ConnectionError, or any other way a PING fails
@@ -108,7 +100,7 @@ async def prometheus_metrics(_: str = Depends(tenant), m: Memory = Depends(memor
     """Prometheus metrics of this process (requests per route, appends, seals, recalls, page reads,
     cache lookups) and the job stream (backlog, oldest age, shed). With API keys set, any valid key
     may read them (they are global, not per tenant)."""
-    store = store_of(m)
+    store = m.store
     state = await run(store.jobs_state)
     return Response(observe.scrape(state, store.jobs_max), media_type=observe.CONTENT_TYPE)
 
@@ -219,7 +211,7 @@ def create_app(m: Memory | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if own.store is None:
+        if not own.is_open:
             own.open()
         app.state.memory = own
         warmup.start(own)   # /healthz says "warming": true until it is done

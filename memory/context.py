@@ -14,14 +14,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from PIL import Image
 
 from optimem import renderer
 from optimem.memory import context_pages
 from optimem.memory.curves import MAX_AGE, Curve
-from optimem.memory.reading import Reader, canvas, token_unit, tier_png
+from optimem.memory.reading import PageImages, Reader, canvas, token_unit, tier_png
 from optimem.memory.results import (Accounting, EmbeddingsContext, OpenAIContext, PageInfo, RawContext,
                                     TextTurn, TokenImage)
 from optimem.memory.store import PageRecord, SessionKeys, SessionMeta, TurnRecord
@@ -290,7 +290,7 @@ def _within_reach(older: list[TurnRecord], visible: list[PlacedPage], legible: T
 
 def _text(turns: list[TurnRecord], room: float) -> tuple[list[TurnRecord], int]:
     """The newest turns (contiguous) within ``room`` tokens, and how many older ones are left out."""
-    spent, kept = 0, []
+    spent, kept = 0, list[TurnRecord]()
     for n, turn in enumerate(reversed(turns)):
         if spent + turn.tokens > room:
             return kept[::-1], len(turns) - n
@@ -388,15 +388,15 @@ def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | No
     kept_turns, dropped_turns = _text(turns, float("inf") if budget is None else budget - reserve)
     spent = sum(t.tokens for t in kept_turns)
     made: list[PlacedPage] = []
-    if budget is not None and making is not None and views:
+    if budget is not None and making is not None and found is not None and views:
         legible = found.faintest_legible
         # Text cut short, or pages that would fade below legible: older text is worth more on pages.
         if dropped_turns or legible_cost(visible, views, legible) > budget - spent + 1e-9:
-            moved = _move_text(turns, visible, views, legible, budget, making)
-            if moved is not None:
-                kept_turns, made = moved
-                shown = {t.index for t in kept_turns} | {s["index"] for p in made for s in p.record.turns}
-                spent, dropped_turns = sum(t.tokens for t in kept_turns), sum(t.index not in shown for t in turns)
+            chosen = _move_text(turns, visible, views, legible, budget, making)
+            if chosen is not None:
+                kept_turns, made = chosen
+                held = {t.index for t in kept_turns} | {s["index"] for p in made for s in p.record.turns}
+                spent, dropped_turns = sum(t.tokens for t in kept_turns), sum(t.index not in held for t in turns)
                 visible = visible + made
 
     dropped_pages, tiers = 0, [p.tier for p in visible]
@@ -435,7 +435,7 @@ def openai_messages(turns: list[TurnRecord], images: list[dict]) -> list[dict]:
     """``images`` are OpenAI ``image_url`` objects ({"url", and "detail" where the tier's cost needs it})."""
     messages: list[dict] = []
     if images:
-        parts = [{"type": "text", "text": MEMORY_PREAMBLE}]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": MEMORY_PREAMBLE}]
         parts += [{"type": "image_url", "image_url": image} for image in images]
         # A user message: OpenAI's API takes image parts only from users (vLLM takes them anywhere).
         messages.append({"role": "user", "content": parts})
@@ -469,13 +469,22 @@ def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _made_canvas(k: SessionKeys, group: int, tier: Tier, pages: list[PlacedPage], reader: Reader) -> Image.Image:
+def _made_canvas(k: SessionKeys, group: int, tier: Tier, pages: list[PlacedPage],
+                 reader: PageImages) -> Image.Image:
     """A mosaic canvas that holds pages made for the context: the sealed pages of its group (as the
     served canvas has them), then the made ones, in page order."""
     made = sorted((p for p in pages if p.png is not None and p.tier == tier
                    and p.record.page // tier.per_canvas == group), key=lambda p: p.record.page)
     sealed = reader.store.pngs(k, range(group * tier.per_canvas, made[0].record.page))
-    return canvas(sealed + [p.png for p in made], tier)
+    return canvas(sealed + [p.png for p in made if p.png is not None], tier)
+
+
+
+def _canvas(reader: PageImages, k: SessionKeys, group: int, tier: Tier) -> bytes:
+    png = reader.canvas_png(k, group, tier)
+    if png is None:   # a placed page is in its group: the group has a page to draw
+        raise RuntimeError(f"mosaic {tier.name} group {group} of {k.session} has no page")
+    return png
 
 
 def _png(image: Image.Image) -> bytes:
@@ -484,7 +493,7 @@ def _png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def image_parts(k: SessionKeys, pages: list[PlacedPage], reader: Reader, links: Links | None) -> list[dict]:
+def image_parts(k: SessionKeys, pages: list[PlacedPage], reader: PageImages, links: Links | None) -> list[dict]:
     """OpenAI ``image_url`` objects, one per page or mosaic canvas, with the detail its tier's cost assumes.
     A page made for the context (or a canvas holding one) comes inline: no link serves it."""
     images, seen_groups = [], set()
@@ -499,7 +508,7 @@ def image_parts(k: SessionKeys, pages: list[PlacedPage], reader: Reader, links: 
             if (tier.name, group) in made_groups:
                 url = _data_url(_png(_made_canvas(k, group, tier, pages, reader)))
             else:
-                url = links.mosaic(k.session, tier.name, group) if links else _data_url(reader.canvas_png(k, group, tier))
+                url = links.mosaic(k.session, tier.name, group) if links else _data_url(_canvas(reader, k, group, tier))
         elif p.png is not None:
             url = _data_url(tier_png(p.png, tier))
         else:
@@ -509,7 +518,7 @@ def image_parts(k: SessionKeys, pages: list[PlacedPage], reader: Reader, links: 
     return images
 
 
-def openai(k: SessionKeys, built: Assembled, reader: Reader, links: Links | None) -> OpenAIContext:
+def openai(k: SessionKeys, built: Assembled, reader: PageImages, links: Links | None) -> OpenAIContext:
     messages = openai_messages(built.turns, image_parts(k, built.pages, reader, links))
     return OpenAIContext(session=k.session, messages=messages, accounting=built.accounting)
 
@@ -522,7 +531,7 @@ def _made_tokens(k: SessionKeys, p: PlacedPage, pages: list[PlacedPage], reader:
         group = p.record.page // tier.per_canvas
         if not any(q.png is not None and q.tier == tier and q.record.page // tier.per_canvas == group for q in pages):
             return None
-        view = PageView(_made_canvas(k, group, tier, pages, reader), tier)
+        view = PageView(_made_canvas(k, group, tier, pages, reader.images), tier)
     elif p.png is not None:
         view = PageView(renderer.view(p.png, tier.px), tier)
     else:
@@ -550,7 +559,7 @@ def embeddings(k: SessionKeys, built: Assembled, reader: Reader, links: Links | 
         else:
             image.safetensors_base64 = base64.b64encode(tokens.to_bytes()).decode()
         images.append(image)
-    layout = [{"type": "text", "text": MEMORY_PREAMBLE + "\n"}]
+    layout: list[dict[str, Any]] = [{"type": "text", "text": MEMORY_PREAMBLE + "\n"}]
     layout += [{"type": "image", "image": i, "n_tokens": image.n_tokens} for i, image in enumerate(images)]
     layout += [{"type": "text", "text": f"\n{t.role}: {t.content[t.start:]}"} for t in built.turns]
     return EmbeddingsContext(session=k.session, placeholder="<image>", images=images, layout=layout,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Any
 from dataclasses import dataclass
 
 from optimem import renderer
@@ -36,7 +37,8 @@ def _signature(turns: list[TurnRecord]) -> tuple:
 
 class _Cache:
     def __init__(self, size: int) -> None:
-        self.size, self.lock, self.items = size, threading.Lock(), OrderedDict()
+        self.size, self.lock = size, threading.Lock()
+        self.items: OrderedDict[tuple, Any] = OrderedDict()
         self.typeset_pages = 0      # pages drawn so far (tests and benchmarks watch it)
 
     def get(self, key: tuple):

@@ -72,11 +72,11 @@ class Memory:
         self.layout = renderer.Layout(page_px=self.ladder.page_px, font_px=self.settings.font_px,
                                       line_spacing=self.settings.line_spacing)
         self.server: EmbeddedRedis | None = None
-        self.store: Store | None = None
+        self._store: Store | None = None
         self.worker: jobs.Worker | None = None
         self._reader: Reader | None = None
         self._images: PageImages | None = None
-        self._locks = locks.SessionLocks(lambda: self.store.r if self.store else None)  # across processes, in Redis
+        self._locks = locks.SessionLocks(lambda: self._store.r if self._store else None)  # across processes, in Redis
         self._backend_lock = threading.Lock()
         self._sealer: Sealer | None = Sealer(self._seal) if self.settings.seal_background else None
         # Sealing behind requests typesets in a child process (no GIL shared with them); inline, here.
@@ -87,7 +87,7 @@ class Memory:
         from optimem.memory.metrics import MeteredStore  # the store, counted for /metrics
 
         client, self.server = connect(self.settings.redis_url, self.settings.data_dir, self.settings.redis_maxmemory)
-        self.store = MeteredStore(client)
+        self._store = MeteredStore(client)
         self._reader = self._images = None    # over this store (a Memory may be opened again)
         self.store.jobs_max = self.settings.jobs_max
         jobs.ensure_group(client)
@@ -106,14 +106,26 @@ class Memory:
         if self._sealer is not None:
             self._sealer.stop(timeout_s)          # seal what appends left pending
             self._sealer = Sealer(self._seal)     # (a Memory may be opened again)
-            self._typeset.close()                 # its child process; started again on next use
+            if isinstance(self._typeset, Typesetter):
+                self._typeset.close()             # its child process; started again on next use
         if self.worker:
             self.worker.stop(timeout_s)
             self.worker = None
-        if self.store is not None:
-            self.store.r.close()   # our connections: the embedded server's other users count them
+        if self._store is not None:
+            self._store.r.close()   # our connections: the embedded server's other users count them
         if self.server and stop_server:
             self.server.stop()     # unless another process (or Memory) still uses it
+
+    @property
+    def store(self) -> Store:
+        """The Redis store (the schema and every write); there from ``open()`` on."""
+        if self._store is None:
+            raise RuntimeError("this Memory is not open: call open() or use it in a with block")
+        return self._store
+
+    @property
+    def is_open(self) -> bool:
+        return self._store is not None
 
     def __enter__(self) -> "Memory":
         return self.open()

@@ -91,7 +91,7 @@ def measure(memory: Memory, rep: lab.Replayed, curves: list, budgets: list[int],
                 ms = (time.perf_counter() - started) * 1000
                 seen = shown(built, legible)
                 a = built.accounting
-                tiers = defaultdict(int)
+                tiers: defaultdict[str, int] = defaultdict(int)
                 for p in built.pages:
                     tiers[p.tier.name] += len({s["index"] for s in p.record.turns})
                 rows.append({"conversation": rep.key, "turns": count, "curve": name, "budget": budget, "rule": rule,

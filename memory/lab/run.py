@@ -225,6 +225,8 @@ def read_pages(memory: Memory, rep: Replayed, wanted: dict[int, set[str]]) -> di
     for (page, view), tiers in tqdm(sorted(plan.items()), desc=f"reading pages of {rep.key[:8]}", unit="page",
                                     leave=False):
         decoded = memory.reader.decoded(rep.k, page, tiers[0])
+        if decoded is None:   # the lab waits for every read (no deadline): a read gives a result or raises
+            raise RuntimeError(f"page {page} at {tiers[0].name} was not read")
         out[(page, view)] = quality(rep, by_page[page], decoded, memory)
     return out
 
@@ -304,19 +306,20 @@ def curve_pieces(rep: Replayed, placed: list[context.PlacedPage], built: context
             pieces += page_pieces(r.spans, sent.tier.name, spent, r.seconds, count)
     kept = {t.index for t in built.turns}
     made = {s["index"]: p for p in built.pages if p.png is not None for s in p.record.turns}
-    share = defaultdict(int)
+    share: defaultdict[int, int] = defaultdict(int)
     for t in rep.text:
         if t.index in made and t.index not in kept:
             share[made[t.index].record.page] += t.tokens
     for t in rep.text:
-        p = made.get(t.index)
-        if t.index in kept or p is None:
+        holder = made.get(t.index)
+        if t.index in kept or holder is None:
             pieces.append(text_piece(t, count - 1 - t.index, t.index in kept, "dropped"))
             continue
         chars = len(recalling.squash(t.content[t.start:]))
-        spent = (p.charge if p.charge is not None else p.tier.tokens) * t.tokens / max(1, share[p.record.page])
-        misread = 1 - ((precision or {}).get(p.tier.name) or 0.0)
-        pieces.append(Piece(count - 1 - t.index, p.tier.name, t.tokens, spent, chars, chars * misread))
+        spent = (holder.charge if holder.charge is not None else holder.tier.tokens) * t.tokens / \
+            max(1, share[holder.record.page])
+        misread = 1 - ((precision or {}).get(holder.tier.name) or 0.0)
+        pieces.append(Piece(count - 1 - t.index, holder.tier.name, t.tokens, spent, chars, chars * misread))
     return pieces
 
 
@@ -325,7 +328,7 @@ def assemble_dropping(turns: list[TurnRecord], placed: list[context.PlacedPage],
     """The budget rule before issue 11, kept as the lab's "before" baseline: newest first until the
     budget is spent, recent turns then pages at their curve tiers (each page charged its per-page
     share, canvases not rounded up); the first page that doesn't fit is dropped with every older one."""
-    spent, kept_turns, dropped_turns = 0, [], 0
+    spent, kept_turns, dropped_turns = 0.0, [], 0
     for turn in reversed(turns):
         if dropped_turns or (budget is not None and spent + turn.tokens > budget):
             dropped_turns += 1
