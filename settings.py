@@ -44,6 +44,7 @@ class Settings:
     upstream_connect_s: float = 10.0    # ... but only this long to connect to it
     memory_mode: str = "images"    # the proxy's memory when a call names none: images | tool | both
     recent_tokens: int = 2000      # text kept as plain turns before older turns are sealed into pages
+    recent_floor_turns: int = 4    # under a budget, the newest turns that always stay text; older text moves onto legible pages
     seal_background: bool = True   # seal pages just after an append answers (a thread per process), not inside it
     font_px: int = 12              # 12 px at 1.15 line spacing: `optimem lab calibrate`, README "Results"
     line_spacing: float = 1.15

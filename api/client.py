@@ -159,7 +159,7 @@ def _opened(target: Source | Sink, mode: str) -> tuple[IO[bytes], bool]:
     """A binary file for a path (ours to close) or the file given (the caller's)."""
     if isinstance(target, (str, os.PathLike)):
         return open(target, mode), True
-    return target, False   # type: ignore[return-value]
+    return target, False
 
 
 def _header(f: IO[bytes]) -> dict[str, Any]:

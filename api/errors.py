@@ -104,7 +104,9 @@ PATTERNS = {schemas.SESSION_ID: "session id must be 1-128 characters of letters,
 
 def message(error: dict) -> str:
     if error.get("type") == "string_pattern_mismatch":
-        return PATTERNS.get((error.get("ctx") or {}).get("pattern"), str(error.get("msg", "")))
+        pattern = (error.get("ctx") or {}).get("pattern")
+        if isinstance(pattern, str) and pattern in PATTERNS:
+            return PATTERNS[pattern]
     return str(error.get("msg", ""))
 
 

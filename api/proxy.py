@@ -36,12 +36,13 @@ from optimem.api import upstream
 from optimem.api.auth import tenant
 from optimem.api.errors import ProxyError, SafeJSON
 from optimem.api.openai_protocol import ChatCompletion, ChatCompletionRequest, ChatMessage, ErrorResponse, ModelList
+from optimem.api.schemas import Responses
 from optimem.api.recall_tool import (MODES, PASSED_THROUGH, RECALL_TOOL_SPEC, Rounds, answer_with_recall,
                                      caller_tools, looking_up, memory_note, with_note)
 from optimem.api.sse import StreamText, sse_events
 from optimem.errors import BadRequest, NotFound, SessionExists
 from optimem.memory.context import openai_messages
-from optimem.memory.results import Accounting, OpenAIContext, PageSpans
+from optimem.memory.results import Accounting, OpenAIContext, PageSpans, RawContext
 from optimem.memory.service import Memory
 from optimem.memory.store import TurnRecord
 from optimem.memory.tokens import count as count_tokens
@@ -50,7 +51,7 @@ from optimem.settings import MAX_TURNS_PER_APPEND
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["openai"])
 
-ERRORS = {400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}, 502: {"model": ErrorResponse}}
+ERRORS: Responses = {400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}, 502: {"model": ErrorResponse}}
 HEADERS = {name: {"description": text, "schema": {"type": "string"}} for name, text in {
     "X-Optimem-Session": "The session the turns went to.",
     "X-Optimem-Stored-Turns": "Turns of this request stored as new (the reply is stored after it).",
@@ -132,18 +133,26 @@ def prepare(memory: Memory, t: str, session: str, messages: list[ChatMessage], b
     for start in range(0, len(turns), MAX_TURNS_PER_APPEND):   # a long conversation carried over: in chunks
         memory.append(session, turns[start:start + MAX_TURNS_PER_APPEND], tenant=t)
     if mode == "images":
-        return len(turns), memory.context(session, budget=budget, format="openai", min_memory_tokens=min_memory,
-                                          tenant=t), None
+        return len(turns), openai_context(memory, t, session, budget, min_memory), None
     pages = memory.pages(session, tenant=t)
     if mode == "both":
-        return len(turns), memory.context(session, budget=budget, format="openai", min_memory_tokens=min_memory,
-                                          tenant=t), pages
-    raw = memory.context(session, budget=budget, format="raw", tenant=t)  # no page images made at all
+        return len(turns), openai_context(memory, t, session, budget, min_memory), pages
+    # no page images made at all, and none sent: the budget is all recent text's
+    raw = memory.context(session, budget=budget, format="raw", text_only=True, tenant=t)
+    if not isinstance(raw, RawContext):
+        raise TypeError(f"Memory.context(format='raw') gave a {type(raw).__name__}")
     messages_ = openai_messages([TurnRecord(x.index, x.role, x.content, x.time) for x in raw.turns], [])
     sent = raw.accounting.model_copy(update={"pages": 0, "visual_tokens": 0.0, "text_tokens_replaced": 0,
                                              "compression": None,
                                              "total_tokens": float(raw.accounting.recent_text_tokens)})
     return len(turns), OpenAIContext(session=session, messages=messages_, accounting=sent), pages
+
+
+def openai_context(memory: Memory, t: str, session: str, budget: int | None, min_memory: int) -> OpenAIContext:
+    ctx = memory.context(session, budget=budget, format="openai", min_memory_tokens=min_memory, tenant=t)
+    if not isinstance(ctx, OpenAIContext):   # Memory.context's type covers every format
+        raise TypeError(f"Memory.context(format='openai') gave a {type(ctx).__name__}")
+    return ctx
 
 
 def upstream_messages(system: list[dict], ctx: OpenAIContext) -> list[dict]:

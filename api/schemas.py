@@ -21,6 +21,8 @@ NOT_BLANK = r"[^\s\x1c-\x1f\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]"
 TIME_IN = ("ISO 8601 date-time, e.g. 2024-05-01T12:30:00Z; without an offset it is UTC, a date alone its "
            "midnight; years 1-9999 in UTC.")
 CURVE = Union[str, dict[str, Any], None]
+# A route's ``responses=`` for FastAPI: status -> OpenAPI response fields (model, content, description).
+Responses = dict[Union[int, str], dict[str, Any]]
 
 
 class _Strict(BaseModel):

@@ -13,7 +13,8 @@ class StreamText:
     Events of another shape are skipped: the stream is the upstream's, relayed as it came."""
 
     def __init__(self) -> None:
-        self.buffer, self.parts = "", []
+        self.buffer = ""
+        self.parts: list[str] = []
 
     def feed(self, data: bytes) -> None:
         self.buffer += data.decode(errors="replace")

@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,8 +22,9 @@ from optimem.memory.service import Memory
 NDJSON = "application/x-ndjson"
 SessionId = Annotated[str, Path(pattern=schemas.SESSION_ID, max_length=128,
                                 description="Session id: 1-128 letters, digits, '.', '_' or '-'.")]
-ERRORS = {404: {"model": schemas.Problem}, 409: {"model": schemas.Problem}, 422: {"model": schemas.Problem}}
-TOO_MANY = {"model": schemas.Problem, "description": "Past the tenant's fair share (OPTIMEM_TENANT_RECALLS, "
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": schemas.Problem}, 409: {"model": schemas.Problem},
+                                           422: {"model": schemas.Problem}}
+TOO_MANY: dict[str, Any] = {"model": schemas.Problem, "description": "Past the tenant's fair share (OPTIMEM_TENANT_RECALLS, "
                                                      "OPTIMEM_TENANT_APPENDS_PER_S): retry after Retry-After s"}
 
 router = APIRouter()

@@ -10,7 +10,7 @@ from typing import Any, Optional, Protocol, Union
 
 from pydantic import BaseModel, Field
 
-from optimem.api.client import Client
+from optimem.api.client import Client, Format
 from optimem.errors import NotFound, SessionExists
 from optimem.memory.results import Appended, Forgotten, RawContext, Recall
 from optimem.memory.service import DEFAULT_TENANT, Memory
@@ -24,7 +24,7 @@ class Verbs(Protocol):
     def delete_session(self, session: str) -> None: ...
     def forget(self, session: str, turn: int, last: int | None = None) -> Forgotten: ...
     def append(self, session: str, turns: list[dict[str, Any]]) -> Appended: ...
-    def context(self, session: str, *, budget: int | None = None, format: str = "raw") -> Any: ...
+    def context(self, session: str, *, budget: int | None = None, format: Format = "raw") -> Any: ...
     def page_image(self, session: str, page: int, tier: str | None = None) -> bytes: ...
     def recall(self, session: str, query: str | None = None, *, turn: int | str | None = None,
                since: str | None = None, until: str | None = None, role: str | None = None,
@@ -52,7 +52,7 @@ class Embedded:
     def append(self, session: str, turns: list[dict[str, Any]]) -> Appended:
         return self.memory.append(session, turns, tenant=self.tenant)
 
-    def context(self, session: str, *, budget: int | None = None, format: str = "raw"):
+    def context(self, session: str, *, budget: int | None = None, format: Format = "raw"):
         return self.memory.context(session, budget=budget, format=format, tenant=self.tenant)
 
     def page_image(self, session: str, page: int, tier: str | None = None) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import weakref
 
 from optimem.memory.service import Memory
 
@@ -12,11 +13,12 @@ log = logging.getLogger("optimem.api")
 
 
 _frozen = threading.Event()
+_warming: weakref.WeakSet[Memory] = weakref.WeakSet()   # memories whose warm-up is still on
 
 
 def start(m: Memory) -> threading.Thread:
     """``load_reader`` on a thread beside the starting server; ``warming(m)`` is True until it ends."""
-    m.warming = True
+    _warming.add(m)
     thread = threading.Thread(target=load_reader, args=(m,), name="optimem-load-reader", daemon=True)
     thread.start()
     return thread
@@ -24,7 +26,7 @@ def start(m: Memory) -> threading.Thread:
 
 def warming(m: Memory) -> bool:
     """Whether start-up warm-up (loading the backend; for the GPU backend, compiling it) is still on."""
-    return bool(getattr(m, "warming", False))
+    return m in _warming
 
 
 def load_reader(m: Memory) -> None:
@@ -43,7 +45,7 @@ def load_reader(m: Memory) -> None:
     except Exception as exc:  # noqa: BLE001  logged; recall reports it to its caller
         log.warning("the %s backend did not load at start: %s", m.settings.backend, exc)
     finally:
-        m.warming = False
+        _warming.discard(m)
     if not _frozen.is_set():
         _frozen.set()
         gc.collect()

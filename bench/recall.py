@@ -1,19 +1,21 @@
-"""Recall by content: retrieval quality on real conversations, and time per recall. One command:
+"""Recall by content: retrieval quality on questions people ask, and time per recall. One command:
 
-    python bench/recall.py [--conversations 6] [--per 10] [--e2e 30] [--sizes 1000,10000] [--out bench/recall.json]
+    python bench/recall.py [--e2e 30] [--sizes 1000,10000] [--models wordllama] [--read-threads 1]
+                           [--out bench/recall.json]
 
-- quality: held-out chitchat-dataset conversations of 400-700 turns (not the longest one the tests
-  and the lab use). From each, the most distinctive user turns (>= 8 words, whose rarest content
-  words occur in no other turn of the conversation) become questions with a known answer turn, in
-  three forms built only from the turn's own words: ``keywords`` (its 3 rarest content words,
-  shuffled), ``question`` ("what did I say about w1 and w2?") and ``shared`` (3 of its words that
-  other turns use too: the hard one). hit@1/hit@5 of optimem's index against a plain
-  BM25 over the exact source turns (bm25s, English stop words, no stemming) in the same run; then
-  optimem end to end (``Memory.recall``: index, then reading the hit turns' lines off the pages at
-  their tiers, nothing read before): hit@5 and seconds per recall, cold and asked again (warm).
-  Also the Chinese lab text (``memory/lab/data/zh.txt``, 22 turns): ``zh-keywords`` (3 character
-  pairs only that turn has) and ``zh-question`` (two of them inside a Chinese question), against a
-  plain BM25 over single characters and pairs of the source.
+- quality: the question set (``bench/data/recall_questions.jsonl``, 322 questions written by
+  reading real turns, over six long chitchat sessions and the Chinese lab text that
+  ``bench/recall_set.py`` rebuilds; four kinds: one fact, when, two facts, inference; half
+  ``tune``, half ``heldout``). Each session is imported (keep source, default curve) and asked every
+  question right after; recall@5 and @10 (the share of a question's evidence turns among the
+  first 5 or 10 turns recall finds, the same ranking ``Memory.recall`` reads) per kind and split,
+  against a plain BM25 over the exact source turns (bm25s, English stop words, no stemming;
+  characters and pairs of them for Chinese) in the same run. Ranked with words alone (the
+  default) and with each ``--models`` value as ``OPTIMEM_EMBED_MODEL`` (meaning beside words).
+- cold: a 700-turn session (chat0, chat1 and the start of chat2 of the set, one after another)
+  right after import, ``--e2e`` of its questions through ``Memory.recall`` (index, then reading
+  the hit turns' lines off the pages at their tiers, nothing read before): p50/p95 seconds cold
+  and asked again at once (warm).
 - scale: sessions of ``--sizes`` turns (real chitchat turns, conversation after conversation):
   index search p50/p95; locating the hit turn's pages by the page index against reading and
   placing every page record (the path before, same run); end-to-end recall p50/p95 of questions on
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import sys
@@ -34,6 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 
 import bm25s  # noqa: E402
 
@@ -41,12 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/common.py, al
 from common import pct  # noqa: E402
 from optimem.memory import context, index as ix  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402
-from optimem.memory.lab.corpus import chinese, conversations, longest  # noqa: E402
+from optimem.memory.lab.corpus import conversations  # noqa: E402
+from optimem.memory import recall as recalling, vectors  # noqa: E402
 from optimem.memory.redis_server import EmbeddedRedis  # noqa: E402
 from optimem.memory.service import Memory  # noqa: E402
 from optimem.memory.recall import Turns  # noqa: E402
 from optimem.memory.store import SessionKeys  # noqa: E402
 from optimem.settings import Settings  # noqa: E402
+from recall_set import questions as question_set, sessions as set_sessions  # noqa: E402
 
 TENANT = "bench-recall"
 WORD = re.compile(r"[a-z]+")
@@ -54,7 +60,7 @@ WORD = re.compile(r"[a-z]+")
 
 
 
-def questions(turns: list[dict], per: int, rng: random.Random) -> list[tuple[int, str, str]]:
+def own_word_questions(turns: list[dict], per: int, rng: random.Random) -> list[tuple[int, str, str]]:
     """(answer turn, form, query): distinctive user turns, queries made of their own rarest words."""
     words = [[w for w in WORD.findall(t["content"].lower()) if w not in ix.QUERY_STOPWORDS and len(w) > 2]
              for t in turns]
@@ -78,22 +84,8 @@ def questions(turns: list[dict], per: int, rng: random.Random) -> list[tuple[int
 
 
 CJK_PAIR = re.compile(r"(?=([\u4e00-\u9fff]{2}))")
-
-
-def zh_questions(turns: list[dict], rng: random.Random) -> list[tuple[int, str, str]]:
-    """(answer turn, form, query) on the Chinese lab text: character pairs only that turn has,
-    asked as bare keywords and inside a question ("did I say anything about X and Y?")."""
-    pairs = [set(CJK_PAIR.findall(t["content"])) for t in turns]
-    df = Counter(p for ps in pairs for p in ps)
-    out = []
-    for i, ps in enumerate(pairs):
-        rare = sorted(p for p in ps if df[p] == 1)
-        if len(rare) < 3:
-            continue
-        keys = rng.sample(rare, 3)
-        out.append((i, "zh-keywords", " ".join(keys)))
-        out.append((i, "zh-question", f"我以前有没有说过{keys[0]}和{keys[1]}的事？"))
-    return out
+CJK = re.compile(r"[\u4e00-\u9fff]")
+KINDS = ("fact", "when", "two", "inference")
 
 
 def cjk_tokens(text: str) -> list[str]:
@@ -102,76 +94,113 @@ def cjk_tokens(text: str) -> list[str]:
     return chars + CJK_PAIR.findall(text)
 
 
-def held_out(n: int) -> list[tuple[str, list[dict]]]:
-    skip = longest()[0]
-    out = []
-    for key, turns in conversations(min_turns=400):
-        if key != skip and len(turns) <= 700:
-            out.append((key, turns))
-            if len(out) >= n:
-                break
+class PlainBM25:
+    """The baseline: bm25s over the exact source turns, nothing else."""
+
+    def __init__(self, turns: list[dict]):
+        self.zh = any(CJK.search(t["content"]) for t in turns)
+        self.bm25 = bm25s.BM25()
+        texts = [t["content"] for t in turns]
+        if self.zh:
+            self.bm25.index([cjk_tokens(t) for t in texts], show_progress=False)
+        else:
+            self.bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+        self.n = len(turns)
+
+    def top(self, query: str, k: int) -> list[int]:
+        if self.zh:
+            docs, _ = self.bm25.retrieve([cjk_tokens(query)], k=min(k, self.n), show_progress=False)
+        else:
+            qt = bm25s.tokenize([query], stopwords="en", show_progress=False)
+            if not qt.vocab:
+                return []
+            docs, _ = self.bm25.retrieve(qt, k=min(k, self.n), show_progress=False)
+        return [int(d) for d in docs[0]]
+
+
+def found_turns(memory: Memory, session: str, query: str, limit: int = 10) -> list[int]:
+    """The turns ``Memory.recall`` would read for ``query``, in its order (its find step, built as
+    ``Memory.recall`` builds it, without reading the pages)."""
+    s = memory._open(session, TENANT)
+    located = Turns(memory.store, s.k, lambda rs: context.place(rs, s.curve, memory.ladder, s.meta.turns),
+                    memory.store.text_turns(s.k), memory.store.seal_state(s.k)[1])
+    q = recalling.Query.of(query, limit=limit)
+    found = recalling.find(q, s.k, s.meta, located, lambda: memory.reader, memory.store,
+                           time.monotonic() + 60, lambda: memory._placed(s))
+    return [turn for turn, _ in found.wanted]
+
+
+def share(evidence: list[int], top: list[int], at: int) -> float:
+    return len(set(evidence) & set(top[:at])) / len(evidence)
+
+
+def import_session(memory: Memory, session: str, turns: list[dict]) -> None:
+    memory.create_session(session, tenant=TENANT)        # the default curve, keep source
+    for i in range(0, len(turns), 1000):
+        memory.append(session, turns[i:i + 1000], tenant=TENANT)
+    memory.settle(session, tenant=TENANT)
+
+
+def quality(memory: Memory, model: str) -> dict:
+    """Every question of the set, ranked with ``OPTIMEM_EMBED_MODEL=model`` ("": words alone)."""
+    os.environ["OPTIMEM_EMBED_MODEL"] = model
+    vectors.embedder.cache_clear()
+    vectors.embedder()               # load the model before timing anything
+    rows = []
+    for name, turns in set_sessions().items():
+        session = f"set-{name}"
+        if not memory.store.r.exists(SessionKeys(TENANT, session).meta):
+            import_session(memory, session, turns)
+        plain = PlainBM25(turns)
+        for q in (q for q in question_set() if q["session"] == name):
+            t0 = time.perf_counter()
+            ours = found_turns(memory, session, q["question"], 10)
+            rows.append({**q, "optimem_top10": ours, "bm25_top10": plain.top(q["question"], 10),
+                         "find_ms": round((time.perf_counter() - t0) * 1000, 2)})
+    return {"summary": summarise(rows), "rows": rows}
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for split in ("tune", "heldout", "all"):
+        for kind in KINDS + ("all",):
+            rs = [r for r in rows if split in ("all", r["split"]) and kind in ("all", r["kind"])]
+            if not rs:
+                continue
+            out[f"{split}/{kind}"] = {
+                "questions": len(rs),
+                **{f"{who}@{at}": round(sum(share(r["evidence"], r[f"{who}_top10"], at) for r in rs) / len(rs), 3)
+                   for who in ("optimem", "bm25") for at in (5, 10)},
+                "find_p50_ms": round(pct([r["find_ms"] for r in rs], 0.5), 2)}
     return out
 
 
-def quality(memory: Memory, convs, per: int, e2e: int, rng: random.Random) -> dict:
-    rows = []
-    e2e_left = e2e
-    convs = list(convs) + [("zh-lab-text", chinese())]
-    for n, (key, turns) in enumerate(convs):
-        session = f"q{n}"
-        zh = key == "zh-lab-text"
-        memory.create_session(session, tenant=TENANT)        # the default curve, keep source
-        memory.append(session, turns, tenant=TENANT)
-        k = SessionKeys(TENANT, session)
-        baseline = bm25s.BM25()
-        if zh:
-            baseline.index([cjk_tokens(t["content"]) for t in turns], show_progress=False)
-        else:
-            baseline.index(bm25s.tokenize([t["content"] for t in turns], stopwords="en", show_progress=False),
-                           show_progress=False)
-        for answer, form, query in (zh_questions(turns, rng) if zh else questions(turns, per, rng)):
+def cold(memory: Memory, e2e: int) -> dict:
+    """A 700-turn session right after import: recall through ``Memory.recall``, cold then warm."""
+    sessions = set_sessions()
+    turns, offsets = [], {}
+    for name in ("chat0", "chat1", "chat2"):
+        offsets[name] = len(turns)
+        turns += sessions[name]
+    turns = turns[:700]
+    asked = [q for q in question_set() if q["session"] in offsets][:e2e]
+    import_session(memory, "cold700", turns)
+    k = SessionKeys(TENANT, "cold700")
+    times: dict[str, list[float]] = {"cold": [], "warm": []}
+    hits = 0.0
+    for q in asked:
+        evidence = [offsets[q["session"]] + e for e in q["evidence"]]
+        for phase in ("cold", "warm"):
+            if phase == "cold":
+                memory.store.r.delete(k.decoded)      # nothing read before
             t0 = time.perf_counter()
-            ours = [ix.doc_turn(d)[0] for d, _, _ in memory.store.search(k, query, limit=5)]
-            search_s = time.perf_counter() - t0
-            if zh:
-                docs, _ = baseline.retrieve([cjk_tokens(query)], k=5, show_progress=False)
-            else:
-                qt = bm25s.tokenize([query], stopwords="en", show_progress=False)
-                docs, _ = baseline.retrieve(qt, k=5, show_progress=False) if qt.vocab else ([[]], None)
-            theirs = [int(d) for d in docs[0]]
-            row = {"conversation": key, "turns": len(turns), "answer": answer, "form": form, "query": query,
-                   "index_top5": ours, "bm25_top5": theirs, "search_ms": round(search_s * 1000, 3)}
-            if e2e_left > 0:
-                e2e_left -= 1
-                for phase in ("cold", "warm"):
-                    if phase == "cold":
-                        memory.store.r.delete(k.decoded)      # nothing read before
-                    t0 = time.perf_counter()
-                    got = memory.recall(session, query, tenant=TENANT)
-                    row[f"recall_{phase}_s"] = round(time.perf_counter() - t0, 3)
-                    row[f"recall_{phase}_top5"] = [h.turn for h in got.hits]
-                    row[f"recall_{phase}_unread"] = got.pages_unread
-            rows.append(row)
-        print(f"  {key}: {len(turns)} turns, {sum(1 for r in rows if r['conversation'] == key)} questions",
-              file=sys.stderr)
-
-    def hit(rs, field, at):
-        return round(sum(r["answer"] in r[field][:at] for r in rs) / max(1, len(rs)), 3)
-
-    summary = {}
-    for form in ("keywords", "question", "shared", "zh-keywords", "zh-question", "all"):
-        rs = [r for r in rows if form == "all" or r["form"] == form]
-        e = [r for r in rs if "recall_cold_top5" in r]
-        summary[form] = {"questions": len(rs), "optimem_hit1": hit(rs, "index_top5", 1),
-                         "optimem_hit5": hit(rs, "index_top5", 5), "bm25_hit1": hit(rs, "bm25_top5", 1),
-                         "bm25_hit5": hit(rs, "bm25_top5", 5),
-                         "e2e_questions": len(e), "e2e_hit5": hit(e, "recall_cold_top5", 5),
-                         "e2e_cold_p50_s": pct([r["recall_cold_s"] for r in e], 0.5),
-                         "e2e_cold_p95_s": pct([r["recall_cold_s"] for r in e], 0.95),
-                         "e2e_warm_p50_s": pct([r["recall_warm_s"] for r in e], 0.5),
-                         "e2e_warm_p95_s": pct([r["recall_warm_s"] for r in e], 0.95),
-                         "search_p50_ms": pct([r["search_ms"] for r in rs], 0.5)}
-    return {"summary": summary, "rows": rows}
+            got = memory.recall("cold700", q["question"], tenant=TENANT)
+            times[phase].append(time.perf_counter() - t0)
+            if phase == "cold":
+                hits += share(evidence, [h.turn for h in got.hits], 5)
+    return {"turns": len(turns), "questions": len(asked), "recall@5": round(hits / max(1, len(asked)), 3),
+            **{f"{phase}_{name}_s": round(pct(v, at), 3) for phase, v in times.items()
+               for name, at in (("p50", 0.5), ("p95", 0.95))}}
 
 
 def scale(memory: Memory, size: int, rng: random.Random, queries: int = 20) -> dict:
@@ -194,7 +223,7 @@ def scale(memory: Memory, size: int, rng: random.Random, queries: int = 20) -> d
     # Questions on turns the default curve still shows (younger than its gone age of 5,000 turns),
     # so a cold recall really reads their lines.
     window = max(0, size - 4000)
-    picks = [(turn + window, kind, query) for turn, kind, query in questions(turns[window:], queries, rng)][:queries]
+    picks = [(turn + window, kind, query) for turn, kind, query in own_word_questions(turns[window:], queries, rng)][:queries]
     search, cold, locate_all, locate = [], [], [], []
     for _, _, query in picks:
         t0 = time.perf_counter()
@@ -247,35 +276,46 @@ def scale(memory: Memory, size: int, rng: random.Random, queries: int = 20) -> d
             "index_bytes_per_1k_turns": round(size_b * 1000 / size)}
 
 
+def table(model: str, summary: dict) -> None:
+    print(f"\nrecall@k of the evidence turns, OPTIMEM_EMBED_MODEL={model!r} (question set; optimem's find step "
+          "against plain BM25 over the source, same run)")
+    print(f"{'split/kind':18} {'n':>4} {'optimem@5':>9} {'bm25@5':>7} {'optimem@10':>10} {'bm25@10':>8} {'find p50 ms':>11}")
+    for key, s in summary.items():
+        print(f"{key:18} {s['questions']:>4} {s['optimem@5']:>9} {s['bm25@5']:>7} {s['optimem@10']:>10} "
+              f"{s['bm25@10']:>8} {s['find_p50_ms']:>11}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--conversations", type=int, default=6)
-    ap.add_argument("--per", type=int, default=10, help="answer turns per conversation (2 questions each)")
-    ap.add_argument("--e2e", type=int, default=30, help="questions also asked end to end through Memory.recall")
+    ap.add_argument("--e2e", type=int, default=30, help="questions also asked end to end on the 700-turn session")
     ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--models", default="wordllama", help="OPTIMEM_EMBED_MODEL values ranked with too, beside words alone")
+    ap.add_argument("--read-threads", type=int, default=1, help="OPTIMEM_READ_THREADS: page reads at once")
     ap.add_argument("--out", default=str(ROOT / "bench" / "recall.json"))
     args = ap.parse_args()
     rng = random.Random(9)
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp)).start()
         try:
-            settings = Settings(data_dir=Path(tmp), redis_url=f"unix://{server.socket}", worker=False)
+            settings = Settings(data_dir=Path(tmp), redis_url=f"unix://{server.socket}", worker=False,
+                                read_threads=args.read_threads)
             with Memory(settings) as memory:
                 memory.backend.decode([])     # load the reader's models before timing anything
-                q = quality(memory, held_out(args.conversations), args.per, args.e2e, rng)
+                models = [""] + [m for m in args.models.split(",") if m]
+                q = {m or "words": quality(memory, m) for m in models}
+                os.environ["OPTIMEM_EMBED_MODEL"] = ""       # the default for the timings
+                vectors.embedder.cache_clear()
+                c = cold(memory, args.e2e) if args.e2e else {}
                 sizes = [scale(memory, int(s), rng) for s in args.sizes.split(",") if s]
         finally:
             server.stop()
-    result = {"machine": machine(), "quality": q["summary"], "scale": sizes, "questions": q["rows"]}
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print("\nretrieval on held-out chitchat conversations (answer = a known source turn)")
-    print(f"{'form':10} {'n':>4} {'optimem@1':>9} {'optimem@5':>9} {'bm25@1':>7} {'bm25@5':>7} "
-          f"{'e2e n':>5} {'e2e@5':>6} {'cold p50/p95 s':>15} {'warm p50/p95 s':>15} {'search p50 ms':>13}")
-    for form, s in q["summary"].items():
-        print(f"{form:10} {s['questions']:>4} {s['optimem_hit1']:>9} {s['optimem_hit5']:>9} {s['bm25_hit1']:>7} "
-              f"{s['bm25_hit5']:>7} {s['e2e_questions']:>5} {s['e2e_hit5']:>6} "
-              f"{s['e2e_cold_p50_s']:>7}/{s['e2e_cold_p95_s']:<7} {s['e2e_warm_p50_s']:>7}/{s['e2e_warm_p95_s']:<7} "
-              f"{s['search_p50_ms']:>13}")
+    result = {"machine": machine(), "quality": {m: r["summary"] for m, r in q.items()}, "cold": c, "scale": sizes,
+              "questions": {m: r["rows"] for m, r in q.items()}}
+    Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    for model, r in q.items():
+        table(model, r["summary"])
+    if c:
+        print(f"\n700-turn session right after import, through Memory.recall: {json.dumps(c)}")
     print("\nscale (real turns repeated; recall = index + reading the hits' lines, nothing read before)")
     for s in sizes:
         print(json.dumps(s))

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/common.py, also when loaded by path
-from common import free_port, pct  # noqa: E402
+from common import free_port, pct, start_serve, stop_serve  # noqa: E402
 from optimem.memory.lab.corpus import longest
 
 QUERY = {"query": "what did we talk about"}
@@ -39,35 +38,11 @@ QUERY = {"query": "what did we talk about"}
 
 def start_server(data_dir: Path, port: int, **env: str) -> subprocess.Popen:
     """``optimem serve`` on loopback over an embedded Redis under ``data_dir``; waits for /healthz."""
-    full = {**os.environ, "OPTIMEM_DATA_DIR": str(data_dir), "OPTIMEM_REDIS_URL": "", "OPTIMEM_WORKER": "0",
-            "OPTIMEM_API_KEYS": "", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "serve", "--port", str(port),
-                             "--log-level", "warning"], env=full)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"optimem serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("optimem serve did not come up")
+    return start_serve({"OPTIMEM_DATA_DIR": str(data_dir), "OPTIMEM_REDIS_URL": "", "OPTIMEM_WORKER": "0",
+                        "OPTIMEM_API_KEYS": "", **env}, port)
 
 
-def stop_server(proc: subprocess.Popen) -> float:
-    """SIGTERM; seconds until it exited."""
-    start = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    return time.monotonic() - start
-
-
+stop_server = stop_serve
 
 
 # The external prober: GET /healthz every 50 ms on one keep-alive connection; one line per probe.

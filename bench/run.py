@@ -180,7 +180,9 @@ def full_read_context(memory: Memory, session: str, budget: int):
     parsed and placed, then assembled."""
     s = memory._open(session, TENANT)
     placed = context.place(memory.store.pages(s.k), s.curve, memory.ladder, s.meta.turns)
-    built = context.assemble(memory.store.text_turns(s.k), placed, budget, ladder=memory.ladder)
+    making = context.Making(memory.settings.recent_floor_turns, context.made_pages(   # Memory.context's rule
+        s.k.tag, memory.layout, memory.settings.tokenizer, s.curve, memory.ladder, s.meta.turns))
+    built = context.assemble(memory.store.text_turns(s.k), placed, budget, ladder=memory.ladder, making=making)
     return context.raw(s.k, s.meta, memory.ladder, built, None)
 
 

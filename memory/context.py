@@ -8,18 +8,24 @@ process) images come inline as data URLs and tokens as base64 safetensors.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
+from PIL import Image
+
+from optimem import renderer
+from optimem.memory import context_pages
 from optimem.memory.curves import MAX_AGE, Curve
-from optimem.memory.reading import Reader, token_unit, tier_png
+from optimem.memory.reading import PageImages, Reader, canvas, token_unit, tier_png
 from optimem.memory.results import (Accounting, EmbeddingsContext, OpenAIContext, PageInfo, RawContext,
                                     TextTurn, TokenImage)
 from optimem.memory.store import PageRecord, SessionKeys, SessionMeta, TurnRecord
+from optimem.model.base import PageView
 from optimem.model.tiers import LADDERS, Ladder, Tier
 
 FORMATS = ("raw", "openai", "embeddings")
@@ -42,6 +48,7 @@ class PlacedPage:
     age: float
     curve_tier: Tier | None = None   # the tier the curve gives it, when a budget faded it further
     charge: float | None = None      # tokens it is charged in a context (its share of a mosaic canvas)
+    png: bytes | None = None         # a page made for this context (not sealed): its image
 
     @property
     def faded_by_budget(self) -> bool:
@@ -129,6 +136,14 @@ class Assembled:
 #    newer one, and every page is at a readable tier before any goes to the faintest.
 # 4. Only if nothing fits even then (every page at the ladder's faintest non-gone tier) is the oldest
 #    page dropped, and the rule starts again from 2 for the rest; again until the memory fits.
+# With a floor (``Making``, what ``Memory.context`` passes; issue 22): an old turn costs ~30 tokens as
+# text and ~2 on a legible page, so beyond the newest ``floor_turns`` turns text yields to pages:
+# 0. if the text of rule 1 leaves turns out, or the memory can't be kept at legible tiers (each page
+#    at its curve tier or the ladder's ``faintest_legible``, whichever is fainter) in what it leaves, the turns older
+#    than the floor are typeset onto pages made for this context (``context_pages``: cached, never
+#    stored), and the text keeps the newest turns that leave room for the memory and the fewest of
+#    those pages to stay legible (whole pages move, oldest first; the floor always stays text).
+#    Rules 2-4 then place sealed and made pages alike. Without a budget nothing moves.
 # Mosaics: a canvas costs its ``canvas_tokens`` once, however many of its pages (1 to per_canvas) the
 # context holds at that tier (the canvas image is sent whole), so a partly filled group is charged the
 # whole canvas; each page in it is charged an equal share (``PlacedPage.charge``).
@@ -220,57 +235,191 @@ def fade_to_fit(pages: list[PlacedPage], views: list[Tier], room: float) -> list
     return None
 
 
+@dataclass(frozen=True)
+class Making:
+    """How a context moves text older than the floor onto pages made for it (rule 0): the newest
+    ``floor_turns`` turns always stay text; ``pages(turns, first_page)`` typesets the older ones
+    and places them (``made_pages``)."""
+    floor_turns: int
+    pages: Callable[[list[TurnRecord], int], list[PlacedPage]]
+    reach_tokens: int = 0   # text older than the floor that may move: the recent-text window (0: all)
+
+
+def made_pages(session: str, layout: renderer.Layout, tokenizer: str, curve: Curve, ladder: Ladder,
+               turn_count: int, now: float | None = None) -> Callable[[list[TurnRecord], int], list[PlacedPage]]:
+    """``Making.pages`` for a session: turns typeset (cached per session) and placed by the curve."""
+    def pages(turns: list[TurnRecord], first_page: int) -> list[PlacedPage]:
+        made = context_pages.make(session, turns, layout, first_page, turn_count, tokenizer)
+        placed = place([m.record for m in made], curve, ladder, turn_count, now)
+        for p, m in zip(placed, made):
+            p.png = m.png
+        return placed
+    return pages
+
+
+def legible_cost(pages: list[PlacedPage], views: list[Tier], legible: Tier) -> float:
+    """What ``pages`` cost with none faded below ``legible`` by the budget: each at its curve tier
+    or ``legible``, whichever is fainter (a page the curve already faded further stays there)."""
+    floor = views.index(legible) if legible in views else len(views) - 1
+    index = {t: i for i, t in enumerate(views)}
+    return memory_tokens([(p.record.page, p.tier if index.get(p.tier, floor) >= floor else views[floor])
+                          for p in pages])
+
+
+PAGE_TOKENS = 2000   # text tokens a page holds, at most, when no sealed page says (12 px body, 1024 px page)
+
+
+def _within_reach(older: list[TurnRecord], visible: list[PlacedPage], legible: Tier, budget: int,
+                  reach_tokens: int) -> list[TurnRecord]:
+    """The newest of ``older`` that pages made for this context may hold: at most the recent-text
+    window's worth (``reach_tokens``), and never more than the budget could show at the faintest
+    legible tier. Normally all of it: unsealed text is at most the window plus a page. After a bulk
+    import thousands of turns wait for the sealer; typesetting them all (~50 ms a page) on a context
+    call took 23 s for 134 pages, of which a 4k budget shows a few. Those wait for their seal."""
+    per_page = max((p.record.text_tokens for p in visible), default=0) or PAGE_TOKENS
+    reach = (int(budget // max(legible.tokens, 1.0)) + 1) * per_page
+    if reach_tokens:
+        reach = min(reach, reach_tokens)
+    spent = 0
+    for n, turn in enumerate(reversed(older)):
+        spent += turn.tokens
+        if spent > reach:
+            return older[len(older) - n:]
+    return older
+
+
+def _text(turns: list[TurnRecord], room: float) -> tuple[list[TurnRecord], int]:
+    """The newest turns (contiguous) within ``room`` tokens, and how many older ones are left out."""
+    spent, kept = 0, list[TurnRecord]()
+    for n, turn in enumerate(reversed(turns)):
+        if spent + turn.tokens > room:
+            return kept[::-1], len(turns) - n
+        kept.append(turn)
+        spent += turn.tokens
+    return kept[::-1], 0
+
+
+def _move_text(turns: list[TurnRecord], visible: list[PlacedPage], views: list[Tier], legible: Tier,
+               budget: int, making: Making) -> tuple[list[TurnRecord], list[PlacedPage]] | None:
+    """Rule 0: the text and the made pages (oldest first) that keep the memory legible with the
+    most text; when nothing does, the choice (all text, down to only the floor) that shows the most
+    turns legibly after fading. None: nothing moves."""
+    floor, _ = _text(turns[len(turns) - min(making.floor_turns, len(turns)):], budget)
+    older = _within_reach(turns[:len(turns) - len(floor)], visible, legible, budget, making.reach_tokens)
+    if not older:
+        return None
+    first = visible[-1].record.page + 1 if visible else 0
+    made = making.pages(older, first)
+    if any(p.tier.gone for p in made):   # a curve that forgets at once: pages would hold nothing
+        return None
+    for j in range(1, len(made) + 1):
+        if j < len(made):   # text from the turn the next page starts with (a split turn: all of it)
+            start = made[j].record.first_turn
+            text = [t for t in older if t.index >= start] + floor
+        else:
+            text = floor
+        room = budget - sum(t.tokens for t in text)
+        cost = legible_cost(visible + made[:j], views, legible)
+        if room < 0 or cost > room + 1e-9:
+            continue
+        # Whole pages moved; what they leave of the room goes back to text: the last made page then
+        # ends where the text begins (typeset again, once: it is cached like the others).
+        more, _ = _text([t for t in older if t.index > made[j - 1].record.first_turn] + floor, budget - cost)
+        if len(more) > len(text):
+            cut = more[0].index
+            fewer = making.pages([t for t in older if t.index < cut], first)
+            if legible_cost(visible + fewer, views, legible) <= budget - sum(t.tokens for t in more) + 1e-9:
+                return more, fewer
+        return text, made[:j]
+    # Not every page can stay legible: keep what shows the most turns legibly, from all text (no page
+    # made) to only the floor as text.
+    options: list[tuple[list[TurnRecord], list[PlacedPage]]] = [(_text(turns, budget)[0], [])]
+    for j in range(1, len(made) + 1):
+        options.append(([t for t in older if t.index >= made[j].record.first_turn] + floor if j < len(made) else floor,
+                        made[:j]))
+    options = [o for o in options if sum(t.tokens for t in o[0]) <= budget]
+    return max(options, key=lambda o: _legible_turns(o[0], visible + o[1], views, legible,
+                                                     budget - sum(t.tokens for t in o[0])))
+
+
+def _fit(visible: list[PlacedPage], views: list[Tier], room: float) -> tuple[int, list[Tier]]:
+    """Rules 2-4: how many of the oldest pages are dropped, and the tiers of the rest, in ``room``."""
+    dropped = 0
+    least = min((t.tokens for t in views), default=0.0) or min((p.tier.tokens for p in visible), default=0.0)
+    # Fewer pages than this can't fit at any tier (each costs at least the faintest per-page price).
+    while dropped < len(visible) and (len(visible) - dropped) * least > room + 1e-9:
+        dropped += 1
+    while dropped < len(visible):
+        fitted = fade_to_fit(visible[dropped:], views, room)
+        if fitted is not None:
+            return dropped, fitted
+        dropped += 1
+    return dropped, []
+
+
+def _legible_turns(text: list[TurnRecord], pages: list[PlacedPage], views: list[Tier], legible: Tier,
+                   room: float) -> int:
+    """Turns a candidate shows legibly once its pages are fitted in ``room`` (as text, or on a page
+    at ``legible`` or sharper; a page counts the turns it spans)."""
+    dropped, tiers = _fit(pages, views, room)
+    limit = views.index(legible) if legible in views else len(views) - 1
+    return len(text) + sum(p.record.last_turn - p.record.first_turn + 1
+                           for p, t in zip(pages[dropped:], tiers) if t in views and views.index(t) <= limit)
+
+
 def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | None = None, *,
-             ladder: Ladder | None = None, min_memory_tokens: int = 0, forgotten: int = 0) -> Assembled:
+             ladder: Ladder | None = None, min_memory_tokens: int = 0, forgotten: int = 0,
+             making: Making | None = None) -> Assembled:
     """Recent turns and memory pages within ``budget`` tokens (None: everything, at the curve's tiers):
     pages fade further to fit and are dropped, oldest first, only when their faintest view can't
     (the rule above). ``ladder``: the tiers to fade along (default: the one the pages' tiers are from).
     ``placed`` may leave gone pages out (``Memory`` passes only what the curve keeps, from the page
-    index): ``forgotten`` counts those left out."""
+    index): ``forgotten`` counts those left out. ``making``: text beyond a floor of recent turns
+    moves onto pages made for the context when the memory would otherwise fade below legible
+    (rule 0; None: recent text first, as before)."""
     visible = sorted((p for p in placed if not p.tier.gone), key=lambda p: p.record.page)
-    views = readable(ladder) if ladder else (readable(found) if (found := ladder_of(visible)) else [])
+    gone = len(placed) - len(visible) + forgotten
+    found = ladder or ladder_of(visible)
+    views = readable(found) if found else []
     reserve = 0.0
     if budget is not None and visible and min_memory_tokens > 0:
         reserve = min(float(min_memory_tokens), float(budget),
                       memory_tokens([(p.record.page, p.tier) for p in visible]))
-    spent, kept_turns, dropped_turns = 0, [], 0
-    for turn in reversed(turns):
-        if dropped_turns or (budget is not None and spent + turn.tokens > budget - reserve):
-            dropped_turns += 1  # the recent text stays contiguous
-            continue
-        kept_turns.append(turn)
-        spent += turn.tokens
-    kept_turns.reverse()
+    kept_turns, dropped_turns = _text(turns, float("inf") if budget is None else budget - reserve)
+    spent = sum(t.tokens for t in kept_turns)
+    made: list[PlacedPage] = []
+    if budget is not None and making is not None and found is not None and views:
+        legible = found.faintest_legible
+        # Text cut short, or pages that would fade below legible: older text is worth more on pages.
+        if dropped_turns or legible_cost(visible, views, legible) > budget - spent + 1e-9:
+            chosen = _move_text(turns, visible, views, legible, budget, making)
+            if chosen is not None:
+                kept_turns, made = chosen
+                held = {t.index for t in kept_turns} | {s["index"] for p in made for s in p.record.turns}
+                spent, dropped_turns = sum(t.tokens for t in kept_turns), sum(t.index not in held for t in turns)
+                visible = visible + made
 
     dropped_pages, tiers = 0, [p.tier for p in visible]
     if budget is not None:
-        room = budget - spent
-        least = min((t.tokens for t in views), default=0.0) or min((p.tier.tokens for p in visible), default=0.0)
-        # Fewer pages than this can't fit at any tier (each costs at least the faintest per-page price).
-        while dropped_pages < len(visible) and (len(visible) - dropped_pages) * least > room + 1e-9:
-            dropped_pages += 1
-        while dropped_pages < len(visible):
-            fitted = fade_to_fit(visible[dropped_pages:], views, room)
-            if fitted is not None:
-                tiers = fitted
-                break
-            dropped_pages += 1
-        else:
-            tiers = []
+        dropped_pages, tiers = _fit(visible, views, budget - spent)
     kept = visible[dropped_pages:]
     shares = charges([(p.record.page, t) for p, t in zip(kept, tiers)])
-    kept_pages = [PlacedPage(p.record, t, p.age, curve_tier=p.tier, charge=c)
+    kept_pages = [PlacedPage(p.record, t, p.age, curve_tier=p.tier, charge=c, png=p.png)
                   for p, t, c in zip(kept, tiers, shares)]
     replaced = sum(p.record.text_tokens for p in kept_pages)
     visual = memory_tokens([(p.record.page, p.tier) for p in kept_pages])
     recent = sum(t.tokens for t in kept_turns)
+    shown = [p for p in kept_pages if p.png is not None]
+    moved = {s["index"] for p in shown for s in p.record.turns}
     return Assembled(kept_turns, kept_pages, Accounting(
-        recent_text_tokens=recent, pages=len(kept_pages), pages_forgotten=len(placed) - len(visible) + forgotten,
+        recent_text_tokens=recent, pages=len(kept_pages), pages_forgotten=gone,
         text_tokens_replaced=replaced, visual_tokens=round(visual, 2),
         compression=round(replaced / visual, 2) if visual else None, total_tokens=round(recent + visual, 2),
         budget=budget, dropped_turns=dropped_turns, dropped_pages=dropped_pages,
         pages_faded_by_budget=sum(p.faded_by_budget for p in kept_pages),
-        min_memory_tokens=min_memory_tokens, memory_tokens_reserved=round(reserve, 2)))
+        min_memory_tokens=min_memory_tokens, memory_tokens_reserved=round(reserve, 2),
+        recent_floor_turns=making.floor_turns if making else None, pages_made=len(shown),
+        turns_moved_to_pages=len(moved), text_tokens_moved=sum(p.record.text_tokens for p in shown)))
 
 
 def openai_role(role: str) -> tuple[str, str | None]:
@@ -286,7 +435,7 @@ def openai_messages(turns: list[TurnRecord], images: list[dict]) -> list[dict]:
     """``images`` are OpenAI ``image_url`` objects ({"url", and "detail" where the tier's cost needs it})."""
     messages: list[dict] = []
     if images:
-        parts = [{"type": "text", "text": MEMORY_PREAMBLE}]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": MEMORY_PREAMBLE}]
         parts += [{"type": "image_url", "image_url": image} for image in images]
         # A user message: OpenAI's API takes image parts only from users (vLLM takes them anywhere).
         messages.append({"role": "user", "content": parts})
@@ -305,7 +454,8 @@ def page_info(p: PlacedPage, session: str, links: Links | None) -> PageInfo:
                     last_time=r.last_time, tier=p.tier.name, px=p.tier.px, age=p.age,
                     visual_tokens=round(p.tier.tokens if p.charge is None else p.charge, 2), text_tokens=r.text_tokens,
                     curve_tier=p.curve_tier.name if p.curve_tier is not None else None,
-                    image_url=links.page(session, r.page, p.tier.name) if links else None)
+                    image_url=links.page(session, r.page, p.tier.name) if links and p.png is None else None,
+                    made_for_context=p.png is not None)
 
 
 def raw(k: SessionKeys, meta: SessionMeta, ladder: Ladder, built: Assembled, links: Links | None) -> RawContext:
@@ -319,9 +469,35 @@ def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def image_parts(k: SessionKeys, pages: list[PlacedPage], reader: Reader, links: Links | None) -> list[dict]:
-    """OpenAI ``image_url`` objects, one per page or mosaic canvas, with the detail its tier's cost assumes."""
+def _made_canvas(k: SessionKeys, group: int, tier: Tier, pages: list[PlacedPage],
+                 reader: PageImages) -> Image.Image:
+    """A mosaic canvas that holds pages made for the context: the sealed pages of its group (as the
+    served canvas has them), then the made ones, in page order."""
+    made = sorted((p for p in pages if p.png is not None and p.tier == tier
+                   and p.record.page // tier.per_canvas == group), key=lambda p: p.record.page)
+    sealed = reader.store.pngs(k, range(group * tier.per_canvas, made[0].record.page))
+    return canvas(sealed + [p.png for p in made if p.png is not None], tier)
+
+
+
+def _canvas(reader: PageImages, k: SessionKeys, group: int, tier: Tier) -> bytes:
+    png = reader.canvas_png(k, group, tier)
+    if png is None:   # a placed page is in its group: the group has a page to draw
+        raise RuntimeError(f"mosaic {tier.name} group {group} of {k.session} has no page")
+    return png
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def image_parts(k: SessionKeys, pages: list[PlacedPage], reader: PageImages, links: Links | None) -> list[dict]:
+    """OpenAI ``image_url`` objects, one per page or mosaic canvas, with the detail its tier's cost assumes.
+    A page made for the context (or a canvas holding one) comes inline: no link serves it."""
     images, seen_groups = [], set()
+    made_groups = {(p.tier.name, p.record.page // p.tier.per_canvas) for p in pages if p.png is not None}
     for p in pages:
         tier = p.tier
         if tier.per_canvas > 1:
@@ -329,7 +505,12 @@ def image_parts(k: SessionKeys, pages: list[PlacedPage], reader: Reader, links: 
             if (tier.name, group) in seen_groups:
                 continue
             seen_groups.add((tier.name, group))
-            url = links.mosaic(k.session, tier.name, group) if links else _data_url(reader.canvas_png(k, group, tier))
+            if (tier.name, group) in made_groups:
+                url = _data_url(_png(_made_canvas(k, group, tier, pages, reader)))
+            else:
+                url = links.mosaic(k.session, tier.name, group) if links else _data_url(_canvas(reader, k, group, tier))
+        elif p.png is not None:
+            url = _data_url(tier_png(p.png, tier))
         else:
             url = (links.page(k.session, p.record.page, tier.name) if links
                    else _data_url(tier_png(reader.store.png(k, p.record.page), tier)))
@@ -337,9 +518,25 @@ def image_parts(k: SessionKeys, pages: list[PlacedPage], reader: Reader, links: 
     return images
 
 
-def openai(k: SessionKeys, built: Assembled, reader: Reader, links: Links | None) -> OpenAIContext:
+def openai(k: SessionKeys, built: Assembled, reader: PageImages, links: Links | None) -> OpenAIContext:
     messages = openai_messages(built.turns, image_parts(k, built.pages, reader, links))
     return OpenAIContext(session=k.session, messages=messages, accounting=built.accounting)
+
+
+def _made_tokens(k: SessionKeys, p: PlacedPage, pages: list[PlacedPage], reader: Reader):
+    """Visual tokens of a page made for the context (or of a canvas holding one), encoded now and
+    not cached (the page is not stored); None for a sealed page or canvas."""
+    tier = p.tier
+    if tier.per_canvas > 1:
+        group = p.record.page // tier.per_canvas
+        if not any(q.png is not None and q.tier == tier and q.record.page // tier.per_canvas == group for q in pages):
+            return None
+        view = PageView(_made_canvas(k, group, tier, pages, reader.images), tier)
+    elif p.png is not None:
+        view = PageView(renderer.view(p.png, tier.px), tier)
+    else:
+        return None
+    return reader.backend.encode([view])[0]
 
 
 def embeddings(k: SessionKeys, built: Assembled, reader: Reader, links: Links | None) -> EmbeddingsContext:
@@ -351,17 +548,18 @@ def embeddings(k: SessionKeys, built: Assembled, reader: Reader, links: Links | 
         if (unit, p.tier.name) in seen:
             continue
         seen.add((unit, p.tier.name))
-        tokens = reader.visual_tokens(k, p.record.page, p.tier)
+        made = _made_tokens(k, p, built.pages, reader)
+        tokens = made or reader.visual_tokens(k, p.record.page, p.tier)
         members = [q.record.page for q in built.pages if token_unit(q.record.page, q.tier) == unit and q.tier == p.tier]
         image = TokenImage(unit=unit, tier=p.tier.name, n_tokens=tokens.n_tokens, hidden=int(tokens.tensor.shape[1]),
                            dtype=str(tokens.tensor.dtype).removeprefix("torch."), revision=tokens.revision,
                            pages=members)
-        if links:
+        if links and made is None:   # a unit holding a made page is served by no link: inline
             image.tokens_url = links.tokens(k.session, unit, p.tier.name)
         else:
             image.safetensors_base64 = base64.b64encode(tokens.to_bytes()).decode()
         images.append(image)
-    layout = [{"type": "text", "text": MEMORY_PREAMBLE + "\n"}]
+    layout: list[dict[str, Any]] = [{"type": "text", "text": MEMORY_PREAMBLE + "\n"}]
     layout += [{"type": "image", "image": i, "n_tokens": image.n_tokens} for i, image in enumerate(images)]
     layout += [{"type": "text", "text": f"\n{t.role}: {t.content[t.start:]}"} for t in built.turns]
     return EmbeddingsContext(session=k.session, placeholder="<image>", images=images, layout=layout,

@@ -119,7 +119,7 @@ def _short(value: Any) -> str:
 
 def _number(spec: dict, key: str, positive: bool = True, most: float = MAX_AGE) -> float:
     value = spec.get(key)
-    if not _finite(value):
+    if value is None or not _finite(value):
         raise CurveError(f"{spec['kind']} curve needs a finite number {key!r}, got {_short(value)}")
     if positive and value <= 0:
         raise CurveError(f"{spec['kind']} curve needs {key!r} > 0, got {value}")

@@ -198,8 +198,21 @@ def search(r, tag: str, query: str, limit: int = 50, fuzzy: bool = True) -> list
     n = int(n_docs or 0)
     if n <= 0:
         return []
-    avgdl = int(n_tokens or 0) / n
-    weighted: dict[str, tuple[float, str]] = {}        # known term -> (weight, query term)
+    weighted = _known_terms(r, tag, n, terms, dfs, fuzzy)
+    if not weighted:
+        return []
+    scores, covered, idf_of_query = _score(r, tag, n, int(n_tokens or 0) / n, terms, weighted)
+    # A query term the session has never seen weighs like the rarest term it could be.
+    rare = math.log(1 + (n + 0.5) / 0.5)
+    total = sum(v or rare for v in idf_of_query.values())
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return [(doc, s, min(1.0, sum(covered[doc].values()) / total)) for doc, s in ranked]
+
+
+def _known_terms(r, tag: str, n: int, terms: list[str], dfs: list, fuzzy: bool) -> dict[str, tuple[float, str]]:
+    """Index term -> (weight, the query term it stands for): the query's terms the session knows,
+    and for each it does not, up to 3 known terms like it (weighted by their similarity)."""
+    weighted: dict[str, tuple[float, str]] = {}
     missing = []
     for term, df in zip(terms, dfs):
         if df:
@@ -215,8 +228,13 @@ def search(r, tag: str, query: str, limit: int = 50, fuzzy: bool = True) -> list
                                                    score_cutoff=FUZZY_MIN):
                 if match not in weighted:
                     weighted[match] = (score / 100, term)
-    if not weighted:
-        return []
+    return weighted
+
+
+def _score(r, tag: str, n: int, avgdl: float, terms: list[str], weighted: dict[str, tuple[float, str]]
+           ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
+    """BM25 of every doc holding a known term (one ZREVRANGE per term), with what each doc covers
+    of each query term (its weighted idf) and each query term's idf."""
     known = list(weighted)
     with r.pipeline(transaction=False) as p:
         for term in known:
@@ -240,11 +258,7 @@ def search(r, tag: str, query: str, limit: int = 50, fuzzy: bool = True) -> list
             scores[doc] = scores.get(doc, 0.0) + s
             c = covered.setdefault(doc, {})
             c[qterm] = max(c.get(qterm, 0.0), weight * idf)
-    # A query term the session has never seen weighs like the rarest term it could be.
-    rare = math.log(1 + (n + 0.5) / 0.5)
-    total = sum(v or rare for v in idf_of_query.values())
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-    return [(doc, s, min(1.0, sum(covered[doc].values()) / total)) for doc, s in ranked]
+    return scores, covered, idf_of_query
 
 
 def size_bytes(r, tag: str) -> int:

@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, cast
 
 import redis
 
@@ -33,6 +33,7 @@ from optimem.memory import context
 from optimem.memory.context import PlacedPage
 from optimem.memory.curves import Curve
 from optimem.memory.reading import Reader
+from optimem.memory.redis_server import Client
 from optimem.memory.store import JOBS, SessionKeys, SessionMeta, Store
 from optimem.model.tiers import Ladder, Tier
 
@@ -40,7 +41,7 @@ GROUP = "workers"
 log = logging.getLogger("optimem.worker")
 
 
-def ensure_group(r: redis.Redis) -> None:
+def ensure_group(r: Client) -> None:
     try:
         r.xgroup_create(JOBS, GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
@@ -49,7 +50,7 @@ def ensure_group(r: redis.Redis) -> None:
     drop_done(r)
 
 
-def drop_done(r: redis.Redis) -> int:
+def drop_done(r: Client) -> int:
     """Delete entries every worker is done with (delivered and acknowledged), left by optimem
     versions that acknowledged without deleting: they would count as backlog and fill the cap."""
     try:
@@ -151,7 +152,7 @@ def handle(job: Job, tier_now: Callable[[SessionKeys, int], Tier], reader: Reade
         pass
 
 
-def backlog(r: redis.Redis) -> int:
+def backlog(r: Client) -> int:
     """Jobs not yet done: waiting plus in progress (finished ones are deleted from the stream)."""
     return int(r.xlen(JOBS))
 
@@ -170,7 +171,7 @@ class Worker:
     """Consumes the job stream. ``batch``: jobs at once per kind (encode, decode); ``window_ms``:
     how long a read waits for more entries once it has one, to fill a batch."""
 
-    def __init__(self, r: redis.Redis, handle: Handler, name: str | None = None, claim_after_ms: int = 60_000,
+    def __init__(self, r: Client, handle: Handler, name: str | None = None, claim_after_ms: int = 60_000,
                  batch: int = 1, window_ms: int = 20):
         self.r, self.handle = r, handle
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
@@ -203,7 +204,10 @@ class Worker:
 
     def _read(self, count: int, block_ms: int) -> list[tuple[bytes, dict]]:
         got = self.r.xreadgroup(GROUP, self.name, {JOBS: ">"}, count=count, block=block_ms or None)
-        return [entry for _, entries in got or [] for entry in entries]
+        # Our clients speak RESP2, where the reply is [[stream, [(id, fields), ...]], ...] (or None
+        # when the wait ran out); redis-py's annotation also allows RESP3's dict.
+        streams = cast("list[list[Any]] | None", got) or []
+        return [entry for _, entries in streams for entry in entries]
 
     def _submit(self, entry_id: bytes, fields: dict) -> Future:
         job = {a.decode(): b.decode() for a, b in fields.items()}

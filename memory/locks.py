@@ -29,6 +29,8 @@ import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
 
+from optimem.memory.redis_server import Client
+
 LEASE_MS = 30_000     # a compaction that takes longer than this may overlap another (still safe)
 # Past this a waiter compacts without the lock (still safe; may be wasted work). A lock left by a
 # killed process (its lease runs 30 s) delays the next seal 10 s; reads never wait on it.
@@ -41,7 +43,7 @@ def compact_key(tag: str) -> str:
     return f"{tag}:lock:compact"
 
 
-def claim(r: redis.Redis, key: str, lease_ms: int) -> Lock:
+def claim(r: Client, key: str, lease_ms: int) -> Lock:
     """A lock on ``key`` whose token is not tied to a thread (taken on one, released on another),
     that expires ``lease_ms`` after it is taken."""
     return Lock(r, key, timeout=lease_ms / 1000, sleep=POLL_S, thread_local=False)
@@ -53,7 +55,7 @@ class SessionLocks:
     ``client`` gives the Redis client when a lock is taken (the store opens after this is made);
     while it gives None, only the local lock is taken."""
 
-    def __init__(self, client: Callable[[], redis.Redis | None], lease_ms: int = LEASE_MS, wait_s: float = WAIT_S):
+    def __init__(self, client: Callable[[], Client | None], lease_ms: int = LEASE_MS, wait_s: float = WAIT_S):
         self._client, self.lease_ms, self.wait_s = client, lease_ms, wait_s
         self._local: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()

@@ -35,13 +35,14 @@ import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
+from typing import TypeGuard
 
 from PIL import Image
 
 from optimem import renderer
 from optimem.memory.concurrency import COMPUTE, HEAP, Threads
 from optimem.memory.store import SessionKeys, Store
-from optimem.model.base import Backend, Decoded, LineBox, PageView
+from optimem.model.base import Backend, Decoded, LineBox, PageView, TokenReader
 from optimem.model.tiers import Ladder, Tier
 
 
@@ -75,7 +76,7 @@ def group_members(group: int, tier: Tier) -> range:
     return range(group * tier.per_canvas, (group + 1) * tier.per_canvas)
 
 
-def encodes(backend: Backend) -> bool:
+def encodes(backend: Backend) -> TypeGuard[TokenReader]:
     """Whether the backend makes visual tokens (the CPU reader only reads)."""
     return hasattr(backend, "decode_tokens")
 
@@ -126,13 +127,15 @@ class Reader:
                  claim_ms: int = CLAIM_MS):
         self.store, self.backend, self.ladder, self.ttl_s = store, backend, ladder, ttl_s
         self.images = PageImages(store, ttl_s)
-        self.encodes = encodes(backend)
+        self._tokens: TokenReader | None = backend if encodes(backend) else None
+        self.encodes = self._tokens is not None
         self.id = f"{backend.name}@{backend.revision}"
         self.threads, self.claim_ms = max(1, int(threads)), claim_ms
         self._lock = threading.Lock()                # guards the dicts below, never held across I/O
         self._pool: Threads | None = None
         self._inflight: dict[tuple[str, int, str], Future] = {}    # (session tag, page, cache key)
-        self._watched: dict[tuple[str, int, str], tuple[SessionKeys, int, Tier, Future]] = {}
+        # Reads claimed by another process, resolved by the watcher: (keys, page, tier, future, turn).
+        self._watched: dict[tuple[str, int, str], tuple[SessionKeys, int, Tier, Future, int | None]] = {}
         self._watcher: threading.Thread | None = None
         self._wake = threading.Event()
         self._line_pool: Threads | None = None
@@ -323,16 +326,16 @@ class Reader:
                 self.store.cache_decoded(k, page, self.cache_key(tier, turn), self.id, result)
                 return result
             # A backend that reads whole views (DeepSeek-OCR) reads just these lines with decode_lines.
-            decoded = getattr(self.backend, "decode_lines", self.backend.decode)([view])[0]
+            decoded: Decoded = getattr(self.backend, "decode_lines", self.backend.decode)([view])[0]
             result = {"text": decoded.text, "seconds": decoded.seconds,
                       "lines": [asdict(line) for line in decoded.lines]}
             key = self.cache_key(tier, turn)
             self.store.cache_decoded(k, page, key, self.id, result)
             return self.store.cached_decoded(k, page, key, self.id)
         view = self.view(k, page, tier)
-        if self.encodes and tier.per_canvas == 1:
+        if self._tokens is not None and tier.per_canvas == 1:
             # Read from the cached visual tokens: the encoder runs once per page and tier.
-            decoded: Decoded = self.backend.decode_tokens([self.encoded(k, page, tier)], [view.lines])[0]
+            decoded = self._tokens.decode_tokens([self.encoded(k, page, tier)], [view.lines])[0]
         else:
             decoded = self.backend.decode([view])[0]
         result = {"text": decoded.text, "seconds": decoded.seconds, "lines": [asdict(line) for line in decoded.lines]}

@@ -1,63 +1,30 @@
 """Recall: old turns back as decoded text, by content, by position or by time.
 
-Content matching is fuzzy (OCR of a faded page is not exact): the query's keywords are matched
-against the decoded words with an edit-distance ratio. Every hit says where it came from (page,
-turn, tier, age) and how sure we are; where the session keeps source text, the exact source and
-the measured character error of the decoded text come with it.
+A recall finds the turns (``find``: by the session's BM25 text index for a content query, see
+``memory/index.py``; by position or time otherwise), reads only those turns' lines off their pages
+at the tiers the pages have now (``read``), and answers with hits that say where each came from
+(page, turn, tier, age) and how sure we are (``answer``); where the session keeps source text, the
+exact source and the measured character error of the decoded text come with it.
 """
 from __future__ import annotations
 
-import logging
 import re
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
 
 from optimem.errors import BadRequest
-from optimem.memory import index as ix
+from optimem.memory import index as ix, question, ranking, vectors
 from optimem.memory.context import PlacedPage, parse_time
+from optimem.memory.fragments import Fragment, fragments_from_decoded, headers_of, strip_header  # noqa: F401
 from optimem.memory.reading import Reader
 from optimem.memory.results import Hit, Recall
+from optimem.memory.searchable import drop_gone, make_searchable, reindex_cached  # noqa: F401  (service.py)
 from optimem.memory.store import PageRecord, SessionKeys, SessionMeta, Store, TurnRecord
-from optimem.memory.turns import normalise_time
-
-STOPWORDS = set("""a about above after again all am an and any are as at be been before being below
-between both but by can could did do does doing down during each few for from further had has have
-having he her here hers herself him himself his how i if in into is it its itself just me more most
-my myself no nor not now of off on once only or other our ours ourselves out over own said same say
-she should so some such than that the their theirs them themselves then there these they this those
-through to too told under until up very was we were what when where which while who whom why will
-with would you your yours yourself yourselves thing things talk talked tell ago week weeks day days
-remember first last""".split())
-log = logging.getLogger("optimem.recall")
-CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uac00-\ud7af]")
-
-
-def keywords(query: str) -> list[str]:
-    words = re.findall(r"\w+", query.lower())
-    return [w for w in words if w not in STOPWORDS and len(w) > 1] or words
-
-
-def match_score(query: str, text: str) -> float:
-    """0..1: how well the text matches the query's keywords, tolerant of OCR errors."""
-    if not text.strip():
-        return 0.0
-    if CJK.search(query):
-        return fuzz.partial_ratio("".join(keywords(query)), text) / 100
-    words = re.findall(r"\w+", text.lower())
-    kws = keywords(query)
-    if not words or not kws:
-        return 0.0
-    total = 0.0
-    for kw in kws:
-        best = process.extractOne(kw, words, scorer=fuzz.ratio)
-        total += best[1] / 100 if best and best[1] >= 75 else 0.0
-    return total / len(kws)
+from optimem.memory.turns import check_unicode, normalise_time
 
 
 def squash(text: str) -> str:
@@ -68,49 +35,6 @@ def char_error(decoded: str, source: str) -> float:
     """Character error rate, whitespace ignored (line wrapping moves it around)."""
     a, b = squash(decoded), squash(source)
     return Levenshtein.distance(a, b) / max(1, len(b))
-
-
-@dataclass
-class Fragment:
-    """What one page (or the recent text) holds of one turn."""
-    turn: int
-    role: str
-    time: str
-    page: int | None          # None: still plain text
-    tier: str                 # "text" for recent turns
-    age: float
-    start: int
-    end: int
-    decoded: str = ""
-    score: float = 1.0        # the reader's confidence
-
-
-def strip_header(line: dict, heads: list[str]) -> dict | None:
-    """The typeset header ("user 19:38:") is not the turn's text. A reader of line boxes sees it
-    alone (drop it); a reader of whole rows sees it in front of the text (cut it off)."""
-    text = line["text"]
-    for head in heads:
-        if len(text) >= len(head) + 2 and fuzz.ratio(text[:len(head)], head) > 80:
-            return {**line, "text": text[len(head):].lstrip()}
-        if fuzz.ratio(text, head) > 80:
-            return None
-    return line
-
-
-def fragments_from_decoded(spans: list[dict], decoded: dict | None, headers: dict[int, list[str]],
-                           page: int, tier: str, age: float) -> list[Fragment]:
-    by_turn: dict[int, list[dict]] = {}
-    for line in (decoded or {}).get("lines", []):
-        if line.get("turn") is not None:
-            by_turn.setdefault(line["turn"], []).append(line)
-    out = []
-    for span in spans:
-        lines = by_turn.get(span["index"], [])
-        body = [line for line in (strip_header(l, headers.get(span["index"], [])) for l in lines) if line]
-        scores = [l["score"] for l in body] or [0.0]
-        out.append(Fragment(span["index"], span["role"], span["time"], page, tier, age, span["start"],
-                            span["end"], "\n".join(l["text"] for l in body), sum(scores) / len(scores)))
-    return out
 
 
 @dataclass(frozen=True)
@@ -132,8 +56,6 @@ class Query:
             raise BadRequest(f"query has {len(query)} characters; the limit is 10000")
         if role is not None and (not isinstance(role, str) or len(role) > 64):
             raise BadRequest("role must be a string of at most 64 characters")
-        from optimem.memory.turns import check_unicode  # (here: only Query.of is this change's to edit)
-
         for name, text in (("query", query), ("role", role)):
             if text is not None:
                 check_unicode(text, name)
@@ -238,86 +160,159 @@ class Turns:
         return self.scan(q, q.limit, backwards=False)
 
 
-def headers_of(store: Store, k: SessionKeys, page: int) -> dict[int, list[str]]:
-    """The typeset header lines ("user 19:38:") of each turn on a page."""
-    headers: dict[int, list[str]] = defaultdict(list)
-    for t_index, _, line_text, kind in store.lines(k, page):
-        if kind == "header":
-            headers[t_index].append(line_text)
-    return headers
+@dataclass
+class Found:
+    """The turns a recall answers with, in the order it lists them: (turn, page) where page is the
+    page whose decoded text matched (forget-for-real) or None for "every page it is on"."""
+    wanted: list[tuple[int, int | None]] = field(default_factory=list)
+    match: dict[int, float] = field(default_factory=dict)       # turn -> coverage of the query
+    searched_text: dict[int, str] = field(default_factory=dict)  # turn -> "source" or "decoded"
+    time_match: dict[int, str] = field(default_factory=dict)     # turn -> the question's time window it is in
+    asked_by: dict[int, int] = field(default_factory=dict)       # turn -> the turn before that asks what it answers
+    searched: int = 0               # pages whose text was searched in time (content query)
+    unsearched: int = 0             # pages that could not be searched in time
 
 
-def index_page(store: Store, k: SessionKeys, placed: PlacedPage, tier_key: str, decoded: dict | None) -> None:
-    """Index what a read of a page gave of each of its turns (forget-for-real sessions)."""
-    if decoded is None:
-        return
-    frags = fragments_from_decoded(placed.record.turns, decoded, headers_of(store, k, placed.record.page),
-                                   placed.record.page, placed.tier.name, placed.age)
-    texts: dict[int, str] = {}
-    for f in frags:
-        texts[f.turn] = (texts.get(f.turn, "") + "\n" + f.decoded).strip()
-    store.index_decoded(k, placed.record.page, tier_key, {t: v for t, v in texts.items() if v})
+CANDIDATES = 100      # index hits reranked per content query
 
 
-def _searchable_forgotten(k: SessionKeys, placed: list[PlacedPage], reader: Reader | None, store: Store,
-                          deadline: float) -> tuple[int, int]:
-    """Forget-for-real: make the session's readable pages searchable (their decoded text indexed),
-    reading the ones nobody read yet, newest first, until the deadline; take gone pages out.
-    Returns (pages searchable, pages not searchable in time): a page never indexed whose read did
-    not come back in time (or failed) is not searchable, and is counted so.
+def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, store: Store, k: SessionKeys,
+               keep_source: bool, dense: dict[int, float] | None) -> list[ranking.Candidate]:
+    """The index's hits (mixed with ``dense``) reranked by who and when the question is about
+    (``memory/question.py``), relative to the session's own roles and times (never the wall clock)."""
+    found = ranking.mix(found, dense or {})[:ranking.RERANK]
+    near = sorted({t for doc, _, _ in found for t in _around(ix.doc_turn(doc)[0])} | {0})
+    if keep_source:      # role and time of every candidate and neighbour: one round trip
+        known = {t: ranking.Said(s["role"], s["time"], "?" in s["content"] or "？" in s["content"])
+                 for t, s in store.sources(k, near).items()}
+    else:
+        turns.where(near)
+        known = {t: ranking.Said(*rt) for t in near if (rt := turns.role_time(t)) is not None}
+    roles = sorted({s.role for s in known.values()} | {t.role for t in turns.text})
+    stamps = [parse_time(s.time) for s in known.values()] + [parse_time(t.time) for t in turns.text]
+    first = parse_time(known[0].time) if 0 in known else min(stamps, default=0.0)
+    latest = parse_time(turns.text[-1].time) if turns.text else max(stamps, default=0.0)
+    return ranking.rerank(found, ix.doc_turn, known.get, question.who(text, roles), question.when(text, first, latest))
 
-    A page indexed at a sharper tier than it has now is re-indexed from its read at the current
-    tier when that is cached; otherwise it stays searchable by its earlier reading (never read
-    here: that would spend the recall's budget on pages already searchable)."""
-    indexed = store.indexed_pages(k)
-    store.unindex_pages(k, [p.record.page for p in placed if p.tier.gone and p.record.page in indexed])
-    live = [p for p in placed if not p.tier.gone]
-    for p in live:
-        key = reader.cache_key(p.tier)
-        if p.record.page in indexed and indexed[p.record.page] != key:
-            decoded = reader.cached(k, p.record.page, p.tier)
-            if decoded is not None:
-                index_page(store, k, p, key, decoded)
-    todo = [p for p in sorted(live, key=lambda p: -p.record.page) if p.record.page not in indexed]
-    if not todo:
-        return len(live), 0
-    to_read = []
-    for p in todo:
-        decoded = reader.cached(k, p.record.page, p.tier)
-        if decoded is not None:
-            index_page(store, k, p, reader.cache_key(p.tier), decoded)
-        else:
-            to_read.append(p)
-    ahead = max(1, getattr(reader, "threads", 1))
-    futures: dict[int, Any] = {}
-    unread = 0
-    for i, p in enumerate(to_read):
-        if time.monotonic() >= deadline:
-            unread += len(to_read) - i
-            break
-        for q in to_read[i:i + ahead]:
-            if q.record.page not in futures:
-                futures[q.record.page] = reader.fetch(k, q.record.page, q.tier)
-        try:
-            decoded = reader.wait(futures[p.record.page], deadline)
-        except Exception:  # noqa: BLE001  a failed read: the page is not searchable now, say so
-            log.warning("reading page %s of %s for its index failed", p.record.page, k.tag, exc_info=True)
-            unread += 1
+
+def _around(turn: int) -> tuple[int, ...]:
+    return (turn - 1, turn, turn + 1) if turn else (turn, turn + 1)
+
+
+def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader], store: Store,
+         deadline: float, placed: Callable[[], list[PlacedPage]]) -> Found:
+    """The turns a recall answers with: by the text index for a content query, else by position or time."""
+    if not q.text:
+        return Found(wanted=[(turn, None) for turn in turns.chosen(q)])
+    found = Found()
+    only = turns.chosen(Query(turn=q.turn, role=q.role, since=q.since, until=q.until)) \
+        if q.turn is not None else None
+    if not meta.keep_source and turns.page_count:
+        found.searched, found.unsearched = make_searchable(k, placed(), reader(), store, deadline)
+    else:
+        found.searched = turns.page_count
+    found_docs = store.search(k, q.text, limit=CANDIDATES)
+    dense = vectors.similarities(store, k, meta.turns, meta.keep_source, q.text)
+    ranked = understood(q.text, found_docs, turns, store, k, meta.keep_source, dense)
+    for n, c in enumerate(ranked):
+        if n % (2 * q.limit) == 0:   # locate the next few hits' pages in one go
+            turns.where({r.turn for r in ranked[n:n + 2 * q.limit]})
+        if c.turn in found.match or (only is not None and c.turn not in only) or not turns.allowed(q, c.turn):
             continue
-        if decoded is None:
-            unread += len(to_read) - i
+        if c.page is not None and not any(p.record.page == c.page and not p.tier.gone
+                                          for p, _ in turns.where([c.turn])[c.turn]):
+            continue              # a page that faded out since it was indexed holds nothing now
+        found.match[c.turn] = c.coverage
+        found.searched_text[c.turn] = "source" if c.page is None else "decoded"
+        if c.time_match:
+            found.time_match[c.turn] = c.time_match
+        if c.asked_by is not None:
+            found.asked_by[c.turn] = c.asked_by
+        found.wanted.append((c.turn, c.page))
+        if len(found.wanted) >= q.limit:
             break
-        index_page(store, k, p, reader.cache_key(p.tier), decoded)
-    return len(live) - unread, unread
+    return found
+
+
+@dataclass
+class Read:
+    fragments: list[Fragment]
+    read_pages: set[int]
+    unread_pages: set[int]
+
+
+def read(wanted: list[tuple[int, int | None]], k: SessionKeys, turns: Turns, reader: Callable[[], Reader],
+         store: Store, deadline: float) -> Read:
+    """Each wanted turn's text: its lines read off its pages at their tiers now (every read started
+    first, they share the reader's pools, then collected until the deadline), or the recent text."""
+    where = turns.where([turn for turn, _ in wanted])
+    recent = turns.recent
+    jobs: list[tuple[int, PlacedPage | None, dict | None, Any]] = []
+    for turn, page in wanted:
+        for p, span in where.get(turn, []):
+            if page is not None and p.record.page != page:
+                continue
+            future = reader().fetch(k, p.record.page, p.tier, turn=turn) if not p.tier.gone else None
+            jobs.append((turn, p, span, future))
+        if turn in recent and page is None:
+            jobs.append((turn, None, None, None))
+    out = Read([], set(), set())
+    headers: dict[int, dict[int, list[str]]] = {}
+    for turn, p, span, future in jobs:
+        if p is None:
+            t = recent[turn]
+            out.fragments.append(Fragment(t.index, t.role, t.time, None, "text", 0.0, t.start, len(t.content),
+                                          t.content[t.start:], 1.0))
+            continue
+        page = p.record.page
+        decoded = None
+        if future is not None:
+            decoded = reader().wait(future, deadline)
+            if decoded is None:
+                out.unread_pages.add(page)
+                continue
+            out.read_pages.add(page)
+        if page not in headers:
+            headers[page] = headers_of(store, k, page)
+        out.fragments += fragments_from_decoded([span], decoded, headers[page], page, p.tier.name, p.age)
+    out.read_pages -= out.unread_pages
+    return out
+
+
+def answer(q: Query, k: SessionKeys, meta: SessionMeta, store: Store, found: Found, got: Read,
+           started: float) -> Recall:
+    """The hits, with the exact source and its character error where the session keeps source."""
+    if q.text:
+        pages_unread = found.unsearched + len(got.unread_pages)
+        pages_read = max(0, found.searched - len(got.unread_pages))
+    else:
+        pages_read, pages_unread = len(got.read_pages), len(got.unread_pages)
+    fragments = got.fragments[:q.limit]
+    sources = store.sources(k, [f.turn for f in fragments] + [found.asked_by[f.turn] for f in fragments
+                                                              if f.turn in found.asked_by]) if meta.keep_source else {}
+    found_by = "index" if q.text else "position" if q.turn is not None else "time"
+    hits = []
+    for f in fragments:
+        m = found.match.get(f.turn, 1.0)
+        hit = Hit(turn=f.turn, role=f.role, time=f.time, page=f.page, tier=f.tier, age=f.age, span=[f.start, f.end],
+                  text=f.decoded, confidence=round(m * f.score, 4), match=round(m, 4), found_by=found_by,
+                  searched=found.searched_text.get(f.turn), time_match=found.time_match.get(f.turn))
+        if f.turn in sources:
+            exact = sources[f.turn]["content"][f.start:f.end]
+            hit.source, hit.char_error = exact, round(char_error(f.decoded, exact), 4)
+        if (asker := found.asked_by.get(f.turn)) in sources:     # the question this turn answers
+            hit.asked = {"turn": asker, "role": sources[asker]["role"], "text": sources[asker]["content"]}
+        hits.append(hit)
+    return Recall(session=k.session, hits=hits, pages_read=pages_read, pages_unread=pages_unread,
+                  seconds=round(time.perf_counter() - started, 3))
 
 
 def recall(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader],
            store: Store, read_budget_s: float, placed: Callable[[], list[PlacedPage]]) -> Recall:
-    """Old turns back as decoded text: find the turns (by the text index for a content query, by
-    position or time otherwise), then read only those turns' lines at their pages' tiers now.
-    ``reader`` gives the Reader, asked for only when a page must be read (the backend need not
-    load otherwise); ``placed`` gives every page placed, asked for only by a content query on a
-    forget-for-real session (whose unread pages must be read to be searchable).
+    """Old turns back as decoded text: find the turns, read only those turns' lines at their pages'
+    tiers now, answer. ``reader`` gives the Reader, asked for only when a page must be read (the
+    backend need not load otherwise); ``placed`` gives every page placed, asked for only by a
+    content query on a forget-for-real session (whose unread pages must be read to be searchable).
 
     ``pages_read``/``pages_unread``: for a content query, pages whose text was searched (by index:
     the source of a keep-source session, the decoded text of a forget-for-real one) and answered in
@@ -328,87 +323,6 @@ def recall(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Ca
     page's read ``p<page>:<turn>``)."""
     started = time.perf_counter()
     deadline = time.monotonic() + read_budget_s
-    match: dict[int, float] = {}
-    # (turn, page or None for "every page it is on") in the order the answer lists them
-    wanted: list[tuple[int, int | None]] = []
-    searched_text: dict[int, str] = {}        # turn -> "source" or "decoded": the text the index matched
-    searched = unsearched = 0
-    if q.text:
-        only = turns.chosen(Query(turn=q.turn, role=q.role, since=q.since, until=q.until)) \
-            if q.turn is not None else None
-        if not meta.keep_source and turns.page_count:
-            searched, unsearched = _searchable_forgotten(k, placed(), reader(), store, deadline)
-        else:
-            searched = turns.page_count
-        hits = [(doc, coverage) for doc, _, coverage in store.search(k, q.text, limit=max(50, 10 * q.limit))]
-        for n, (doc, coverage) in enumerate(hits):
-            turn, page = ix.doc_turn(doc)
-            if n % (2 * q.limit) == 0:   # locate the next few hits' pages in one go
-                where = turns.where({ix.doc_turn(d)[0] for d, _ in hits[n:n + 2 * q.limit]})
-            if turn in match or (only is not None and turn not in only) or not turns.allowed(q, turn):
-                continue
-            if page is not None and not any(p.record.page == page and not p.tier.gone for p, _ in where[turn]):
-                continue              # a page that faded out since it was indexed holds nothing now
-            match[turn] = coverage
-            searched_text[turn] = "source" if page is None else "decoded"
-            wanted.append((turn, page))
-            if len(wanted) >= q.limit:
-                break
-    else:
-        wanted = [(turn, None) for turn in turns.chosen(q)]
-    where = turns.where([turn for turn, _ in wanted])
-    recent = turns.recent
-
-    # Start every read first (they share the reader's pools), then collect them until the deadline.
-    jobs: list[tuple[int, PlacedPage | None, dict | None, Any]] = []
-    for turn, page in wanted:
-        for p, span in where.get(turn, []):
-            if page is not None and p.record.page != page:
-                continue
-            future = reader().fetch(k, p.record.page, p.tier, turn=turn) if not p.tier.gone else None
-            jobs.append((turn, p, span, future))
-        if turn in recent and page is None:
-            jobs.append((turn, None, None, None))
-    fragments: list[Fragment] = []
-    read_pages: set[int] = set()
-    unread_pages: set[int] = set()
-    headers: dict[int, dict[int, list[str]]] = {}
-    for turn, p, span, future in jobs:
-        if p is None:
-            t = recent[turn]
-            fragments.append(Fragment(t.index, t.role, t.time, None, "text", 0.0, t.start, len(t.content),
-                                      t.content[t.start:], 1.0))
-            continue
-        page = p.record.page
-        decoded = None
-        if future is not None:
-            decoded = reader().wait(future, deadline)
-            if decoded is None:
-                unread_pages.add(page)
-                continue
-            read_pages.add(page)
-        if page not in headers:
-            headers[page] = headers_of(store, k, page)
-        fragments += fragments_from_decoded([span], decoded, headers[page], page, p.tier.name, p.age)
-    read_pages -= unread_pages
-
-    if q.text:
-        pages_unread = unsearched + len(unread_pages)
-        pages_read = max(0, searched - len(unread_pages))
-    else:
-        pages_read, pages_unread = len(read_pages), len(unread_pages)
-    fragments = fragments[:q.limit]
-    sources = store.sources(k, [f.turn for f in fragments]) if meta.keep_source else {}
-    found_by = "index" if q.text else "position" if q.turn is not None else "time"
-    hits = []
-    for f in fragments:
-        m = match.get(f.turn, 1.0)
-        hit = Hit(turn=f.turn, role=f.role, time=f.time, page=f.page, tier=f.tier, age=f.age, span=[f.start, f.end],
-                  text=f.decoded, confidence=round(m * f.score, 4), match=round(m, 4), found_by=found_by,
-                  searched=searched_text.get(f.turn))
-        if f.turn in sources:
-            exact = sources[f.turn]["content"][f.start:f.end]
-            hit.source, hit.char_error = exact, round(char_error(f.decoded, exact), 4)
-        hits.append(hit)
-    return Recall(session=k.session, hits=hits, pages_read=pages_read, pages_unread=pages_unread,
-                  seconds=round(time.perf_counter() - started, 3))
+    found = find(q, k, meta, turns, reader, store, deadline, placed)
+    got = read(found.wanted, k, turns, reader, store, deadline)
+    return answer(q, k, meta, store, found, got, started)

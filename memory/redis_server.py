@@ -20,6 +20,7 @@ import uuid
 import subprocess
 import time
 from pathlib import Path
+from typing import TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -44,6 +45,10 @@ maxmemory-policy volatile-lru
 
 
 USER_PREFIX = "optimem-embedded-"
+
+# What ``connect`` hands out and the store, locks and workers take: one server's client or a
+# cluster's. redis-py gives both the same commands (a cluster's are routed by key slot).
+Client: TypeAlias = "redis.Redis | RedisCluster"
 
 
 class EmbeddedRedis:
@@ -165,7 +170,7 @@ def cluster_client(url: str, **kwargs) -> ClusterClient:
     return ClusterClient(url=first, startup_nodes=others, **kwargs)
 
 
-def connect(redis_url: str, data_dir: Path, maxmemory: str = "0") -> tuple[redis.Redis, EmbeddedRedis | None]:
+def connect(redis_url: str, data_dir: Path, maxmemory: str = "0") -> tuple[Client, EmbeddedRedis | None]:
     """A client for OPTIMEM_REDIS_URL, or for a started embedded server (returned so it can be stopped).
 
     ``redis://``, ``rediss://``, ``unix://``: one Redis server. ``redis+cluster://host:port[,...]``

@@ -55,6 +55,8 @@ class PageInfo(BaseModel):
     curve_tier: Optional[str] = Field(None, description="In a context: the tier the curve gives the page; "
                                                          "differs from tier when the budget faded it further.")
     image_url: Optional[str] = Field(None, description="Where the API serves the page at this tier (absent in-process).")
+    made_for_context: bool = Field(False, description="A page typeset for this context from recent turns (not "
+                                                      "sealed): its image comes inline, never from a link.")
 
 
 
@@ -82,6 +84,13 @@ class Accounting(BaseModel):
                                                   "pages before recent text (0: recent text first).")
     memory_tokens_reserved: float = Field(0, description="What was kept from recent text for memory: "
                                                          "min(min_memory_tokens, budget, memory at curve tiers).")
+    recent_floor_turns: Optional[int] = Field(None, description="The newest turns that always stay text; older "
+                                                                "text moves onto pages made for this context when "
+                                                                "the memory would otherwise fade below legible "
+                                                                "(OPTIMEM_RECENT_FLOOR_TURNS; null: text first).")
+    pages_made: int = Field(0, description="Pages typeset for this context from turns not sealed yet (in `pages`).")
+    turns_moved_to_pages: int = Field(0, description="Recent turns shown on those pages instead of as text.")
+    text_tokens_moved: int = Field(0, description="Text tokens those pages hold (in text_tokens_replaced).")
 
 
 class RawContext(BaseModel):
@@ -144,6 +153,15 @@ class Hit(BaseModel):
                           "(kept source, or a recent turn still plain text); 'decoded': what a read of its "
                           "page gave (forget-for-real sessions: a sealed turn has no other text). Null "
                           "for 'position' and 'time'.")
+    time_match: Optional[str] = Field(
+        None, description="For found_by 'index': the time words of the query this turn's time is in and the "
+                          "window they were read as, relative to the session's latest turn "
+                          "(e.g. 'a month ago: 2024-03-20..2024-04-19'); null when the query names no time "
+                          "or the turn is outside it.")
+    asked: Optional[dict[str, Any]] = Field(
+        None, description="For found_by 'index', where the session keeps source: the turn just before this "
+                          "one, by another role, that asks what this turn answers, as {turn, role, text} (its "
+                          "exact source), so the pair reads together; null otherwise.")
 
 
 class Forgotten(BaseModel):

@@ -24,24 +24,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 
 from optimem.memory.concurrency import COMPUTE
 
 log = logging.getLogger("optimem.sealer")
 READ_WAIT_S = 2.0    # the longest a read waits for a seal its session was owed when it began
+Job = TypeVar("Job")   # what ``seal`` takes: one session's compaction (Memory's ``_Seal``)
 
 
-class Sealer:
+class Sealer(Generic[Job]):
     """Seals sessions in the background, one at a time, in the order they were asked for.
 
     ``seal(tag, job)`` runs ``job`` (the session's compaction) for one session; a session asked for
     again while its seal runs is sealed once more after it (its new turns may fill another page)."""
 
-    def __init__(self, seal: Callable[[object], None]):
+    def __init__(self, seal: Callable[[Job], object]):
         self._seal = seal
         self._cond = threading.Condition()
-        self._pending: dict[str, object] = {}       # tag -> job, in the order asked
+        self._pending: dict[str, Job] = {}          # tag -> job, in the order asked
         self._running: set[str] = set()
         # Requests are numbered in one sequence; per session with any request not sealed yet:
         self._seq = 0
@@ -51,7 +52,7 @@ class Sealer:
         self._stopped = False
         self._thread: threading.Thread | None = None
 
-    def request(self, tag: str, job: object) -> None:
+    def request(self, tag: str, job: Job) -> None:
         with self._cond:
             if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._loop, name="optimem-sealer", daemon=True)
@@ -99,7 +100,7 @@ class Sealer:
                 job = self._take(tag)
             self._run(tag, job)
 
-    def _take(self, tag: str) -> object:
+    def _take(self, tag: str) -> Job:
         """(Holding the condition) the pending job of ``tag``, now running."""
         job = self._pending.pop(tag)
         self._running.add(tag)
@@ -117,7 +118,7 @@ class Sealer:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
-    def _run(self, tag: str, job: object) -> None:
+    def _run(self, tag: str, job: Job) -> None:
         try:
             self._seal(job)
         except Exception:  # noqa: BLE001  the turns stay text; the session's next append seals them
@@ -145,7 +146,7 @@ class Sealer:
             self._run(tag, job)
 
 
-def _merge(old: object, new: object) -> object:
+def _merge(old: Job, new: Job) -> Job:
     """Two requests for one session: the job knows how to combine (e.g. re-tier if either asked)."""
     merge = getattr(old, "merge", None)
     return merge(new) if merge else new

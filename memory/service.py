@@ -73,12 +73,12 @@ class Memory:
         self.layout = renderer.Layout(page_px=self.ladder.page_px, font_px=self.settings.font_px,
                                       line_spacing=self.settings.line_spacing)
         self.server: EmbeddedRedis | None = None
-        self.store: Store | None = None
+        self._store: Store | None = None
         self.worker: jobs.Worker | None = None
         self.rewrite: erasure.FileRewrite | None = None   # Redis' files rewritten after a forget
         self._reader: Reader | None = None
         self._images: PageImages | None = None
-        self._locks = locks.SessionLocks(lambda: self.store.r if self.store else None)  # across processes, in Redis
+        self._locks = locks.SessionLocks(lambda: self._store.r if self._store else None)  # across processes, in Redis
         self._backend_lock = threading.Lock()
         self._sealer: Sealer | None = Sealer(self._seal) if self.settings.seal_background else None
         # Sealing behind requests typesets in a child process (no GIL shared with them); inline, here.
@@ -89,7 +89,7 @@ class Memory:
         from optimem.memory.metrics import MeteredStore  # the store, counted for /metrics
 
         client, self.server = connect(self.settings.redis_url, self.settings.data_dir, self.settings.redis_maxmemory)
-        self.store = MeteredStore(client)
+        self._store = MeteredStore(client)
         self._reader = self._images = None    # over this store (a Memory may be opened again)
         self.store.jobs_max = self.settings.jobs_max
         jobs.ensure_group(client)
@@ -109,16 +109,28 @@ class Memory:
         if self._sealer is not None:
             self._sealer.stop(timeout_s)          # seal what appends left pending
             self._sealer = Sealer(self._seal)     # (a Memory may be opened again)
-            self._typeset.close()                 # its child process; started again on next use
+            if isinstance(self._typeset, Typesetter):
+                self._typeset.close()             # its child process; started again on next use
         if self.worker:
             self.worker.stop(timeout_s)
             self.worker = None
         if self.rewrite is not None:
             self.rewrite.wait(timeout_s)     # a forget's file rewrite, before the server may stop
-        if self.store is not None:
-            self.store.r.close()   # our connections: the embedded server's other users count them
+        if self._store is not None:
+            self._store.r.close()   # our connections: the embedded server's other users count them
         if self.server and stop_server:
             self.server.stop()     # unless another process (or Memory) still uses it
+
+    @property
+    def store(self) -> Store:
+        """The Redis store (the schema and every write); there from ``open()`` on."""
+        if self._store is None:
+            raise RuntimeError("this Memory is not open: call open() or use it in a with block")
+        return self._store
+
+    @property
+    def is_open(self) -> bool:
+        return self._store is not None
 
     def __enter__(self) -> "Memory":
         return self.open()
@@ -247,10 +259,7 @@ class Memory:
                 return sealed
             changed = self._retier(s)
             if not keep_source:   # a page faded out holds nothing: its decoded text leaves the index
-                gone = [p.record.page for p in changed if p.tier.gone]
-                if gone:
-                    indexed = self.store.indexed_pages(k)
-                    self.store.unindex_pages(k, [page for page in gone if page in indexed])
+                recalling.drop_gone(self.store, k, changed)
         return sealed
 
     def settle(self, session: str, *, tenant: str = DEFAULT_TENANT) -> None:
@@ -283,7 +292,8 @@ class Memory:
                                          lambda page: [prefix for t in self.ladder.tiers if t.per_canvas > 1
                                                        for prefix in (s.k.token_cache(token_unit(page, t), t.name, ""),
                                                                       s.k.canvas(page // t.per_canvas, t.name, ""))])
-        self.rewrite.request()
+        if self.rewrite is not None:
+            self.rewrite.request()
         return Forgotten(session=session, turns=list(range(turn, last + 1)), pages=pages,
                          seconds=round(time.perf_counter() - started, 4))
 
@@ -345,13 +355,12 @@ class Memory:
             placed = context.place([self.store.page(s.k, job.page)], s.curve, self.ladder, s.meta.turns)[0]
         except NotFound:
             return
-        if placed.tier.name == job.tier and not placed.tier.gone:
-            decoded = self.reader.cached(s.k, job.page, placed.tier)
-            recalling.index_page(self.store, s.k, placed, self.reader.cache_key(placed.tier), decoded)
+        if placed.tier.name == job.tier:
+            recalling.reindex_cached(self.store, s.k, placed, self.reader)
 
     # -- context ------------------------------------------------------------------------------
     def context(self, session: str, *, budget: int | None = None, format: str = "raw", links: Links | None = None,
-                min_memory_tokens: int = 0, tenant: str = DEFAULT_TENANT
+                min_memory_tokens: int = 0, text_only: bool = False, tenant: str = DEFAULT_TENANT
                 ) -> RawContext | OpenAIContext | EmbeddingsContext:
         """Recent turns plus pages within ``budget`` tokens, as ``format``: raw, openai (messages with
         page images) or embeddings (cached visual tokens). Images and tokens are inline unless
@@ -361,7 +370,10 @@ class Memory:
         the budget they fade further (oldest first, one tier at a time) and are dropped, oldest
         first, only when even the faintest view doesn't fit (``context.assemble``). Recent text
         comes first, except for ``min_memory_tokens``: that much of the budget (no more than the
-        memory needs) is kept for pages even when recent text would fill it."""
+        memory needs) is kept for pages even when recent text would fill it. Beyond the newest
+        ``OPTIMEM_RECENT_FLOOR_TURNS`` turns, text moves onto pages made for the context when the
+        memory would otherwise fade below legible. ``text_only``: the caller sends no pages (the
+        proxy's tool mode), so the whole budget goes to recent text."""
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
             raise BadRequest("budget must be a whole number of tokens >= 0")
         if isinstance(min_memory_tokens, bool) or not isinstance(min_memory_tokens, int) or min_memory_tokens < 0:
@@ -372,11 +384,17 @@ class Memory:
             raise BadRequest("format=embeddings needs visual tokens: set OPTIMEM_BACKEND=deepseek-ocr2 "
                              "(the CPU reader only reads pages back; use format=openai for page images)")
         s = self._open(session, tenant)
-        (kept, forgotten), text = self._as_of_one_seal(s.k, lambda: (self._kept(s), self.store.text_turns(s.k)))
+        def snapshot():
+            return (self._kept(s) if not text_only else ([], 0)), self.store.text_turns(s.k)
+        (kept, forgotten), text = self._as_of_one_seal(s.k, snapshot)
+        making = None if text_only else context.Making(self.settings.recent_floor_turns, context.made_pages(
+            s.k.tag, self.layout, self.settings.tokenizer, s.curve, self.ladder, s.meta.turns),
+            reach_tokens=self.settings.recent_tokens + 2 * context.PAGE_TOKENS)
         built = context.assemble(text, kept, budget, ladder=self.ladder,
-                                 min_memory_tokens=min_memory_tokens, forgotten=forgotten)
+                                 min_memory_tokens=min_memory_tokens, forgotten=forgotten, making=making)
         # The formats need a page's number, turn range, times and token costs: all in the light
         # records of the page index; no full PageRecord (turn spans) is read.
+        made: RawContext | OpenAIContext | EmbeddingsContext
         if format == "raw":
             made = context.raw(s.k, s.meta, self.ladder, built, links)
         elif format == "openai":

@@ -82,14 +82,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
-import redis
+from redis.client import Pipeline
 from redis.cluster import RedisCluster
 from redis.exceptions import LockNotOwnedError
 
 from optimem.errors import NotFound
 from optimem.memory import index as ix, locks
+from optimem.memory.redis_server import Client
 
 JOBS = "om:jobs"
 JOBS_SHED = "om:jobs:shed"
@@ -186,15 +187,33 @@ def light_record(page: int, raw: bytes | str) -> PageRecord:
                       text_tokens=text_tokens)
 
 
-def _s(value: bytes | str | None) -> str | None:
+def _s(value: bytes | str) -> str:
+    """A reply as text (our clients answer bytes: none sets decode_responses)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _b(value: bytes | str) -> bytes:
+    """A binary reply as bytes: it always is (no decode_responses), though redis-py's annotations
+    allow str too."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+T = TypeVar("T")
 
 
 class Store:
     """Thin functions over redis-py; no ORM. Every multi-key change is one transaction here."""
 
-    def __init__(self, client: redis.Redis):
+    jobs_max: int = JOBS_MAX   # the job stream's cap (Memory.open sets Settings.jobs_max per store)
+
+    def __init__(self, client: Client):
         self.r = client
+
+    def _transaction(self, func: Callable[[Pipeline], T], *watches: str) -> T:
+        """redis-py's ``transaction()`` (WATCH, MULTI/EXEC, retried while a watched key moves),
+        returning what ``func`` returned. redis-py annotates ``func`` as returning None and the call
+        as returning EXEC's replies, which holds only without ``value_from_callable``."""
+        return self.r.transaction(func, *watches, value_from_callable=True)  # type: ignore[arg-type, return-value]
 
     # -- sessions ---------------------------------------------------------------------------
     def create_session(self, k: SessionKeys, curve_json: str, keep_source: bool) -> bool:
@@ -266,7 +285,7 @@ class Store:
                                     "text_tokens": int(counted) + sum(t.tokens for t in turns)})
             return first
 
-        return self.r.transaction(add, k.meta, value_from_callable=True)
+        return self._transaction(add, k.meta)
 
     def text_tokens(self, k: SessionKeys) -> int:
         """Tokens of the text not sealed yet (kept in ``meta`` by append and seal): whether a seal
@@ -369,7 +388,7 @@ class Store:
                 p.hset(k.page_info, mapping={r.page: page_entry(r) for r in chunk})
             return len(records)
 
-        return self.r.transaction(build, k.seal, value_from_callable=True)
+        return self._transaction(build, k.seal)
 
     def page_entries(self, k: SessionKeys, after_turn: float | None = None) -> tuple[list[PageRecord], int]:
         """Light records (``light_record``) of the pages whose last turn is after ``after_turn``
@@ -465,11 +484,12 @@ class Store:
         data = self.r.hget(k.png, page)
         if data is None:
             raise NotFound(f"session {k.session!r} has no page {page}")
-        return data
+        return _b(data)
 
     def pngs(self, k: SessionKeys, pages: Iterable[int]) -> list[bytes]:
         """The PNGs of those pages that exist, in order (a mosaic group may not be full yet)."""
-        return [png for png in self.r.hmget(k.png, list(pages)) if png]
+        wanted = list(pages)
+        return [_b(png) for png in self.r.hmget(k.png, wanted) if png] if wanted else []   # HMGET needs a field
 
     def lines(self, k: SessionKeys, page: int) -> list[list]:
         raw = self.r.hget(k.lines, page)
@@ -517,7 +537,7 @@ class Store:
             p.hset(ix.pages_key(k.tag), page, tier)
             return True
 
-        return self.r.transaction(index, k.meta, ix.docs_key(k.tag), value_from_callable=True)
+        return self._transaction(index, k.meta, ix.docs_key(k.tag))
 
     def unindex_pages(self, k: SessionKeys, pages: Iterable[int]) -> None:
         """Take pages' decoded text out of the index (a page faded to gone), in one transaction."""
@@ -578,7 +598,8 @@ class Store:
             pass    # expired, and maybe claimed by another process since: not ours to drop
 
     def cached_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str) -> bytes | None:
-        return self.r.get(k.token_cache(unit, tier, revision))
+        data = self.r.get(k.token_cache(unit, tier, revision))
+        return None if data is None else _b(data)
 
     def cache_tokens(self, k: SessionKeys, unit: str, tier: str, revision: str, data: bytes, ttl_s: int) -> None:
         """Set-if-absent with a TTL: caches expire (and with maxmemory-policy volatile-lru, Redis may
@@ -599,7 +620,8 @@ class Store:
         return None if created is None or drawn <= 0 else f"{_s(created)}-{drawn}"
 
     def cached_canvas(self, k: SessionKeys, group: int, tier: str, generation: str) -> bytes | None:
-        return self.r.get(k.canvas(group, tier, generation))
+        png = self.r.get(k.canvas(group, tier, generation))
+        return None if png is None else _b(png)
 
     def cache_canvas(self, k: SessionKeys, group: int, tier: str, generation: str, png: bytes, ttl_s: int) -> None:
         """Like the visual tokens: a cache with a TTL, evicted first under memory pressure."""
@@ -624,7 +646,7 @@ class Store:
         or ahead again when its tier changes. Returns how many jobs were shed."""
         if not jobs:
             return 0
-        cap = int(getattr(self, "jobs_max", JOBS_MAX) or 0)
+        cap = int(self.jobs_max or 0)
         with self.r.pipeline(transaction=False) as pipe:
             for kind, page, tier in jobs:
                 pipe.xadd(JOBS, {"kind": kind, "tenant": k.tenant, "session": k.session, "page": page,

@@ -132,7 +132,8 @@ def _read_back(memory, session: str, tenant: str, turns: list[int]) -> dict[int,
     if not turns:
         return {}
     k = SessionKeys(tenant, session)
-    wanted, out = set(turns), {}
+    wanted: set[int] = set(turns)
+    out: dict[int, dict] = {}
     for record in memory.store.pages_holding(k, turns):
         tier = memory._tier_now(k, record.page)
         decoded = None if tier.gone else memory.reader.decoded(k, record.page, tier)
@@ -317,16 +318,13 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
 
 def _runs(turns: list[int]) -> Iterator[tuple[int, int]]:
     """Consecutive runs of sorted turn numbers, as (first, last)."""
-    start = prev = None
+    runs: list[list[int]] = []
     for n in turns:
-        if prev is not None and n == prev + 1:
-            prev = n
-            continue
-        if start is not None:
-            yield start, prev
-        start = prev = n
-    if start is not None:
-        yield start, prev
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ((first, last) for first, last in runs)
 
 
 def import_file(memory, path: str | os.PathLike, session: str | None = None, *, tenant: str,

@@ -45,7 +45,7 @@ class Typesetter:
     """Callable like ``renderer.typeset``; the work happens in the child process."""
 
     def __init__(self) -> None:
-        self._child: subprocess.Popen | None = None
+        self._child: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
     def __call__(self, turns: list[renderer.TurnText], layout: renderer.Layout,
@@ -53,9 +53,9 @@ class Typesetter:
         with self._lock:
             for _ in range(2):
                 try:
-                    child = self._started()
-                    send(child.stdin, (turns, layout, full_only))
-                    ok, result = receive(child.stdout)
+                    to_child, from_child = self._pipes()
+                    send(to_child, (turns, layout, full_only))
+                    ok, result = receive(from_child)
                 except (OSError, EOFError, pickle.PickleError):
                     log.warning("the typesetter process failed; starting it again", exc_info=True)
                     self._stop()
@@ -72,17 +72,25 @@ class Typesetter:
         with self._lock:
             self._started()
 
-    def _started(self) -> subprocess.Popen:
+    def _started(self) -> subprocess.Popen[bytes]:
         if self._child is None or self._child.poll() is not None:
             self._child = subprocess.Popen([sys.executable, "-m", "optimem.memory.typesetter"],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         return self._child
 
+    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
+        """The running child's stdin and stdout (started if need be)."""
+        child = self._started()
+        if child.stdin is None or child.stdout is None:   # never: both are opened as PIPE above
+            raise OSError("the typesetter process has no pipes")
+        return child.stdin, child.stdout
+
     def _stop(self) -> None:
         child, self._child = self._child, None
         if child is not None:
             try:
-                child.stdin.close()
+                if child.stdin is not None:
+                    child.stdin.close()     # the child's loop ends at EOF
                 child.wait(timeout=2)
             except (OSError, subprocess.TimeoutExpired):
                 child.kill()
@@ -100,6 +108,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
             turns, layout, full_only = receive(inp)
         except EOFError:
             return
+        answer: tuple[bool, list[renderer.Page] | Exception]
         try:
             answer = (True, renderer.typeset(turns, layout, full_only))
         except Exception as exc:  # noqa: BLE001  sent back and raised in the parent

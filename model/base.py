@@ -13,6 +13,7 @@ from PIL import Image
 
 from optimem.errors import ModelUnavailable  # noqa: F401  (backends raise it from here)
 from optimem.model.tiers import Ladder, Tier
+from optimem.model.visual_tokens import VisualTokens
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,18 @@ class Backend(Protocol):
 
     def decode(self, views: list[PageView]) -> list[Decoded]: ...
 
-    def encode(self, views: list[PageView]) -> list["object"]:
+    def encode(self, views: list[PageView]) -> list[VisualTokens]:
         """Visual tokens per view; a reader-only backend raises NotImplementedError."""
         ...
+
+
+@runtime_checkable
+class TokenReader(Backend, Protocol):
+    """A backend that makes visual tokens and reads them back (DeepSeek-OCR 2): a page's tokens
+    are cached, so a second read skips the vision encoder."""
+
+    def decode_tokens(self, tokens: list[VisualTokens],
+                      lines: list[list[LineBox]] | None = None) -> list[Decoded]: ...
 
 
 def attribute_turns(lines: list[DecodedLine], boxes: list[LineBox]) -> None:

@@ -30,7 +30,7 @@ class Lane:
     def call(self, key: Hashable, items: list) -> list:
         """Results for ``items`` (in order), run in batches of ``key`` with other callers' items."""
         now = time.monotonic()
-        futures = [Future() for _ in items]
+        futures: list[Future] = [Future() for _ in items]
         with self._cond:
             self._pending.setdefault(key, []).extend((item, f, now) for item, f in zip(items, futures))
             self._start()
@@ -51,12 +51,13 @@ class Lane:
             self._thread = threading.Thread(target=self._loop, name=f"optimem-lane-{self.name}", daemon=True)
             self._thread.start()
 
-    def _take(self) -> tuple[Hashable, list[tuple[Any, Future, float]]] | tuple[None, list]:
-        """Wait for work: a call to run here, or the oldest key's batch once full or its window is over."""
+    def _take(self) -> tuple[tuple[Callable[[], Any], Future] | None, Hashable, list[tuple[Any, Future, float]]]:
+        """Wait for work: ``(call, None, [])`` for a call to run here, or ``(None, key, batch)`` for the
+        oldest key's batch once full or its window is over."""
         with self._cond:
             while True:
                 if self._here:
-                    return None, [self._here.pop(0)]
+                    return self._here.pop(0), None, []
                 if self._pending:
                     key = next(iter(self._pending))
                     items = self._pending[key]
@@ -66,16 +67,16 @@ class Lane:
                         del self._pending[key]
                         if rest:
                             self._pending[key] = rest   # to the back: other keys get their turn
-                        return key, batch
+                        return None, key, batch
                     self._cond.wait(wait)
                 else:
                     self._cond.wait()
 
     def _loop(self) -> None:
         while True:
-            key, batch = self._take()
-            if key is None:
-                fn, future = batch[0]
+            here, key, batch = self._take()
+            if here is not None:
+                fn, future = here
                 try:
                     future.set_result(fn())
                 except BaseException as e:  # noqa: BLE001  handed to the caller

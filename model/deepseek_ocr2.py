@@ -52,6 +52,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")        # weights are local; never reach for the Hub
@@ -64,7 +65,7 @@ from transformers import LogitsProcessor  # noqa: E402
 from optimem.model import pixels as device_pixels  # noqa: E402
 from optimem.model.batching import Lane  # noqa: E402
 from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns  # noqa: E402
-from optimem.model.line_crop import line_crop  # noqa: E402
+from optimem.model.line_crop import LineCrop, line_crop  # noqa: E402
 from optimem.model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
 from optimem.model.visual_tokens import VisualTokens  # noqa: E402
 
@@ -87,7 +88,7 @@ class NoRepeatNGramWindow(LogitsProcessor):
         self.n, self.window, self.prompt_length = ngram_size, window_size, prompt_length
         self.whitelist = torch.tensor(sorted(set(whitelist)), dtype=torch.long)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         gen = input_ids[:, self.prompt_length:]
         length = gen.shape[1]
         if length < self.n:
@@ -107,10 +108,10 @@ class _ChosenProbability(LogitsProcessor):
     """Records, per step, the probability of the token greedy decoding is about to pick (the last
     processor in the list, so it sees the scores the pick is made from): the decoder's own confidence."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.steps: list[torch.Tensor] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         self.steps.append(torch.softmax(scores.float(), dim=-1).max(dim=-1).values)
         return scores
 
@@ -146,7 +147,7 @@ class DeepseekOcr2Backend:
                         ngram_size=ngram_size, ngram_window=ngram_window,
                         whitelist_token_ids=whitelist_token_ids, prompt=prompt, compile=compile,
                         static_cache=static_cache, pixels=pixels)
-        self.path = path
+        self.path: Path | None = path    # None: wrapped from memory (from_loaded)
 
         try:
             from transformers import DeepseekOcr2ForConditionalGeneration, DeepseekOcr2Processor
@@ -237,7 +238,7 @@ class DeepseekOcr2Backend:
         for name, idx in by_tier.items():
             for i, tokens in zip(idx, lane.call(name, [views[i] for i in idx])):
                 out[i] = tokens
-        return out  # type: ignore[return-value]
+        return _filled(out)
 
     def _encode_now(self, views: list[PageView]) -> list[VisualTokens]:
         out: list[VisualTokens | None] = [None] * len(views)
@@ -246,7 +247,7 @@ class DeepseekOcr2Backend:
             on_host = torch.stack(self._features([views[i] for i in chunk], tier)).to("cpu")
             for i, feats in zip(chunk, on_host.unbind(0)):
                 out[i] = VisualTokens(feats.clone(), tier.name, self.revision)
-        return out  # type: ignore[return-value]
+        return _filled(out)
 
     def _features(self, views: list[PageView], tier: Tier) -> list[torch.Tensor]:
         """The encoder's output for views of one tier, on the model's device."""
@@ -272,10 +273,11 @@ class DeepseekOcr2Backend:
                                           n_local)
             for i, f in zip(idx, features):
                 out[i] = f
-        for f in out:
+        features = _filled(out)
+        for f in features:
             if f.shape[0] != expected:
                 raise RuntimeError(f"{what} should give {expected:g} visual tokens a view, the encoder gave {f.shape[0]}")
-        return out  # type: ignore[return-value]
+        return features
 
     def _assemble(self, glob: torch.Tensor, local: torch.Tensor | None, n_local: list[int]) -> list[torch.Tensor]:
         """Per image, as transformers' get_image_features lays them out: its local crops' tokens,
@@ -283,7 +285,11 @@ class DeepseekOcr2Backend:
         sep = self.model.model.view_separator.to(glob.dtype).unsqueeze(0)
         out, start = [], 0
         for k, n in enumerate(n_local):
-            parts = [local[start:start + n].reshape(-1, glob.shape[-1])] if n else []
+            parts: list[torch.Tensor] = []
+            if n:
+                if local is None:
+                    raise ValueError(f"image {k} has {n} local crops but no local features came with it")
+                parts = [local[start:start + n].reshape(-1, glob.shape[-1])]
             start += n
             out.append(torch.cat(parts + [glob[k], sep], dim=0))
         return out
@@ -377,7 +383,7 @@ class DeepseekOcr2Backend:
             for i, decoded in zip(chunk, results):
                 decoded.seconds = seconds
                 out[i] = decoded
-        return out  # type: ignore[return-value]
+        return _filled(out)
 
     def decode_tokens(self, tokens: list[VisualTokens],
                       lines: list[list[LineBox]] | None = None) -> list[Decoded]:
@@ -409,7 +415,7 @@ class DeepseekOcr2Backend:
                 for i, decoded in zip(chunk, results):
                     decoded.seconds = seconds
                     out[i] = decoded
-        return out  # type: ignore[return-value]
+        return _filled(out)
 
     def prompt_ids(self, n_tokens: int) -> torch.Tensor:
         """The prompt with ``n_tokens`` image placeholders, as the processor would build it."""
@@ -467,7 +473,10 @@ class DeepseekOcr2Backend:
                                   pad_token_id=pad, **cache)
         probability = _ChosenProbability()
         guard = NoRepeatNGramWindow(self.ngram_size, self.ngram_window, prompt.shape[0], self.whitelist_token_ids)
-        image = BaseModelOutputWithPooling(pooler_output=[f.to(self.device, self.dtype) for f in features])
+        # One tensor per image (their token counts differ), as the model's own get_image_features
+        # gives them; the output dataclass annotates pooler_output as one tensor.
+        image = BaseModelOutputWithPooling(
+            pooler_output=[f.to(self.device, self.dtype) for f in features])  # type: ignore[arg-type]
         with torch.inference_mode():
             sequences = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), mm_encoder_outputs={"image": image},
@@ -498,7 +507,11 @@ class DeepseekOcr2Backend:
 
     def _decode_lines_now(self, views: list[PageView]) -> list[Decoded]:
         out: list[Decoded | None] = [Decoded("", [], 0.0) if not v.lines else None for v in views]
-        crops = {i: line_crop(v) for i, v in enumerate(views) if v.lines}
+        crops: dict[int, LineCrop] = {}
+        for i, v in enumerate(views):
+            crop = line_crop(v)
+            if crop is not None:    # None: a view without lines, read as empty above
+                crops[i] = crop
         by_px: dict[int, list[int]] = {}
         for i, c in crops.items():
             by_px.setdefault(c.px, []).append(i)
@@ -523,7 +536,7 @@ class DeepseekOcr2Backend:
                             line.turn = next(iter(turns))
                     decoded.seconds = seconds
                     out[i] = decoded
-        return out  # type: ignore[return-value]
+        return _filled(out)
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -644,6 +657,17 @@ class DeepseekOcr2Backend:
             tier = views[idx[0]].tier
             for k in range(0, len(idx), size):
                 yield tier, idx[k:k + size]
+
+
+T = TypeVar("T")
+
+
+def _filled(out: list[T | None]) -> list[T]:
+    """A list of results filled slot by slot (batches in their own order), checked to be full."""
+    missing = [i for i, item in enumerate(out) if item is None]
+    if missing:
+        raise RuntimeError(f"no result for items {missing} of {len(out)}")
+    return [item for item in out if item is not None]
 
 
 def batch_bucket(n: int) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 
 from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView
 from optimem.model.tiers import DEEPSEEK_OCR2, Ladder
+from optimem.model.visual_tokens import VisualTokens
 
 Mode = Literal["lines", "page"]
 MODES: tuple[str, ...] = ("lines", "page")
@@ -107,7 +108,7 @@ class RapidOcrBackend:
 
     # --- interface -------------------------------------------------------------------------
 
-    def encode(self, views: list[PageView]) -> list[object]:
+    def encode(self, views: list[PageView]) -> list[VisualTokens]:
         raise NotImplementedError(
             "rapidocr only reads pages back to text; visual tokens need a visual-token model: "
             "set OPTIMEM_BACKEND=deepseek-ocr2 (GPU, local weights)")
@@ -192,7 +193,9 @@ class RapidOcrBackend:
                 loose.append([piece])
             else:
                 row.append(piece)
-        ordered = [((boxes[i].box[1] + boxes[i].box[3]) / 2, by_box[i], boxes[i].turn) for i in sorted(by_box)]
+        # (centre y, pieces, turn): a row not inside any known line box has no turn.
+        ordered: list[tuple[float, list[_Piece], int | None]] = [
+            ((boxes[i].box[1] + boxes[i].box[3]) / 2, by_box[i], boxes[i].turn) for i in sorted(by_box)]
         for row in loose:
             at = next((k for k, (y, _, _) in enumerate(ordered) if y > row[0].centre), len(ordered))
             ordered.insert(at, (row[0].centre, row, None))
@@ -239,10 +242,10 @@ class RapidOcrBackend:
         try:
             engine = RapidOCR(params=params)
             # Load both models now, so a broken install fails here and not mid-read.
-            engine._load_rec_model()
+            recognizer = engine._load_rec_model()
             engine._load_det_model()
             if self.engine == "onnxruntime":
-                _reuse_memory(engine.text_rec.session, self._models[1])
+                _reuse_memory(recognizer.session, self._models[1])
         except Exception as exc:  # noqa: BLE001
             raise ModelUnavailable(f"rapidocr could not load its bundled models ({exc}); reinstall "
                                    "rapidocr and onnxruntime, or set OPTIMEM_BACKEND to another reader") from exc

@@ -52,8 +52,20 @@ class Ladder:
     def sharpest(self) -> Tier:
         return self.tiers[0]
 
+    @property
+    def faintest_legible(self) -> Tier:
+        """The faintest view that still reads (``LEGIBLE_SCALE``): a budget moves text onto pages
+        rather than fade pages below it."""
+        views = [t for t in self.tiers if not t.gone]
+        return [t for t in views if t.px / self.page_px >= LEGIBLE_SCALE - 1e-9][-1] if views else GONE
+
 
 GONE = Tier("gone", 0, 0)
+
+# The smallest view, as a share of the page's side, that the CPU reader reads back at >= 97% of
+# characters at the default font (12 px on a 1024 px page): mosaic4's 512 px cell reads 99.7%,
+# mosaic16's 256 px 23% (docs/lab: `optimem lab --budgets`, "Legible tiers").
+LEGIBLE_SCALE = 0.5
 
 # DeepSeek-OCR 2: learned queries exist for exactly two views, 1024 px (256 tokens) and 768 px (144),
 # plus one separator token per image. A square 1024 page in crop mode is tiled 2x2 into 768 crops.

@@ -33,6 +33,7 @@ from PIL import Image
 from optimem.model.base import Decoded, DecodedLine, ModelUnavailable, PageView, attribute_turns
 from optimem.model.line_crop import line_crop
 from optimem.model.tiers import DEEPSEEK_OCR2, Ladder, Tier
+from optimem.model.visual_tokens import VisualTokens
 
 PROMPT = "Free OCR."
 TABLE_CELL_TOKENS = (128821, 128822)   # <td>, </td>: may repeat (the recipe's whitelist)
@@ -75,7 +76,7 @@ class VllmReader:
             raise ModelUnavailable(f"OPTIMEM_VLLM_URL={self.url}: could not list its models ({e}); "
                                    "is the server up? (or set OPTIMEM_VLLM_MODEL)") from None
 
-    def encode(self, views: list[PageView]) -> list[object]:
+    def encode(self, views: list[PageView]) -> list[VisualTokens]:
         raise NotImplementedError("vLLM takes page images, not visual tokens; encode with the "
                                   "deepseek-ocr2 backend")
 

@@ -78,7 +78,7 @@ def _day(value: str | None) -> str:
 def _clock(value: str | None) -> str:
     """The time of day (``19:38``); "" for a date alone or an unparseable time."""
     moment = _moment(value) if value else None
-    return "" if moment is None or not _has_clock(value) else moment.strftime("%H:%M")
+    return "" if moment is None or not value or not _has_clock(value) else moment.strftime("%H:%M")
 
 
 @lru_cache(maxsize=1)

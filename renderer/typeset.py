@@ -95,12 +95,19 @@ class Row:
     indent: int = 0             # pixels from the margin to where ``body`` begins
 
     @property
+    def line(self) -> Line:
+        """The row's first line (a row holds a head, a body or both)."""
+        line = self.head or self.body
+        assert line is not None, "a row holds a line"
+        return line
+
+    @property
     def turn(self) -> int:
-        return (self.head or self.body).turn
+        return self.line.turn
 
     @property
     def start(self) -> int:
-        return (self.head or self.body).start
+        return self.line.start
 
     @property
     def tall(self) -> bool:
@@ -269,7 +276,7 @@ def _line(image: Image.Image, face: Faces, line: Line, x: float, baseline: int,
 def _boxes(inked: list[list[tuple[Line, tuple[int, int, int, int]]]], side: int) -> list[LineBox]:
     """Ink boxes grown by PAD, but never vertically into a neighbouring row's ink, nor sideways
     into the other box on their row: a reader that crops a box sees its line and nothing else."""
-    out = []
+    out: list[LineBox] = []
     for n, row in enumerate(inked):
         above = max(box[3] for _, box in inked[n - 1]) if n else 0
         below = min(box[1] for _, box in inked[n + 1]) if n + 1 < len(inked) else side
@@ -279,5 +286,6 @@ def _boxes(inked: list[list[tuple[Line, tuple[int, int, int, int]]]], side: int)
             left, right = grown[k - 1], grown[k]
             if left[2] > right[0]:
                 left[2] = right[0] = max(row[k - 1][1][2], min(row[k][1][0], (left[2] + right[0]) // 2))
-        out.extend(LineBox(line.turn, tuple(box), line.text, line.kind) for (line, _), box in zip(row, grown))
+        out.extend(LineBox(line.turn, (box[0], box[1], box[2], box[3]), line.text, line.kind)
+                   for (line, _), box in zip(row, grown))
     return out

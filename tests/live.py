@@ -1,10 +1,12 @@
 """Real servers on loopback for tests that drive optimem the way a chatbot or a browser does."""
 from __future__ import annotations
 
+import importlib.util
 import socket
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import uvicorn
@@ -43,3 +45,18 @@ def wait_for(condition, timeout: float = 10.0, every: float = 0.05):
             assert value, f"not true after {timeout} s: {condition}"
             return value
         time.sleep(every)
+
+
+
+def _bench_common():
+    """bench/common.py (bench/ is scripts, not a package): its ``start_serve``/``stop_serve``."""
+    spec = importlib.util.spec_from_file_location("optimem_bench_common", Path(__file__).resolve().parents[1]
+                                                  / "bench" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_common = _bench_common()
+start_serve = _common.start_serve     # optimem serve as a process; returns once /healthz is 200
+stop_serve = _common.stop_serve       # SIGTERM (SIGKILL after a minute)

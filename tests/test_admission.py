@@ -96,7 +96,8 @@ def test_healthz_is_503_when_the_store_does_not_answer(reader, tmp_path):
     try:
         with TestClient(create_app(m)) as api:
             assert api.get("/healthz").json()["status"] == "ok"
-            server.stop()
+            server.process.kill()                 # Redis dies (stop() would wait for the app's connections)
+            server.process.wait()
             r = api.get("/healthz")
             assert r.status_code == 503, r.text
             assert r.json()["status"] == "store unavailable" and "Redis did not answer" in r.json()["store"]

@@ -182,9 +182,13 @@ def test_budget_through_the_api_fades_pages_it_used_to_drop(api, chat):
     assert tiers == sorted(tiers, reverse=True) and all(p["curve_tier"] == "crops" for p in tight["pages"])
     images = api.get("/v1/sessions/b1/context", params={"budget": budget, "format": "openai"}).json()
     assert images["accounting"] == t
-    # a budget that recent text alone fills leaves memory out, unless the caller keeps room for it
+    # a budget that recent text alone fills: text beyond the floor yields to legible pages (issue 22)
     small = a["recent_text_tokens"]
-    assert api.get("/v1/sessions/b1/context", params={"budget": small}).json()["accounting"]["pages"] == 0
+    yielded = api.get("/v1/sessions/b1/context", params={"budget": small}).json()
+    y = yielded["accounting"]
+    assert y["pages"] == n + y["pages_made"] and y["recent_text_tokens"] < small and y["total_tokens"] <= small
+    assert y["recent_floor_turns"] == 4 and len(yielded["turns"]) >= 4
+    assert all(LADDER.index(p["tier"]) <= LADDER.index("mosaic4") for p in yielded["pages"])
     kept = api.get("/v1/sessions/b1/context", params={"budget": small, "min_memory_tokens": 400}).json()["accounting"]
     assert kept["pages"] >= 1 and kept["total_tokens"] <= small and kept["memory_tokens_reserved"] == 400
     assert api.get("/v1/sessions/b1/context", params={"min_memory_tokens": -1}).status_code == 422

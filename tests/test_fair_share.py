@@ -28,8 +28,8 @@ def two(memory, tenant):
         yield {"Authorization": f"Bearer ka-{tenant}"}, {"Authorization": f"Bearer kb-{tenant}"}, http, a, b
 
 
-def fill(http, headers, sid, turns):
-    assert http.post("/v1/sessions", json={"id": sid}, headers=headers).status_code == 201
+def fill(http, headers, sid, turns, **body):
+    assert http.post("/v1/sessions", json={"id": sid, **body}, headers=headers).status_code == 201
     assert http.post(f"/v1/sessions/{sid}/turns", json={"turns": turns}, headers=headers).status_code == 200
 
 
@@ -50,10 +50,17 @@ def test_a_tenant_flooding_recalls_gets_429s_and_the_other_tenant_is_answered_as
     ha, hb, http, a, b = two
     http.headers.update(hb)
     chat = longest()[1][:400]
-    fill(http, ha, "flood", chat)
+    # a's recalls are slow ones: a session that forgets for real must read its pages to search them
+    # (seconds a page; each recall waits up to OPTIMEM_RECALL_READ_S = 2 s), holding a slot meanwhile
+    http.app.state.memory.settings.recall_read_s = 2
+    fill(http, ha, "flood", chat, keep_source=False)
     fill(http, hb, "calm", chat)
-    # b alone: each recall reads one sealed turn's lines (not cached yet)
-    alone = [recall_turn(http, hb, "calm", n) for n in (5, 40, 80)]
+    # b's recalls are of its recent turns (text: no page read): what they measure is the slots, not
+    # the reader, which every tenant shares (one read thread a process: a page a's recall reads
+    # first delays b's reads of pages; the share bounds how many of a's recalls wait on them)
+    recent = list(range(http.get("/v1/sessions/calm", headers=hb).json()["text_turns_from"], 400))
+    assert len(recent) >= 8
+    alone = [recall_turn(http, hb, "calm", n) for n in recent[:3]]
     assert all(status == 200 for status, _, _ in alone)
     base = statistics.median(s for _, s, _ in alone)
     before = refused(http, "tenant_recalls")
@@ -61,25 +68,27 @@ def test_a_tenant_flooding_recalls_gets_429s_and_the_other_tenant_is_answered_as
     stop, a_status = threading.Event(), []
 
     def flood(offset):
+        words = ["hello", "sleep", "married", "movie", "dog", "school", "work", "music"]
         n = offset
         while not stop.is_set():
-            status, _, r = recall_turn(http, ha, "flood", n % 300)
-            a_status.append((status, r.headers.get("retry-after")))
-            n += 8
+            r = http.post("/v1/sessions/flood/recall", json={"query": words[n % len(words)]}, headers=ha)
+            a_status.append((r.status_code, r.headers.get("retry-after")))
+            n += 1
 
-    threads = [threading.Thread(target=flood, args=(i,)) for i in range(8)]   # 8 at once, more than the 4 slots
+    threads = [threading.Thread(target=flood, args=(i,)) for i in range(8)]   # 8 at once, twice the 4 slots
     for t in threads:
         t.start()
     time.sleep(1.0)
-    busy = [recall_turn(http, hb, "calm", n) for n in (10, 50, 90, 120, 150)]
+    busy = [recall_turn(http, hb, "calm", n) for n in recent[3:8]]
     stop.set()
     for t in threads:
         t.join(60)
 
     assert [status for status, _, _ in busy] == [200] * 5          # never 503: a could take only 2 slots
-    assert all(r.json()["hits"][0]["text"] for _, _, r in busy)
+    assert all(r.json()["hits"] and r.json()["hits"][0]["text"] for _, _, r in busy), [(s, r.json()) for s, _, r in busy]
     under = statistics.median(s for _, s, _ in busy)
-    assert under <= 3 * base + 0.5, (base, under)                 # a's burst shares 2 cores with b
+    # a's flood (its clients in this very process, sharing its GIL) and its 2 recalls share 2 cores with b
+    assert under <= 3 * base + 1.0, (base, under)
     assert (429, "1") in a_status and any(s == 200 for s, _ in a_status)
     assert not [s for s, _ in a_status if s not in (200, 429)]
     assert refused(http, "tenant_recalls") - before == sum(s == 429 for s, _ in a_status)

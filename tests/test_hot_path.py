@@ -36,7 +36,9 @@ def full_read(memory, session, tenant, budget):
     """The context path before the page index: every page record placed, then assembled."""
     s = memory._open(session, tenant)
     placed = context.place(memory.store.pages(s.k), s.curve, memory.ladder, s.meta.turns)
-    built = context.assemble(memory.store.text_turns(s.k), placed, budget, ladder=memory.ladder)
+    making = context.Making(memory.settings.recent_floor_turns, context.made_pages(   # Memory.context's rule
+        s.k.tag, memory.layout, memory.settings.tokenizer, s.curve, memory.ladder, s.meta.turns))
+    built = context.assemble(memory.store.text_turns(s.k), placed, budget, ladder=memory.ladder, making=making)
     return context.raw(s.k, s.meta, memory.ladder, built, None).model_dump()
 
 

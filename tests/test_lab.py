@@ -145,3 +145,29 @@ def test_calibrate_never_loads_the_service():
             "print(sorted(m for m in sys.modules if m.startswith(('optimem.memory.service', 'optimem.api'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_legibility_counts_turns_at_legible_tiers_and_the_new_rule_shows_more(tmp_path):
+    """``optimem lab --legible``'s measure on a real (densified) chat, the tier precision given (the
+    run measures it with the reader): a turn counts when it is text or on a page at a legible tier."""
+    import random
+
+    from optimem.memory.lab import legible
+
+    settings = Settings(data_dir=tmp_path, worker=False, seal_background=False, recent_tokens=600)
+    with Memory(settings) as memory:
+        planted, needles = lab.plant(legible.dense_chat(160, 6), 4, random.Random(3))
+        rep = lab.replay(memory, "dense", "d0", planted, needles)
+        curves = lab.parse_curves("default", memory)
+        rows = legible.measure(memory, rep, curves, [600, 1000, 100_000], {"crops", "g1024", "v768", "mosaic4"}, 4)
+    by = {(r["rule"], r["budget"]): r for r in rows}
+    assert {rule for rule, _ in by} == {"legible", "fade", "truncation"}
+    for budget in (600, 1000, 100_000):
+        now, before, trunc = by[("legible", budget)], by[("fade", budget)], by[("truncation", budget)]
+        assert now["legible"] >= before["legible"] >= trunc["legible"] - 1e-9 or budget == 600
+        assert now["tokens"] <= budget and now["facts"][1] == len(needles) == 4
+    assert by[("legible", 100_000)]["legible"] == 1.0 and by[("legible", 100_000)]["pages_made"] == 0
+    tight = by[("legible", 1000)]
+    assert tight["pages_made"] >= 1 and tight["legible"] > by[("fade", 1000)]["legible"]
+    # a page at a tier that is not legible does not count, though it is in the context
+    assert sum(tight["turns_by_tier"].get(t, 0) for t in ("mosaic16",)) == 0 or tight["legible"] < 1

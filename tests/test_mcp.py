@@ -26,6 +26,7 @@ from optimem.memory.lab.corpus import longest
 from optimem.memory.service import Memory
 from optimem.settings import Settings
 from tests.test_api import every_turn_is_somewhere
+from tests import live
 from tests.test_durability import free_port
 
 FACT = "By the way, my sister Marguerite keeps her sailboat Tortuga moored at pier 47 in Halifax."
@@ -92,9 +93,15 @@ def test_an_agent_on_stdio_remembers_500_turns_recalls_an_early_fact_from_its_pa
             listed = await c.call_tool("sessions", {})
             assert listed.structured_content["sessions"] == ["long", "other"]
 
-            found = await c.call_tool("recall", {"session": "long", "query": "where does Marguerite keep the sailboat",
-                                                 "limit": 3})
-            best = found.structured_content["hits"][0]
+            # Pages are sealed just after `remember` answers; until then a turn is served as text. Wait for page 0.
+            deadline = time.monotonic() + 60
+            while True:
+                found = await c.call_tool("recall", {"session": "long", "query": "where does Marguerite keep the "
+                                                     "sailboat", "limit": 3})
+                best = found.structured_content["hits"][0]
+                if best["page"] is not None or time.monotonic() > deadline:
+                    break
+                await anyio.sleep(0.2)
             assert (best["turn"], best["page"], best["tier"]) == (6, 0, "crops")
             assert best["text"].replace("\n", " ") == FACT        # as read from the page, not the kept source
             assert best["confidence"] > 0.8 and best["role"] == "user"
@@ -241,28 +248,10 @@ def test_a_garbage_line_is_answered_and_the_next_call_served_and_kill_9_loses_no
 
 
 def start_serve(data_dir, port: int, *args: str, **env: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "serve", "--port", str(port),
-                             "--log-level", "warning", *args], env=mcp_env(data_dir, **env))
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"optimem serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("optimem serve did not come up")
+    return live.start_serve(mcp_env(data_dir, **env), port, *args)
 
 
-def stop_serve(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop_serve = live.stop_serve
 
 
 @pytest.fixture

@@ -158,3 +158,25 @@ def test_the_tool_recalls_run_on_recall_threads_not_the_request_pool(optimem, up
         extra_headers=TOOL).choices[0].message.content
     assert "4817-QX" in reply
     assert names and all(name.startswith("optimem-recall") for name in names), names
+
+
+def test_under_a_budget_the_tool_mode_gives_the_whole_budget_to_recent_text(optimem, upstream, memory, tenant):
+    """Tool mode sends no pages, so no recent text yields to pages (issue 22's rule is for contexts
+    that send them): the upstream gets every recent turn the budget holds."""
+    memory.create_session("tooltext", tenant=tenant)
+    memory.append("tooltext", [dict(t) for t in longest()[1][:400]], tenant=tenant)
+    budget = 1200
+    text_only = memory.context("tooltext", budget=budget, text_only=True, tenant=tenant)
+    with_pages = memory.context("tooltext", budget=budget, tenant=tenant)
+    assert with_pages.accounting.pages_made >= 1 and len(with_pages.turns) < len(text_only.turns)
+    pal = client(optimem, tenant, "tooltext")
+    before = sent(upstream)
+    pal.chat.completions.create(model="fake-vl", messages=[{"role": "user", "content": "hello again"}],
+                                extra_headers={**TOOL, "X-Optimem-Budget": str(budget)})
+    first = requests_since(upstream, before)[0]
+    history = [m for m in first["messages"] if m["role"] in ("user", "assistant")]
+    now = memory.context("tooltext", budget=budget, text_only=True, tenant=tenant)
+    # the same window as a text-only context (the reply stored after it adds one turn at the end)
+    assert [m["content"] for m in history] == [t.content for t in now.turns][:len(history)]
+    assert history[-1]["content"] == "hello again" and len(now.turns) - len(history) <= 1
+    assert now.turns[0].index < with_pages.turns[0].index

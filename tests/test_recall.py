@@ -75,7 +75,7 @@ def test_recall_does_not_wait_for_pages_past_its_read_budget(api, memory):
     api.post("/v1/sessions", json={"id": "busy"})
     api.post("/v1/sessions/busy/turns", json={"turns": conversation(200)})
     pages = api.get("/v1/sessions/busy").json()["pages"]
-    got = api.post("/v1/sessions/busy/recall", json={"query": "Marguerite sailboat"}).json()
+    got = api.post("/v1/sessions/busy/recall", json={"query": "Marguerite sailboat", "limit": 1}).json()
     # Found by the index without reading; the one page holding the hit could not be read in time.
     assert pages >= 2 and got["pages_unread"] == 1 and got["pages_read"] == pages - 1 and not got["hits"]
     assert got["seconds"] < 5
@@ -127,12 +127,12 @@ def test_hits_say_how_they_were_found_and_on_which_text_through_the_api(api, mem
     for sid, keep in (("kept", True), ("forgot", False)):
         assert api.post("/v1/sessions", json={"id": sid, "keep_source": keep}).status_code == 201
         assert api.post(f"/v1/sessions/{sid}/turns", json={"turns": turns}).status_code == 200
-    kept = api.post("/v1/sessions/kept/recall", json={"query": "Marguerite sailboat Tortuga", "limit": 2}).json()
+    kept = api.post("/v1/sessions/kept/recall", json={"query": "Marguerite sailboat Tortuga", "limit": 4}).json()
     by_turn = {h["turn"]: h for h in kept["hits"]}
     assert by_turn[6]["page"] == 0 and (by_turn[6]["found_by"], by_turn[6]["searched"]) == ("index", "source")
     assert by_turn[199]["tier"] == "text" and (by_turn[199]["found_by"], by_turn[199]["searched"]) == ("index", "source")
     assert kept["pages_unread"] == 0
-    forgot = api.post("/v1/sessions/forgot/recall", json={"query": "Marguerite sailboat Tortuga", "limit": 2}).json()
+    forgot = api.post("/v1/sessions/forgot/recall", json={"query": "Marguerite sailboat Tortuga", "limit": 4}).json()
     by_turn = {h["turn"]: h for h in forgot["hits"]}
     assert by_turn[6]["page"] == 0 and (by_turn[6]["found_by"], by_turn[6]["searched"]) == ("index", "decoded")
     assert by_turn[6]["source"] is None and "Tortuga" in by_turn[6]["text"]

@@ -13,6 +13,10 @@ def main(argv: list[str] | None = None) -> None:
         from optimem.memory.lab.calibrate import main as calibrate
 
         return calibrate(argv[1:])
+    if "--legible" in argv:
+        from optimem.memory.lab.legible import main as legible
+
+        return legible(argv)
     from optimem.memory.lab.run import main as run
 
     return run(argv)

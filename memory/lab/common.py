@@ -16,7 +16,7 @@ def machine() -> dict[str, Any]:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        cores = os.cpu_count()
+        cores = os.cpu_count() or 0
     return {"platform": platform.platform(), "python": platform.python_version(), "cores": cores,
             "processor": platform.processor() or platform.machine(), "load_avg_1m": round(os.getloadavg()[0], 2),
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -47,8 +47,10 @@ from optimem.settings import Settings
 
 TENANT = "lab"
 ACCOUNTED = ("recent_text_tokens", "visual_tokens", "total_tokens", "text_tokens_replaced", "pages",
-             "pages_forgotten", "dropped_pages", "dropped_turns", "pages_faded_by_budget")
+             "pages_forgotten", "dropped_pages", "dropped_turns", "pages_faded_by_budget", "pages_made",
+             "turns_moved_to_pages")
 BUCKETS = (0, 50, 100, 200, 400, 800, 1600)   # age bucket lower edges, in turns
+LEGIBLE = 0.97                                # a tier reads legibly from this character precision on
 FIDELITY_TIE = 0.005                          # fidelities closer than this are a tie when picking the best
 
 # Full size: about 10 minutes on 2 cores. Quick: a small slice for tests (under 2 minutes).
@@ -57,7 +59,9 @@ DEFAULTS = {"conversations": 1, "turns": 0, "needles": 12, "recent_tokens": 2000
 QUICK = {"conversations": 1, "turns": 160, "needles": 3, "recent_tokens": 300, "frontier_pages": 1,
          "curves": 'default,aggressive,fade={"kind":"step","steps":[[0,"g1024"],[40,"v768"],[70,"gone"]]}',
          "budgets": "600,1500"}
-RULES = {"curve": "fade, then drop (issue 11)", "drop": "drop at the curve tiers (before issue 11)"}
+RULES = {"curve": "a floor of recent turns, older text onto pages made for the context before pages fade below "
+                  "legible (issue 22), then fade, then drop (issue 11)",
+         "drop": "drop at the curve tiers (before issue 11)"}
 
 
 # -- needles --------------------------------------------------------------------------------------
@@ -221,6 +225,8 @@ def read_pages(memory: Memory, rep: Replayed, wanted: dict[int, set[str]]) -> di
     for (page, view), tiers in tqdm(sorted(plan.items()), desc=f"reading pages of {rep.key[:8]}", unit="page",
                                     leave=False):
         decoded = memory.reader.decoded(rep.k, page, tiers[0])
+        if decoded is None:   # the lab waits for every read (no deadline): a read gives a result or raises
+            raise RuntimeError(f"page {page} at {tiers[0].name} was not read")
         out[(page, view)] = quality(rep, by_page[page], decoded, memory)
     return out
 
@@ -281,7 +287,10 @@ def page_pieces(spans: list[Span], tier: str, spent: float, seconds: float, coun
 
 
 def curve_pieces(rep: Replayed, placed: list[context.PlacedPage], built: context.Assembled, sources: dict[int, list[Span]],
-                 readings: dict[tuple[int, str], Reading], memory: Memory) -> list[Piece]:
+                 readings: dict[tuple[int, str], Reading], memory: Memory,
+                 precision: dict[str, float] | None = None) -> list[Piece]:
+    """The context as pieces. A page made for the context (recent turns typeset for it, never
+    stored, so never read here) reads at its tier's precision measured on the frontier sample."""
     count = len(rep.turns)
     in_context = {p.record.page: p for p in built.pages}   # at the tier the context sends it (maybe faded)
     pieces = []
@@ -296,7 +305,21 @@ def curve_pieces(rep: Replayed, placed: list[context.PlacedPage], built: context
             spent = sent.tier.tokens if sent.charge is None else sent.charge
             pieces += page_pieces(r.spans, sent.tier.name, spent, r.seconds, count)
     kept = {t.index for t in built.turns}
-    pieces += [text_piece(t, count - 1 - t.index, t.index in kept, "dropped") for t in rep.text]
+    made = {s["index"]: p for p in built.pages if p.png is not None for s in p.record.turns}
+    share: defaultdict[int, int] = defaultdict(int)
+    for t in rep.text:
+        if t.index in made and t.index not in kept:
+            share[made[t.index].record.page] += t.tokens
+    for t in rep.text:
+        holder = made.get(t.index)
+        if t.index in kept or holder is None:
+            pieces.append(text_piece(t, count - 1 - t.index, t.index in kept, "dropped"))
+            continue
+        chars = len(recalling.squash(t.content[t.start:]))
+        spent = (holder.charge if holder.charge is not None else holder.tier.tokens) * t.tokens / \
+            max(1, share[holder.record.page])
+        misread = 1 - ((precision or {}).get(holder.tier.name) or 0.0)
+        pieces.append(Piece(count - 1 - t.index, holder.tier.name, t.tokens, spent, chars, chars * misread))
     return pieces
 
 
@@ -305,7 +328,7 @@ def assemble_dropping(turns: list[TurnRecord], placed: list[context.PlacedPage],
     """The budget rule before issue 11, kept as the lab's "before" baseline: newest first until the
     budget is spent, recent turns then pages at their curve tiers (each page charged its per-page
     share, canvases not rounded up); the first page that doesn't fit is dropped with every older one."""
-    spent, kept_turns, dropped_turns = 0, [], 0
+    spent, kept_turns, dropped_turns = 0.0, [], 0
     for turn in reversed(turns):
         if dropped_turns or (budget is not None and spent + turn.tokens > budget):
             dropped_turns += 1
@@ -346,7 +369,7 @@ def baseline_pieces(plain: list[TurnRecord], budget: int | None) -> tuple[list[P
 
 
 def context_needles(rep: Replayed, built: context.Assembled, readings: dict[tuple[int, str], Reading],
-                    memory: Memory) -> list[dict]:
+                    memory: Memory, precision: dict[str, float] | None = None) -> list[dict]:
     """Each planted fact as the context under a budget holds it: legible if its turn is in the recent
     text, or its value is in the reading of its page at the tier the context sends the page at."""
     text = {t.index for t in built.turns}
@@ -357,6 +380,9 @@ def context_needles(rep: Replayed, built: context.Assembled, readings: dict[tupl
             for p in built.pages:
                 if any(s["index"] == needle.index for s in p.record.turns):
                     tier = p.tier.name
+                    if p.png is not None:   # made for the context, not stored: legible if its tier is
+                        found = found or (precision or {}).get(tier, 0.0) >= LEGIBLE
+                        continue
                     reading = readings[(p.record.page, memory.reader.cache_key(p.tier))]
                     found = found or recalling.squash(needle.value) in reading.text
         out.append({"age": needle.age, "value": needle.value, "found": found, "tier": tier})
@@ -458,17 +484,20 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
         count = len(rep.turns)
         placements = {name: context.place(rep.pages, curve, memory.ladder, count) for name, curve in curves}
         builds: dict[tuple, context.Assembled] = {}   # (rule, curve, budget): the context each rule assembles
-        for name, _ in curves:
+        for name, curve in curves:
+            # Memory.context's rule: a floor of recent turns, older text onto pages made for the context
+            making = context.Making(memory.settings.recent_floor_turns, context.made_pages(
+                rep.k.tag, memory.layout, memory.settings.tokenizer, curve, memory.ladder, count))
             for budget in budgets:
                 builds[("curve", name, budget)] = context.assemble(rep.text, placements[name], budget,
-                                                                   ladder=memory.ladder)
+                                                                   ladder=memory.ladder, making=making)
                 if budget is not None:  # the rule before issue 11, for the before/after
                     builds[("drop", name, budget)] = assemble_dropping(rep.text, placements[name], budget)
         sample = sample_of(rep.pages, args.frontier_pages)
         wanted: dict[int, set[str]] = defaultdict(set)
         for p in (p for placed in placements.values() for p in placed if not p.tier.gone):
             wanted[p.record.page].add(p.tier.name)
-        for p in (p for built in builds.values() for p in built.pages):  # tiers a budget faded pages to
+        for p in (p for built in builds.values() for p in built.pages if p.png is None):  # tiers a budget faded pages to
             wanted[p.record.page].add(p.tier.name)
         for record in sample:
             wanted[record.page].update(t.name for t in views)
@@ -480,6 +509,7 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
             r = readings[(record.page, memory.reader.cache_key(tier))]
             tally.frontier[tier.name] += page_pieces(r.spans, tier.name, tier.tokens, r.seconds, count)
 
+        precision = {name: summary(pieces)["precision"] for name, pieces in tally.frontier.items()}
         plain = plain_turns(rep, memory.settings.tokenizer)
         tally.rows[("full-text", "", None)] += baseline_pieces(plain, None)[0]
         tally.needles[("full-text", "", None)] += [{"age": x.age, "value": x.value, "found": True, "tier": "text"}
@@ -489,11 +519,12 @@ def _experiment(memory: Memory, args: argparse.Namespace, rng: random.Random) ->
             for (rule, curve_name, budget), built in builds.items():
                 if curve_name != name:
                     continue
-                pieces = curve_pieces(rep, placements[name], built, sources, readings, memory)
+                pieces = curve_pieces(rep, placements[name], built, sources, readings, memory, precision)
                 key3 = (rule, name, budget)
                 tally.rows[key3] += pieces
                 # Unbudgeted: recall through the service (as before); under a budget: what the context holds.
-                tally.needles[key3] += outcomes if budget is None else context_needles(rep, built, readings, memory)
+                tally.needles[key3] += outcomes if budget is None else context_needles(rep, built, readings, memory,
+                                                                                       precision)
                 tally.accounts[key3].update({k: v for k, v in built.accounting.model_dump().items() if k in ACCOUNTED})
                 if budget is None:  # truncated to what this curve's context spent
                     truncate(tally, ("truncation", name, None), rep, plain, math.floor(sum(p.spent for p in pieces)))
@@ -616,7 +647,8 @@ def budget_table(report: dict[str, Any]) -> str:
     rows = {(r["method"], r["curve"], r["budget"]): r for r in report["rows"]}
     budgets = report["settings"].get("budgets") or []
     out = ["per budget: tokens sent, share of the conversation legible (fidelity), needles legible; "
-           "now = fade then drop, before = drop at the curve tiers",
+           "now = a floor of recent turns, older text onto pages made for the context, then fade, then drop; "
+           "before = drop at the curve tiers",
            f"{'curve':<12} {'budget':>6} {'tokens':>7} {'legible':>7} {'needles':>7} {'faded':>5} {'dropped':>7} | "
            f"{'before':>7} {'legible':>7} {'needles':>7} {'dropped':>7}"]
     for name in report["settings"]["curves"]:

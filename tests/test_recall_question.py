@@ -1,0 +1,211 @@
+"""Recall understands the question (issue 21): who it is about, when, the answer after a question,
+meaning beside words. Through the HTTP API on short sessions (recent text: nothing to read), and
+the reading of time words and names on their own."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from optimem.memory import question, vectors
+from optimem.memory.store import SessionKeys
+
+
+def stamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def recall(api, sid: str, **body) -> list[dict]:
+    got = api.post(f"/v1/sessions/{sid}/recall", json=body)
+    assert got.status_code == 200, got.text
+    return got.json()["hits"]
+
+
+def make(api, sid: str, turns: list[dict], keep_source: bool = True) -> None:
+    assert api.post("/v1/sessions", json={"id": sid, "keep_source": keep_source}).status_code == 201
+    assert api.post(f"/v1/sessions/{sid}/turns", json={"turns": turns}).status_code == 200
+
+
+# -- the question read on its own --------------------------------------------------------------
+LATEST = stamp("2024-05-04T20:00:00Z")
+FIRST = stamp("2024-03-05T19:00:00Z")
+
+
+@pytest.mark.parametrize("words, start, end", [
+    ("what did you say a month ago about it", "2024-03-20", "2024-04-19"),
+    ("two weeks ago, what did I say", "2024-04-17", "2024-04-24"),
+    ("what did we talk about in April", "2024-04-01", "2024-04-30"),
+    ("back in December?", "2023-12-01", "2023-12-31"),           # after the latest month: last year
+    ("the first time we talked, what did you do", "2024-03-05", "2024-03-11"),
+    ("what did you say recently", "2024-04-28", "2024-05-04"),
+    ("最后你提醒我什么", "2024-04-28", "2024-05-04"),
+])
+def test_time_words_become_a_window_relative_to_the_sessions_latest_turn(words, start, end):
+    window = question.when(words, FIRST, LATEST)
+    assert window is not None
+    got = window.label().split(": ")[1].split("..")
+    assert got == [start, end]
+
+
+def test_a_question_without_time_words_has_no_window():
+    assert question.when("What is Leo afraid of?", FIRST, LATEST) is None
+    assert question.when("What did Maya say about May's party?", FIRST, LATEST) is None   # a name, not a month
+
+
+def test_names_and_pronouns_point_at_roles():
+    assert question.who("What is Leo afraid of?", ["Maya", "Leo"]) == {"Leo": 1.0}
+    assert question.who("what did I say about my dog", ["user", "assistant"]) == {"user": 1.0}
+    assert question.who("what did you tell me", ["user", "assistant"]) == {"assistant": 1.0, "user": 0.5}
+    assert question.who("what did I say", ["Maya", "Leo"]) == {}        # no user/assistant roles to point at
+    assert question.who("What did Leo say to Maya", ["Maya", "Leo"]) == {"Leo": 1.0, "Maya": 1.0}
+
+
+# -- through the API -----------------------------------------------------------------------------
+TALK = [
+    {"role": "Maya", "content": "I adore spicy ramen, the hotter the better.", "time": "2024-03-05T19:00:00Z"},
+    {"role": "Leo", "content": "Spicy ramen is my favourite dinner too.", "time": "2024-03-05T19:01:00Z"},
+    {"role": "Maya", "content": "My sister just got a puppy called Biscuit.", "time": "2024-03-05T19:02:00Z"},
+    {"role": "Leo", "content": "I have been learning the guitar, mostly blues.", "time": "2024-04-04T19:00:00Z"},
+    {"role": "Maya", "content": "How long have you been playing the cello?", "time": "2024-04-04T19:01:00Z"},
+    {"role": "Leo", "content": "Since fifth grade, in the school orchestra.", "time": "2024-04-04T19:02:00Z"},
+    {"role": "Maya", "content": "I started the guitar this week, folk songs.", "time": "2024-05-04T19:00:00Z"},
+    {"role": "Leo", "content": "Nice, folk is a good start.", "time": "2024-05-04T19:01:00Z"},
+]
+
+
+def test_a_name_in_the_question_ranks_that_roles_turn_first_without_filtering(api):
+    make(api, "names", TALK)
+    assert [h["turn"] for h in recall(api, "names", query="What does Leo say about spicy ramen?", limit=2)] == [1, 0]
+    assert [h["turn"] for h in recall(api, "names", query="What does Maya say about spicy ramen?", limit=2)] == [0, 1]
+    # The role filter stays hard: only Maya's turns.
+    assert {h["role"] for h in recall(api, "names", query="spicy ramen guitar", role="Maya", limit=5)} == {"Maya"}
+
+
+def test_i_and_you_point_at_user_and_assistant(api):
+    turns = [{**t, "role": "user" if t["role"] == "Maya" else "assistant"} for t in TALK]
+    make(api, "pronouns", turns)
+    assert recall(api, "pronouns", query="what did I say about spicy ramen", limit=1)[0]["turn"] == 0
+    assert recall(api, "pronouns", query="what did you say about spicy ramen", limit=1)[0]["turn"] == 1
+
+
+def test_time_words_weigh_their_window_and_hits_say_which_time_they_matched(api):
+    make(api, "when", TALK)
+    april = recall(api, "when", query="What about the guitar in April?", limit=2)
+    assert april[0]["turn"] == 3 and april[0]["time_match"] == "in april: 2024-04-01..2024-04-30"
+    assert april[1]["turn"] == 6 and april[1]["time_match"] is None       # a prior, not a filter
+    recent = recall(api, "when", query="What did they say about the guitar recently?", limit=2)
+    assert recent[0]["turn"] == 6 and recent[0]["time_match"].startswith("recently: ")
+    # Explicit since/until win over the time words.
+    hits = recall(api, "when", query="guitar in April", since="2024-05-01T00:00:00Z", limit=5)
+    assert [h["turn"] for h in hits] and all(h["time"] >= "2024-05-01" for h in hits)
+
+
+def test_the_answer_after_a_matched_question_is_found(api):
+    make(api, "answer", TALK)
+    hits = [h["turn"] for h in recall(api, "answer", query="How long has Leo played the cello?", limit=2)]
+    assert hits == [5, 4]     # "Since fifth grade, ...": no word of the question, it answers turn 4
+
+
+@pytest.fixture
+def wordllama(monkeypatch):
+    pytest.importorskip("wordllama")
+    monkeypatch.setenv("OPTIMEM_EMBED_MODEL", "wordllama")
+    vectors.embedder.cache_clear()
+    yield vectors.embedder()
+    monkeypatch.delenv("OPTIMEM_EMBED_MODEL")
+    vectors.embedder.cache_clear()
+
+
+def test_by_default_recall_ranks_by_words_and_keeps_no_vectors(api, memory, tenant, monkeypatch):
+    monkeypatch.delenv("OPTIMEM_EMBED_MODEL", raising=False)
+    vectors.embedder.cache_clear()
+    make(api, "plain", TALK)
+    assert recall(api, "plain", query="spicy ramen", limit=1)
+    assert vectors.embedder() is None and not memory.store.r.exists(vectors.key(SessionKeys(tenant, "plain")))
+
+
+def test_meaning_beside_words_and_vectors_kept_per_session_under_its_hash_tag(api, memory, tenant, wordllama):
+    turns = [
+        {"role": "user", "content": "I suppose I fear failure, but that's about it.", "time": "2024-03-05T19:00:00Z"},
+        {"role": "assistant", "content": "We watched a film about sharks last night.", "time": "2024-03-05T19:01:00Z"},
+        {"role": "user", "content": "The weather was lovely for a walk.", "time": "2024-03-05T19:02:00Z"},
+    ]
+    make(api, "meaning", turns)
+    assert recall(api, "meaning", query="What am I most afraid of?", limit=1)[0]["turn"] == 0   # no word shared
+    k = SessionKeys(tenant, "meaning")
+    key = vectors.key(k)
+    assert key.startswith(k.tag) and "{" in key            # one cluster slot with the session's other keys
+    fields = memory.store.r.hkeys(key)
+    assert len(fields) == 1 and fields[0].decode().startswith(f"{vectors.embedder().name}:")
+    assert 0 < memory.store.r.ttl(key) <= vectors.VEC_TTL_S
+    # Turns appended later are embedded when next asked (the newest block grows).
+    api.post("/v1/sessions/meaning/turns", json={"turns": [
+        {"role": "assistant", "content": "Spiders terrify me honestly.", "time": "2024-03-05T19:03:00Z"}]})
+    recall(api, "meaning", query="What scares you?", limit=1)
+    (raw,) = memory.store.r.hvals(key)
+    dims = int(fields[0].decode().split(":")[1])
+    assert len(raw) == 4 * dims * 2                       # four float16 rows now
+    # A forget-for-real session keeps no source to embed: words alone, no vectors.
+    make(api, "forgets", turns, keep_source=False)
+    recall(api, "forgets", query="What am I most afraid of?", limit=1)
+    assert not memory.store.r.exists(vectors.key(SessionKeys(tenant, "forgets")))
+
+
+def test_a_local_sentence_transformers_model_plumbs_through(api, memory, tenant, tmp_path, monkeypatch):
+    """OPTIMEM_EMBED_MODEL: a local folder, loaded without download (a tiny random model: plumbing only)."""
+    pytest.importorskip("sentence_transformers")
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "i fear failure film sharks weather walk".split()
+    (tmp_path / "vocab.txt").write_text("\n".join(words))
+    folder = tmp_path / "tiny-model"
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=64)).save_pretrained(folder)
+    monkeypatch.setenv("OPTIMEM_EMBED_MODEL", str(folder))
+    vectors.embedder.cache_clear()
+    try:
+        make(api, "tiny", TALK)
+        assert recall(api, "tiny", query="spicy ramen", limit=2)
+        fields = [f.decode() for f in memory.store.r.hkeys(vectors.key(SessionKeys(tenant, "tiny")))]
+        assert fields == ["st-tiny-model:32:0"]
+        monkeypatch.setenv("OPTIMEM_EMBED_MODEL", str(tmp_path / "missing"))
+        vectors.embedder.cache_clear()
+        assert vectors.embedder() is None          # a wrong path: words alone, said in the log, no download
+        assert recall(api, "tiny", query="spicy ramen", limit=1)[0]["turn"] in (0, 1)
+    finally:
+        monkeypatch.delenv("OPTIMEM_EMBED_MODEL")
+        vectors.embedder.cache_clear()
+
+
+def test_an_answer_comes_with_the_question_it_answers(api):
+    make(api, "pair", TALK)
+    best = recall(api, "pair", query="How long has Leo played the cello?", limit=1)[0]
+    assert best["turn"] == 5 and best["asked"] == {"turn": 4, "role": "Maya", "text": TALK[4]["content"]}
+    other = recall(api, "pair", query="spicy ramen", limit=2)
+    assert all(h["asked"] is None for h in other)          # turn 0 asks nothing
+
+
+def test_the_question_set_points_at_real_turns_and_holds_half_back():
+    """bench/data/recall_questions.jsonl against the sessions bench/recall_set.py rebuilds."""
+    import sys
+    from collections import Counter
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import recall_set
+
+    sessions, asked = recall_set.sessions(), recall_set.questions()
+    assert len(asked) >= 300 and len({q["id"] for q in asked}) == len(asked)
+    assert sum(1 for name in sessions if name.startswith("chat")) >= 6 and "zh" in sessions
+    assert {q["session"] for q in asked} == set(sessions)
+    assert set(Counter(q["kind"] for q in asked)) == {"fact", "when", "two", "inference"}
+    splits = Counter(q["split"] for q in asked)
+    assert set(splits) == {"tune", "heldout"} and abs(splits["tune"] - splits["heldout"]) <= 0.15 * len(asked)
+    for q in asked:
+        assert q["evidence"] and all(0 <= e < len(sessions[q["session"]]) for e in q["evidence"]), q["id"]
+    two = [q for q in asked if q["kind"] == "two"]
+    assert all(len(q["evidence"]) == 2 for q in two)
+    # Sessions span months (the second conversation a month on), so time words have something to mean.
+    times = [t["time"] for t in sessions["chat0"]]
+    assert times[0].startswith("2024-03") and times[-1].startswith("2024-05")
