@@ -180,7 +180,7 @@ def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, s
                keep_source: bool, dense: dict[int, float] | None) -> list[ranking.Candidate]:
     """The index's hits (mixed with ``dense``) reranked by who and when the question is about
     (``memory/question.py``), relative to the session's own roles and times (never the wall clock)."""
-    found = ranking.mix(found, dense or {})[:ranking.RERANK]
+    found = ranking.mix(found, dense or {}, vectors.weight())[:ranking.RERANK]
     near = sorted({t for doc, _, _ in found for t in _around(ix.doc_turn(doc)[0])} | {0})
     if keep_source:      # role and time of every candidate and neighbour: one round trip
         known = {t: ranking.Said(s["role"], s["time"], "?" in s["content"] or "？" in s["content"])

