@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import sys
@@ -126,7 +125,7 @@ def found_turns(memory: Memory, session: str, query: str, limit: int = 10) -> li
                     memory.store.text_turns(s.k), memory.store.seal_state(s.k)[1])
     q = recalling.Query.of(query, limit=limit)
     found = recalling.find(q, s.k, s.meta, located, lambda: memory.reader, memory.store,
-                           time.monotonic() + 60, lambda: memory._placed(s))
+                           time.monotonic() + 60, lambda: memory._placed(s), memory.settings.embed_model)
     return [turn for turn, _ in found.wanted]
 
 
@@ -143,9 +142,8 @@ def import_session(memory: Memory, session: str, turns: list[dict]) -> None:
 
 def quality(memory: Memory, model: str) -> dict:
     """Every question of the set, ranked with ``OPTIMEM_EMBED_MODEL=model`` ("": words alone)."""
-    os.environ["OPTIMEM_EMBED_MODEL"] = model
-    vectors.embedder.cache_clear()
-    vectors.embedder()               # load the model before timing anything
+    memory.settings.embed_model = model
+    vectors.embedder(model)          # load the model before timing anything
     rows, first = [], {}
     for name, turns in set_sessions().items():
         session = f"set-{name}"
@@ -307,8 +305,7 @@ def main() -> None:
                 memory.backend.decode([])     # load the reader's models before timing anything
                 models = [""] + [m for m in args.models.split(",") if m]
                 q = {m or "words": quality(memory, m) for m in models}
-                os.environ["OPTIMEM_EMBED_MODEL"] = ""       # the default for the timings
-                vectors.embedder.cache_clear()
+                memory.settings.embed_model = ""       # the default for the timings
                 c = cold(memory, args.e2e) if args.e2e else {}
                 sizes = [scale(memory, int(s), rng) for s in args.sizes.split(",") if s]
         finally:

@@ -177,10 +177,10 @@ CANDIDATES = 100      # index hits reranked per content query
 
 
 def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, store: Store, k: SessionKeys,
-               keep_source: bool, dense: dict[int, float] | None) -> list[ranking.Candidate]:
+               keep_source: bool, dense: dict[int, float] | None, meaning: float = 0.0) -> list[ranking.Candidate]:
     """The index's hits (mixed with ``dense``) reranked by who and when the question is about
     (``memory/question.py``), relative to the session's own roles and times (never the wall clock)."""
-    found = ranking.mix(found, dense or {}, vectors.weight())[:ranking.RERANK]
+    found = ranking.mix(found, dense or {}, meaning)[:ranking.RERANK]
     near = sorted({t for doc, _, _ in found for t in _around(ix.doc_turn(doc)[0])} | {0})
     if keep_source:      # role and time of every candidate and neighbour: one round trip
         known = {t: ranking.Said(s["role"], s["time"], "?" in s["content"] or "？" in s["content"])
@@ -200,7 +200,7 @@ def _around(turn: int) -> tuple[int, ...]:
 
 
 def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader], store: Store,
-         deadline: float, placed: Callable[[], list[PlacedPage]]) -> Found:
+         deadline: float, placed: Callable[[], list[PlacedPage]], embed_model: str = "") -> Found:
     """The turns a recall answers with: by the text index for a content query, else by position or time."""
     if not q.text:
         return Found(wanted=[(turn, None) for turn in turns.chosen(q)])
@@ -212,8 +212,8 @@ def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Call
     else:
         found.searched = turns.page_count
     found_docs = store.search(k, q.text, limit=CANDIDATES)
-    dense = vectors.similarities(store, k, meta.turns, meta.keep_source, q.text)
-    ranked = understood(q.text, found_docs, turns, store, k, meta.keep_source, dense)
+    dense = vectors.similarities(store, k, meta.turns, meta.keep_source, q.text, embed_model)
+    ranked = understood(q.text, found_docs, turns, store, k, meta.keep_source, dense, vectors.weight(embed_model))
     for n, c in enumerate(ranked):
         if n % (2 * q.limit) == 0:   # locate the next few hits' pages in one go
             turns.where({r.turn for r in ranked[n:n + 2 * q.limit]})
@@ -249,17 +249,17 @@ def read(wanted: list[tuple[int, int | None]], k: SessionKeys, turns: Turns, rea
     recent = turns.recent
     jobs: list[tuple[int, PlacedPage | None, dict | None, Any]] = []
     for turn, page in wanted:
-        for p, span in where.get(turn, []):
-            if page is not None and p.record.page != page:
+        for held, held_span in where.get(turn, []):
+            if page is not None and held.record.page != page:
                 continue
-            future = reader().fetch(k, p.record.page, p.tier, turn=turn) if not p.tier.gone else None
-            jobs.append((turn, p, span, future))
+            future = reader().fetch(k, held.record.page, held.tier, turn=turn) if not held.tier.gone else None
+            jobs.append((turn, held, held_span, future))
         if turn in recent and page is None:
             jobs.append((turn, None, None, None))
     out = Read([], set(), set())
     headers: dict[int, dict[int, list[str]]] = {}
     for turn, p, span, future in jobs:
-        if p is None:
+        if p is None or span is None:      # (both None together: a turn still text)
             t = recent[turn]
             out.fragments.append(Fragment(t.index, t.role, t.time, None, "text", 0.0, t.start, len(t.content),
                                           t.content[t.start:], 1.0))
@@ -308,7 +308,7 @@ def answer(q: Query, k: SessionKeys, meta: SessionMeta, store: Store, found: Fou
 
 
 def recall(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader],
-           store: Store, read_budget_s: float, placed: Callable[[], list[PlacedPage]]) -> Recall:
+           store: Store, read_budget_s: float, placed: Callable[[], list[PlacedPage]], embed_model: str = "") -> Recall:
     """Old turns back as decoded text: find the turns, read only those turns' lines at their pages'
     tiers now, answer. ``reader`` gives the Reader, asked for only when a page must be read (the
     backend need not load otherwise); ``placed`` gives every page placed, asked for only by a
@@ -323,6 +323,6 @@ def recall(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Ca
     page's read ``p<page>:<turn>``)."""
     started = time.perf_counter()
     deadline = time.monotonic() + read_budget_s
-    found = find(q, k, meta, turns, reader, store, deadline, placed)
+    found = find(q, k, meta, turns, reader, store, deadline, placed, embed_model)
     got = read(found.wanted, k, turns, reader, store, deadline)
     return answer(q, k, meta, store, found, got, started)

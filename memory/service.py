@@ -428,4 +428,4 @@ class Memory:
                                                                                  s.meta.turns),
                                   self.store.text_turns(s.k), self.store.seal_state(s.k)[1])
         return recalling.recall(q, s.k, s.meta, located, lambda: self.reader, self.store,
-                                self.settings.recall_read_s, lambda: self._placed(s))
+                                self.settings.recall_read_s, lambda: self._placed(s), self.settings.embed_model)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -64,10 +63,10 @@ class Embedder:
         return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
 
 
-@lru_cache(maxsize=1)
-def embedder() -> Embedder | None:
-    """The model recall ranks with (``OPTIMEM_EMBED_MODEL``), or None: words alone."""
-    name = os.environ.get("OPTIMEM_EMBED_MODEL", "").strip()
+@lru_cache(maxsize=4)
+def embedder(name: str) -> Embedder | None:
+    """The model recall ranks with (``OPTIMEM_EMBED_MODEL``, passed in from Settings), or None: words alone."""
+    name = name.strip()
     if not name:
         return None
     if name == "wordllama":
@@ -131,9 +130,9 @@ def minilm_folder() -> Path:
     return folder
 
 
-def weight() -> float:
-    """How much meaning weighs against BM25 in the ranking now (0: no model on)."""
-    model = embedder()
+def weight(name: str) -> float:
+    """How much meaning weighs against BM25 in the ranking (0: no model on)."""
+    model = embedder(name)
     return 0.0 if model is None else model.weight
 
 
@@ -141,10 +140,11 @@ def key(k: SessionKeys) -> str:
     return f"{k.tag}:vec"
 
 
-def similarities(store: Store, k: SessionKeys, turns: int, keep_source: bool, text: str) -> dict[int, float] | None:
+def similarities(store: Store, k: SessionKeys, turns: int, keep_source: bool, text: str,
+                 name: str) -> dict[int, float] | None:
     """turn -> cosine similarity of its source text to ``text``, for every turn of the session;
     None where the session is not embedded (no model, no source kept, or over MAX_TURNS)."""
-    model = embedder()
+    model = embedder(name)
     if model is None or not keep_source or not 0 < turns <= MAX_TURNS:
         return None
     matrix = _matrix(store, k, turns, model)
@@ -177,7 +177,7 @@ def _load(store: Store, k: SessionKeys, name: str) -> dict[int, np.ndarray]:
     out = {}
     for field, raw in store.r.hgetall(key(k)).items():
         model, dims, block = (field.decode() if isinstance(field, bytes) else field).rsplit(":", 2)
-        if model == name:
+        if model == name and isinstance(raw, bytes):     # vectors are stored as bytes, never text
             out[int(block)] = np.frombuffer(raw, dtype=np.float16).reshape(-1, int(dims))
     return out
 
