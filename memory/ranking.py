@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from optimem.memory.context import parse_time
+from optimem.memory import times
 from optimem.memory.question import Window
 
 ANSWER = 0.6        # share of the turn before's score an answering turn inherits (another role said it)
@@ -109,7 +109,7 @@ def rerank(found: list[tuple[str, float, float]], doc_turn: Callable[[str], tupl
         if c.score <= 0:
             continue
         c.score *= 1 + WHO * roles.get(me.role, 0.0)
-        if window is not None and window.holds(parse_time(me.time)):
+        if window is not None and window.holds(times.parse(me.time)):
             c.score *= 1 + WHEN
             c.time_match = window.label()
         out.append(c)

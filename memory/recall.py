@@ -11,20 +11,19 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 from rapidfuzz.distance import Levenshtein
 
 from optimem.errors import BadRequest
-from optimem.memory import index as ix, question, ranking, vectors
-from optimem.memory.context import PlacedPage, parse_time
-from optimem.memory.fragments import Fragment, fragments_from_decoded, headers_of, strip_header  # noqa: F401
+from optimem.memory import index as ix, question, ranking, times, vectors
+from optimem.memory.context import PlacedPage
+from optimem.memory.fragments import Fragment, fragments_from_decoded, headers_of
 from optimem.memory.reading import Reader
 from optimem.memory.results import Hit, Recall
-from optimem.memory.searchable import drop_gone, make_searchable, reindex_cached  # noqa: F401  (service.py)
+from optimem.memory.searchable import make_searchable
 from optimem.memory.store import PageRecord, SessionKeys, SessionMeta, Store, TurnRecord
-from optimem.memory.turns import check_unicode, normalise_time
+from optimem.memory.turns import check_unicode
 
 
 def squash(text: str) -> str:
@@ -66,22 +65,15 @@ class Query:
         if turn is not None and (isinstance(turn, bool) or not isinstance(turn, (int, str))
                                  or isinstance(turn, str) and turn not in ("first", "last")):
             raise BadRequest("turn must be an index, 'first' or 'last'")
-        return cls(query, turn, parse_time(normalise_time(since)) if since else None,
-                   parse_time(normalise_time(until)) if until else None, role, limit)
+        return cls(query, turn, times.parse(times.normalise(since)) if since else None,
+                   times.parse(times.normalise(until)) if until else None, role, limit)
 
     def wants(self, role: str, when: str) -> bool:
         if self.role and role != self.role:
             return False
-        if self.since is not None and parse_time(when) < self.since:
+        if self.since is not None and times.parse(when) < self.since:
             return False
-        return not (self.until is not None and parse_time(when) > self.until)
-
-
-def iso(stamp: float | None) -> str | None:
-    """A time as stored turns carry it (``turns.normalise_time``): such strings sort as times do."""
-    if stamp is None:
-        return None
-    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return not (self.until is not None and times.parse(when) > self.until)
 
 
 class Turns:
@@ -130,7 +122,7 @@ class Turns:
             if len(found) < need and q.wants(t.role, t.time):
                 found.append(t.index)
         if q.since is not None or q.until is not None:
-            pages = self.store.pages_in_time(self.k, iso(q.since), iso(q.until))
+            pages = self.store.pages_in_time(self.k, _iso(q.since), _iso(q.until))
         else:
             pages = list(range(self.page_count))
         if backwards:
@@ -189,9 +181,9 @@ def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, s
         turns.where(near)
         known = {t: ranking.Said(*rt) for t in near if (rt := turns.role_time(t)) is not None}
     roles = sorted({s.role for s in known.values()} | {t.role for t in turns.text})
-    stamps = [parse_time(s.time) for s in known.values()] + [parse_time(t.time) for t in turns.text]
-    first = parse_time(known[0].time) if 0 in known else min(stamps, default=0.0)
-    latest = parse_time(turns.text[-1].time) if turns.text else max(stamps, default=0.0)
+    stamps = [times.parse(s.time) for s in known.values()] + [times.parse(t.time) for t in turns.text]
+    first = times.parse(known[0].time) if 0 in known else min(stamps, default=0.0)
+    latest = times.parse(turns.text[-1].time) if turns.text else max(stamps, default=0.0)
     return ranking.rerank(found, ix.doc_turn, known.get, question.who(text, roles), question.when(text, first, latest))
 
 
@@ -326,3 +318,7 @@ def recall(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Ca
     found = find(q, k, meta, turns, reader, store, deadline, placed, embed_model)
     got = read(found.wanted, k, turns, reader, store, deadline)
     return answer(q, k, meta, store, found, got, started)
+
+
+def _iso(stamp: float | None) -> str | None:
+    return None if stamp is None else times.iso(stamp)
