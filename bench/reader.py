@@ -9,7 +9,7 @@ and read whole by ``RapidOcrBackend`` in each configuration (``CONFIGS``): ``bef
 reader as it was (every line box read, headers included, one crop per recogniser call, one
 onnxruntime thread), ``after`` the one kept; the others are the levers tried one at a time.
 Reported per view and configuration: character error rate of the turns' text (the body lines;
-header prefixes stripped from the decoded lines with ``memory.recall.strip_header`` exactly as
+header prefixes stripped from the decoded lines with ``memory.fragments.strip_header`` exactly as
 recall and the lab do, so reading or skipping headers is compared on what readers keep;
 whitespace ignored, Levenshtein distance over the source's length, summed over pages), the share
 of lines given the right turn, and the median seconds per page (wall clock, and CPU seconds over
@@ -162,7 +162,7 @@ DEFAULT_CONFIGS = "before,after,no-headers+batch8,no-headers+2threads,no-headers
 
 def body(decoded_lines: list, lines: list[LineBox]) -> str:
     """The turns' text of a reading: header prefixes stripped as recall does it."""
-    from optimem.memory.recall import strip_header
+    from optimem.memory.fragments import strip_header
 
     heads: dict[int, list[str]] = {}
     for line in lines:

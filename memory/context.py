@@ -13,13 +13,12 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from PIL import Image
 
 from optimem import renderer
-from optimem.memory import context_pages
+from optimem.memory import context_pages, times
 from optimem.memory.curves import MAX_AGE, Curve
 from optimem.memory.reading import PageImages, Reader, canvas, token_unit, tier_png
 from optimem.memory.results import (Accounting, EmbeddingsContext, OpenAIContext, PageInfo, RawContext,
@@ -55,19 +54,12 @@ class PlacedPage:
         return self.curve_tier is not None and self.curve_tier != self.tier
 
 
-def parse_time(value: str) -> float:
-    stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return stamp.timestamp()
-
-
 def age_of(record: PageRecord, curve: Curve, turn_count: int, now: float | None = None) -> float:
     # Age is the content's age (turns after the page's last turn), not the time since sealing, so a
     # conversation imported in one call fades the same as one that arrived turn by turn.
     if curve.unit == "turns":
         return float(turn_count - 1 - record.last_turn)
-    return max(0.0, (now or time.time()) - parse_time(record.last_time))
+    return max(0.0, (now or time.time()) - times.parse(record.last_time))
 
 
 _BOUNDARIES: dict[tuple[str, int], list[tuple[float, Tier]]] = {}

@@ -20,14 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from optimem.memory.context import parse_time
+from optimem.memory import times
 from optimem.memory.question import Window
 
 ANSWER = 0.6        # share of the turn before's score an answering turn inherits (another role said it)
 GOES_ON = 0.5       # share a turn inherits from the one before by the same role (a message sent in parts)
 WHO = 1.0           # boost of the role the question is about
 WHEN = 1.0          # boost of a turn inside the question's time window
-DENSE = 0.5         # weight of the dense similarity's z-score against BM25's
 DENSE_TOP = 50      # turns nearest in meaning added to the index's hits
 RERANK = 40         # candidates (after mixing) reranked: each needs its own and its neighbours' role and time
 
@@ -52,9 +51,9 @@ class Candidate:
     asked_by: int | None = None      # the turn just before, by another role, that asks what this answers
 
 
-def mix(found: list[tuple[str, float, float]], dense: dict[int, float]) -> list[tuple[str, float, float]]:
-    """BM25 and a dense similarity (turn -> cosine, every source turn) mixed as z-scores, gently
-    (``DENSE``), over the index's hits and the DENSE_TOP turns nearest in meaning; shifted so the
+def mix(found: list[tuple[str, float, float]], dense: dict[int, float], weight: float) -> list[tuple[str, float, float]]:
+    """BM25 and a dense similarity (turn -> cosine, every source turn) mixed as z-scores, the
+    similarity's at ``weight`` (the model's: ``vectors.Embedder.weight``), over the index's hits and the DENSE_TOP turns nearest in meaning; shifted so the
     lowest is 0. Mixing by rank (reciprocal rank fusion) was measured and lost to this."""
     if not dense:
         return found
@@ -72,7 +71,7 @@ def mix(found: list[tuple[str, float, float]], dense: dict[int, float]) -> list[
     mixed = []
     for doc, (s, c) in rows.items():
         turn = int(doc[1:]) if doc.startswith("t") else int(doc.split(":")[1])
-        mixed.append((doc, (s - mean) / std + DENSE * zd.get(turn, 0.0), c))
+        mixed.append((doc, (s - mean) / std + weight * zd.get(turn, 0.0), c))
     low = min(m for _, m, _ in mixed)
     return sorted(((d, m - low + 1e-6, c) for d, m, c in mixed), key=lambda r: -r[1])
 
@@ -110,7 +109,7 @@ def rerank(found: list[tuple[str, float, float]], doc_turn: Callable[[str], tupl
         if c.score <= 0:
             continue
         c.score *= 1 + WHO * roles.get(me.role, 0.0)
-        if window is not None and window.holds(parse_time(me.time)):
+        if window is not None and window.holds(times.parse(me.time)):
             c.score *= 1 + WHEN
             c.time_match = window.label()
         out.append(c)

@@ -11,20 +11,19 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 from rapidfuzz.distance import Levenshtein
 
 from optimem.errors import BadRequest
-from optimem.memory import index as ix, question, ranking, vectors
-from optimem.memory.context import PlacedPage, parse_time
-from optimem.memory.fragments import Fragment, fragments_from_decoded, headers_of, strip_header  # noqa: F401
+from optimem.memory import index as ix, question, ranking, times, vectors
+from optimem.memory.context import PlacedPage
+from optimem.memory.fragments import Fragment, fragments_from_decoded, headers_of
 from optimem.memory.reading import Reader
 from optimem.memory.results import Hit, Recall
-from optimem.memory.searchable import drop_gone, make_searchable, reindex_cached  # noqa: F401  (service.py)
+from optimem.memory.searchable import make_searchable
 from optimem.memory.store import PageRecord, SessionKeys, SessionMeta, Store, TurnRecord
-from optimem.memory.turns import check_unicode, normalise_time
+from optimem.memory.turns import check_unicode
 
 
 def squash(text: str) -> str:
@@ -66,22 +65,15 @@ class Query:
         if turn is not None and (isinstance(turn, bool) or not isinstance(turn, (int, str))
                                  or isinstance(turn, str) and turn not in ("first", "last")):
             raise BadRequest("turn must be an index, 'first' or 'last'")
-        return cls(query, turn, parse_time(normalise_time(since)) if since else None,
-                   parse_time(normalise_time(until)) if until else None, role, limit)
+        return cls(query, turn, times.parse(times.normalise(since)) if since else None,
+                   times.parse(times.normalise(until)) if until else None, role, limit)
 
     def wants(self, role: str, when: str) -> bool:
         if self.role and role != self.role:
             return False
-        if self.since is not None and parse_time(when) < self.since:
+        if self.since is not None and times.parse(when) < self.since:
             return False
-        return not (self.until is not None and parse_time(when) > self.until)
-
-
-def iso(stamp: float | None) -> str | None:
-    """A time as stored turns carry it (``turns.normalise_time``): such strings sort as times do."""
-    if stamp is None:
-        return None
-    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return not (self.until is not None and times.parse(when) > self.until)
 
 
 class Turns:
@@ -130,7 +122,7 @@ class Turns:
             if len(found) < need and q.wants(t.role, t.time):
                 found.append(t.index)
         if q.since is not None or q.until is not None:
-            pages = self.store.pages_in_time(self.k, iso(q.since), iso(q.until))
+            pages = self.store.pages_in_time(self.k, _iso(q.since), _iso(q.until))
         else:
             pages = list(range(self.page_count))
         if backwards:
@@ -177,10 +169,10 @@ CANDIDATES = 100      # index hits reranked per content query
 
 
 def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, store: Store, k: SessionKeys,
-               keep_source: bool, dense: dict[int, float] | None) -> list[ranking.Candidate]:
+               keep_source: bool, dense: dict[int, float] | None, meaning: float = 0.0) -> list[ranking.Candidate]:
     """The index's hits (mixed with ``dense``) reranked by who and when the question is about
     (``memory/question.py``), relative to the session's own roles and times (never the wall clock)."""
-    found = ranking.mix(found, dense or {})[:ranking.RERANK]
+    found = ranking.mix(found, dense or {}, meaning)[:ranking.RERANK]
     near = sorted({t for doc, _, _ in found for t in _around(ix.doc_turn(doc)[0])} | {0})
     if keep_source:      # role and time of every candidate and neighbour: one round trip
         known = {t: ranking.Said(s["role"], s["time"], "?" in s["content"] or "？" in s["content"])
@@ -189,9 +181,9 @@ def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, s
         turns.where(near)
         known = {t: ranking.Said(*rt) for t in near if (rt := turns.role_time(t)) is not None}
     roles = sorted({s.role for s in known.values()} | {t.role for t in turns.text})
-    stamps = [parse_time(s.time) for s in known.values()] + [parse_time(t.time) for t in turns.text]
-    first = parse_time(known[0].time) if 0 in known else min(stamps, default=0.0)
-    latest = parse_time(turns.text[-1].time) if turns.text else max(stamps, default=0.0)
+    stamps = [times.parse(s.time) for s in known.values()] + [times.parse(t.time) for t in turns.text]
+    first = times.parse(known[0].time) if 0 in known else min(stamps, default=0.0)
+    latest = times.parse(turns.text[-1].time) if turns.text else max(stamps, default=0.0)
     return ranking.rerank(found, ix.doc_turn, known.get, question.who(text, roles), question.when(text, first, latest))
 
 
@@ -200,7 +192,7 @@ def _around(turn: int) -> tuple[int, ...]:
 
 
 def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader], store: Store,
-         deadline: float, placed: Callable[[], list[PlacedPage]]) -> Found:
+         deadline: float, placed: Callable[[], list[PlacedPage]], embed_model: str = "") -> Found:
     """The turns a recall answers with: by the text index for a content query, else by position or time."""
     if not q.text:
         return Found(wanted=[(turn, None) for turn in turns.chosen(q)])
@@ -212,8 +204,8 @@ def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Call
     else:
         found.searched = turns.page_count
     found_docs = store.search(k, q.text, limit=CANDIDATES)
-    dense = vectors.similarities(store, k, meta.turns, meta.keep_source, q.text)
-    ranked = understood(q.text, found_docs, turns, store, k, meta.keep_source, dense)
+    dense = vectors.similarities(store, k, meta.turns, meta.keep_source, q.text, embed_model)
+    ranked = understood(q.text, found_docs, turns, store, k, meta.keep_source, dense, vectors.weight(embed_model))
     for n, c in enumerate(ranked):
         if n % (2 * q.limit) == 0:   # locate the next few hits' pages in one go
             turns.where({r.turn for r in ranked[n:n + 2 * q.limit]})
@@ -249,17 +241,17 @@ def read(wanted: list[tuple[int, int | None]], k: SessionKeys, turns: Turns, rea
     recent = turns.recent
     jobs: list[tuple[int, PlacedPage | None, dict | None, Any]] = []
     for turn, page in wanted:
-        for p, span in where.get(turn, []):
-            if page is not None and p.record.page != page:
+        for held, held_span in where.get(turn, []):
+            if page is not None and held.record.page != page:
                 continue
-            future = reader().fetch(k, p.record.page, p.tier, turn=turn) if not p.tier.gone else None
-            jobs.append((turn, p, span, future))
+            future = reader().fetch(k, held.record.page, held.tier, turn=turn) if not held.tier.gone else None
+            jobs.append((turn, held, held_span, future))
         if turn in recent and page is None:
             jobs.append((turn, None, None, None))
     out = Read([], set(), set())
     headers: dict[int, dict[int, list[str]]] = {}
     for turn, p, span, future in jobs:
-        if p is None:
+        if p is None or span is None:      # (both None together: a turn still text)
             t = recent[turn]
             out.fragments.append(Fragment(t.index, t.role, t.time, None, "text", 0.0, t.start, len(t.content),
                                           t.content[t.start:], 1.0))
@@ -308,7 +300,7 @@ def answer(q: Query, k: SessionKeys, meta: SessionMeta, store: Store, found: Fou
 
 
 def recall(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader],
-           store: Store, read_budget_s: float, placed: Callable[[], list[PlacedPage]]) -> Recall:
+           store: Store, read_budget_s: float, placed: Callable[[], list[PlacedPage]], embed_model: str = "") -> Recall:
     """Old turns back as decoded text: find the turns, read only those turns' lines at their pages'
     tiers now, answer. ``reader`` gives the Reader, asked for only when a page must be read (the
     backend need not load otherwise); ``placed`` gives every page placed, asked for only by a
@@ -323,6 +315,10 @@ def recall(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Ca
     page's read ``p<page>:<turn>``)."""
     started = time.perf_counter()
     deadline = time.monotonic() + read_budget_s
-    found = find(q, k, meta, turns, reader, store, deadline, placed)
+    found = find(q, k, meta, turns, reader, store, deadline, placed, embed_model)
     got = read(found.wanted, k, turns, reader, store, deadline)
     return answer(q, k, meta, store, found, got, started)
+
+
+def _iso(stamp: float | None) -> str | None:
+    return None if stamp is None else times.iso(stamp)

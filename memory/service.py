@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from optimem import renderer
 from optimem.errors import BadRequest, NotFound, SessionExists
-from optimem.memory import compactor, context, curves, erasure, jobs, locks, recall as recalling, turns as turn_input
+from optimem.memory import (compactor, context, curves, erasure, jobs, locks, recall as recalling, searchable,
+                            turns as turn_input)
 from optimem.memory.context import Links, PlacedPage
 from optimem.memory.curves import Curve
 from optimem.memory.reading import PageImages, Reader, token_unit, tier_png
@@ -259,7 +260,7 @@ class Memory:
                 return sealed
             changed = self._retier(s)
             if not keep_source:   # a page faded out holds nothing: its decoded text leaves the index
-                recalling.drop_gone(self.store, k, changed)
+                searchable.drop_gone(self.store, k, changed)
         return sealed
 
     def settle(self, session: str, *, tenant: str = DEFAULT_TENANT) -> None:
@@ -356,7 +357,7 @@ class Memory:
         except NotFound:
             return
         if placed.tier.name == job.tier:
-            recalling.reindex_cached(self.store, s.k, placed, self.reader)
+            searchable.reindex_cached(self.store, s.k, placed, self.reader)
 
     # -- context ------------------------------------------------------------------------------
     def context(self, session: str, *, budget: int | None = None, format: str = "raw", links: Links | None = None,
@@ -464,4 +465,4 @@ class Memory:
                                                                                  s.meta.turns),
                                   self.store.text_turns(s.k), self.store.seal_state(s.k)[1])
         return recalling.recall(q, s.k, s.meta, located, lambda: self.reader, self.store,
-                                self.settings.recall_read_s, lambda: self._placed(s))
+                                self.settings.recall_read_s, lambda: self._placed(s), self.settings.embed_model)

@@ -8,7 +8,6 @@ from optimem.errors import BadRequest
 from optimem.memory import times, tokens
 from optimem.memory.store import TurnRecord
 # The old names, until memory/recall.py imports ``times.normalise`` and ``times.now`` itself.
-from optimem.memory.times import MAX_CHARS as MAX_TIME_CHARS, normalise as normalise_time, now as now_iso  # noqa: F401
 
 MAX_TURNS_PER_CALL = 1000
 SURROGATE = re.compile("[\ud800-\udfff]")

