@@ -168,7 +168,9 @@ def run(recalls: int = 45, turns: int = 1580, read_s: float = 60, env: dict | No
     with tempfile.TemporaryDirectory(prefix="optimem-recall-load-") as tmp:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start_server(Path(tmp), port, OPTIMEM_RECALL_READ_S=str(read_s), **(env or {}))
+        # One tenant stands for many clients here: its fair-share cap (issue 24) is lifted to the burst.
+        proc = start_server(Path(tmp), port, OPTIMEM_RECALL_READ_S=str(read_s),
+                            **{"OPTIMEM_TENANT_RECALLS": str(recalls), **(env or {})})
         try:
             pages = build(url, turns)
             out = asyncio.run(burst(url, recalls))
