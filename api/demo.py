@@ -61,6 +61,23 @@ def fading_strip(png: bytes):
     return strip
 
 
+def sealed(c, wait: float, quiet_s: float = 2.0) -> int:
+    """Pages of the session once sealing has caught up: pages are sealed just after the appends
+    answer, and reads don't wait for a backlog (they serve unsealed turns as text), so the demo
+    waits here until the page count has held for ``quiet_s`` (or ``wait`` runs out)."""
+    deadline, last, steady = time.monotonic() + wait, -1, time.monotonic()
+    with tqdm(desc="sealing pages", unit="page") as bar:
+        while time.monotonic() < deadline:
+            pages = ok(c.get(f"/v1/sessions/{SESSION}"))["pages"]
+            if pages != last:
+                bar.update(pages - max(last, 0))
+                last, steady = pages, time.monotonic()
+            elif pages and time.monotonic() - steady >= quiet_s:
+                break
+            time.sleep(0.25)
+    return last
+
+
 def run(url: str | None, turns: int, out: str, curve: str, wait: float) -> None:
     key, conversation = longest()
     conversation = conversation[:turns]
@@ -73,7 +90,7 @@ def run(url: str | None, turns: int, out: str, curve: str, wait: float) -> None:
         for i in tqdm(range(0, len(conversation), 25), desc="appending turns", unit="batch"):
             ok(c.post(f"/v1/sessions/{SESSION}/turns", json={"turns": conversation[i:i + 25]}))
         answered_s = time.perf_counter() - started
-        pages = ok(c.get(f"/v1/sessions/{SESSION}"))["pages"]   # waits for pages sealed after the answers
+        pages = sealed(c, wait)
         append_s = time.perf_counter() - started
         print(f"Appended in {answered_s:.1f} s (answers); {pages} pages sealed by {append_s:.1f} s "
               f"({1000 * append_s / max(1, pages):.0f} ms per sealed page, typesetting included)")
