@@ -42,13 +42,12 @@ import bm25s  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/common.py, also when loaded by path
 from common import pct  # noqa: E402
-from optimem.memory import context, index as ix  # noqa: E402
+from optimem.memory import index as ix  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402
 from optimem.memory.lab.corpus import conversations  # noqa: E402
 from optimem.memory import recall as recalling, vectors  # noqa: E402
 from optimem.memory.redis_server import EmbeddedRedis  # noqa: E402
 from optimem.memory.service import Memory  # noqa: E402
-from optimem.memory.recall import Turns  # noqa: E402
 from optimem.memory.store import SessionKeys  # noqa: E402
 from optimem.settings import Settings  # noqa: E402
 from recall_set import questions as question_set, sessions as set_sessions  # noqa: E402
@@ -121,8 +120,7 @@ def found_turns(memory: Memory, session: str, query: str, limit: int = 10) -> li
     """The turns ``Memory.recall`` would read for ``query``, in its order (its find step, built as
     ``Memory.recall`` builds it, without reading the pages)."""
     s = memory._open(session, TENANT)
-    located = Turns(memory.store, s.k, lambda rs: context.place(rs, s.curve, memory.ladder, s.meta.turns),
-                    memory.store.text_turns(s.k), memory.store.seal_state(s.k)[1])
+    located = memory._located(s)
     q = recalling.Query.of(query, limit=limit)
     found = recalling.find(q, s.k, s.meta, located, lambda: memory.reader, memory.store,
                            time.monotonic() + 60, lambda: memory._placed(s), memory.settings.embed_model)
@@ -240,8 +238,7 @@ def scale(memory: Memory, size: int, rng: random.Random, queries: int = 20) -> d
         {span["index"]: p for p in placed for span in p.record.turns}.get(turn)
         locate_all.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        Turns(memory.store, k, lambda rs: context.place(rs, s.curve, memory.ladder, s.meta.turns),
-              memory.store.text_turns(k), memory.store.seal_state(k)[1]).where([turn])
+        memory._located(s).where([turn])
         locate.append(time.perf_counter() - t0)
     warm, read = [], []
     for _, _, query in picks[:10]:      # each asked cold (nothing decoded), then again at once (warm)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from rapidfuzz.distance import Levenshtein
 
@@ -79,15 +79,44 @@ class Query:
 class Turns:
     """Where a recall's turns are and what they are (role, time), read for the turns it looks at,
     not for the whole session: pages are located through the page index (``Store.pages_holding``,
-    ``Store.pages_in_time``), full records are read only for them, in batches while scanning."""
+    ``Store.pages_in_time``), full records are read only for them, in batches while scanning; turns
+    still kept as text (``text_from`` up to ``turn_count``) are read by index the same way, so a
+    backlog of unsealed turns after a bulk import costs a recall nothing it does not ask for."""
     BATCH = 16      # full page records read at a time when scanning for 'first', 'last' or a time range
+    TEXT_BATCH = 64     # text turns read at a time when scanning them
+    ROLES_FROM = 32     # the newest text turns whose roles join the candidates' (names in a question)
 
     def __init__(self, store: Store, k: SessionKeys, place: Callable[[list[PageRecord]], list[PlacedPage]],
-                 text: list[TurnRecord], page_count: int):
-        self.store, self.k, self.place, self.text, self.page_count = store, k, place, text, page_count
-        self.recent = {t.index: t for t in text}
+                 text_from: int, turn_count: int, page_count: int):
+        self.store, self.k, self.place, self.page_count = store, k, place, page_count
+        self.text_from, self.turn_count = text_from, turn_count
+        self._text: dict[int, TurnRecord | None] = {}
         self._where: dict[int, list[tuple[PlacedPage, dict]]] = {}
         self._placed: dict[int, PlacedPage] = {}
+
+    def text(self, turns: Iterable[int]) -> dict[int, TurnRecord]:
+        """Those of ``turns`` still kept as text, each read from Redis once."""
+        turns = list(turns)
+        ask = [t for t in dict.fromkeys(turns) if self.text_from <= t < self.turn_count and t not in self._text]
+        if ask:
+            self._text.update(self.store.text_turns_at(self.k, ask))
+        return {t: r for t in turns if (r := self._text.get(t)) is not None}
+
+    def newest_text(self) -> list[TurnRecord]:
+        """The last few turns kept as text, oldest first."""
+        got = self.text(range(max(self.text_from, self.turn_count - self.ROLES_FROM), self.turn_count))
+        return [got[t] for t in sorted(got)]
+
+    def _text_turns(self, backwards: bool) -> Iterator[TurnRecord]:
+        """Every turn kept as text that begins there (start 0), in turn order or backwards, in batches."""
+        starts = range(self.turn_count - self.TEXT_BATCH, self.text_from - self.TEXT_BATCH, -self.TEXT_BATCH) \
+            if backwards else range(self.text_from, self.turn_count, self.TEXT_BATCH)
+        for a in starts:
+            batch = range(max(a, self.text_from), min(a + self.TEXT_BATCH, self.turn_count))
+            got = self.text(batch)
+            for t in (reversed(batch) if backwards else batch):
+                if t in got and got[t].start == 0:      # a turn with start > 0 begins on a page
+                    yield got[t]
 
     def _add(self, records: list[PageRecord]) -> None:
         for p in self.place([r for r in records if r.page not in self._placed]):
@@ -97,7 +126,9 @@ class Turns:
 
     def where(self, turns: Iterable[int]) -> dict[int, list[tuple[PlacedPage, dict]]]:
         """turn -> the pages holding it, each with its span there (empty for a turn still text)."""
-        missing = {t for t in turns if t not in self._where and t not in self.recent}
+        turns = list(turns)
+        text = self.text(turns)
+        missing = {t for t in turns if t not in self._where and t not in text}
         if missing:
             self._add(self.store.pages_holding(self.k, missing))
             for t in missing:
@@ -105,8 +136,8 @@ class Turns:
         return {t: sorted(self._where.get(t, []), key=lambda ps: ps[0].record.page) for t in turns}
 
     def role_time(self, turn: int) -> tuple[str, str] | None:
-        if turn in self.recent:
-            return self.recent[turn].role, self.recent[turn].time
+        if (t := self.text([turn]).get(turn)) is not None:
+            return t.role, t.time
         held = self.where([turn])[turn]
         return (held[0][1]["role"], held[0][1]["time"]) if held else None
 
@@ -117,17 +148,23 @@ class Turns:
     def scan(self, q: "Query", need: int, backwards: bool) -> list[int]:
         """The first ``need`` turns (the last, ``backwards``) that ``q`` wants, in turn order."""
         found: list[int] = []
-        text = [t for t in self.text if t.start == 0]    # a turn with start > 0 begins on a page
-        for t in (reversed(text) if backwards else []):
-            if len(found) < need and q.wants(t.role, t.time):
-                found.append(t.index)
+
+        def take_text() -> None:
+            for t in self._text_turns(backwards):
+                if len(found) >= need:
+                    return
+                if q.wants(t.role, t.time):
+                    found.append(t.index)
+
+        if backwards:       # the newest turns are text
+            take_text()
         if q.since is not None or q.until is not None:
             pages = self.store.pages_in_time(self.k, _iso(q.since), _iso(q.until))
         else:
             pages = list(range(self.page_count))
         if backwards:
             pages.reverse()
-        seen = {t.index for t in text}
+        seen = set(found)
         for i in range(0, len(pages), self.BATCH):
             if len(found) >= need:
                 break
@@ -138,9 +175,8 @@ class Turns:
                 if len(found) < need and span["index"] not in seen and q.wants(span["role"], span["time"]):
                     found.append(span["index"])
                 seen.add(span["index"])
-        for t in ([] if backwards else text):
-            if len(found) < need and q.wants(t.role, t.time):
-                found.append(t.index)
+        if not backwards:
+            take_text()
         return sorted(found[:need])
 
     def chosen(self, q: "Query") -> list[int]:
@@ -180,10 +216,11 @@ def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, s
     else:
         turns.where(near)
         known = {t: ranking.Said(*rt) for t in near if (rt := turns.role_time(t)) is not None}
-    roles = sorted({s.role for s in known.values()} | {t.role for t in turns.text})
-    stamps = [times.parse(s.time) for s in known.values()] + [times.parse(t.time) for t in turns.text]
+    newest = turns.newest_text()
+    roles = sorted({s.role for s in known.values()} | {t.role for t in newest})
+    stamps = [times.parse(s.time) for s in known.values()] + [times.parse(t.time) for t in newest]
     first = times.parse(known[0].time) if 0 in known else min(stamps, default=0.0)
-    latest = times.parse(turns.text[-1].time) if turns.text else max(stamps, default=0.0)
+    latest = times.parse(newest[-1].time) if newest else max(stamps, default=0.0)
     return ranking.rerank(found, ix.doc_turn, known.get, question.who(text, roles), question.when(text, first, latest))
 
 
@@ -238,7 +275,7 @@ def read(wanted: list[tuple[int, int | None]], k: SessionKeys, turns: Turns, rea
     """Each wanted turn's text: its lines read off its pages at their tiers now (every read started
     first, they share the reader's pools, then collected until the deadline), or the recent text."""
     where = turns.where([turn for turn, _ in wanted])
-    recent = turns.recent
+    recent = turns.text(turn for turn, _ in wanted)
     jobs: list[tuple[int, PlacedPage | None, dict | None, Any]] = []
     for turn, page in wanted:
         for held, held_span in where.get(turn, []):

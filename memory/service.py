@@ -453,6 +453,13 @@ class Memory:
         return self.reader.encoded(k, page, chosen).to_bytes()
 
     # -- recall -------------------------------------------------------------------------------
+    def _located(self, s: _Open) -> recalling.Turns:
+        """Where a recall's turns are: pages placed and text turns read only for the turns it asks about."""
+        text_from, pages = self.store.seal_state(s.k)
+        return recalling.Turns(self.store, s.k, lambda records: context.place(records, s.curve, self.ladder,
+                                                                             s.meta.turns),
+                               text_from, s.meta.turns, pages)
+
     def recall(self, session: str, query: str | None = None, *, turn: int | str | None = None,
                since: str | None = None, until: str | None = None, role: str | None = None, limit: int = 5,
                tenant: str = DEFAULT_TENANT) -> Recall:
@@ -461,8 +468,5 @@ class Memory:
         q = recalling.Query.of(query, turn, since, until, role, limit)
         s = self._open(session, tenant)
         # Pages are located and placed for the turns the recall looks at only (O(hits), not O(pages)).
-        located = recalling.Turns(self.store, s.k, lambda records: context.place(records, s.curve, self.ladder,
-                                                                                 s.meta.turns),
-                                  self.store.text_turns(s.k), self.store.seal_state(s.k)[1])
-        return recalling.recall(q, s.k, s.meta, located, lambda: self.reader, self.store,
+        return recalling.recall(q, s.k, s.meta, self._located(s), lambda: self.reader, self.store,
                                 self.settings.recall_read_s, lambda: self._placed(s), self.settings.embed_model)

@@ -297,6 +297,13 @@ class Store:
         raw = self.r.hgetall(k.turns)
         return sorted((TurnRecord(**json.loads(v)) for v in raw.values()), key=lambda t: t.index)
 
+    def text_turns_at(self, k: SessionKeys, turns: list[int]) -> dict[int, TurnRecord | None]:
+        """These turns as kept in the text (None: not there, sealed or never appended): one HMGET,
+        so a read touches the turns it asks for, not a backlog of thousands."""
+        if not turns:
+            return {}
+        return {t: TurnRecord(**json.loads(raw)) if raw else None for t, raw in zip(turns, self.r.hmget(k.turns, turns))}
+
     def seal_state(self, k: SessionKeys) -> tuple[int, int]:
         return self.seal_state_of(self.r, k)
 

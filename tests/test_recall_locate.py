@@ -8,7 +8,6 @@ import random
 
 import pytest
 
-from optimem.memory import context
 from optimem.memory import recall as recalling
 from optimem.memory.lab.corpus import longest
 
@@ -40,8 +39,7 @@ def expected(q, info):
 
 def locator(memory, session, tenant):
     s = memory._open(session, tenant)
-    return recalling.Turns(memory.store, s.k, lambda rs: context.place(rs, s.curve, memory.ladder, s.meta.turns),
-                           memory.store.text_turns(s.k), memory.store.seal_state(s.k)[1])
+    return memory._located(s)
 
 
 def test_located_turns_match_a_pass_over_every_page(memory, tenant):

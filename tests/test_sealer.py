@@ -249,3 +249,40 @@ def test_a_read_waits_for_the_seals_asked_before_it_began_not_for_later_ones():
     release[2].set()
     assert sealer.wait_owed("t", timeout_s=5) is True and not sealer.pending("t")
     sealer.stop(1)
+
+
+def test_recall_over_a_text_backlog_reads_only_the_turns_it_asks_about(redis_server, reader, tmp_path, tenant,
+                                                                        monkeypatch):
+    """Issue 21 item 6 / issue 25 item 3: right after a bulk import the turns are text while the
+    sealer works; a recall by content, by position and by time finds the right ones without
+    loading the whole backlog (it used to read every unsealed turn: 0.43 s of a 0.63 s recall at
+    20,000 turns)."""
+    from optimem.memory.store import Store
+
+    slow_seals(monkeypatch, 4.0)
+    memory = background(redis_server, reader, tmp_path)
+    chat = longest()[1]
+    turns = [{"role": ("user", "assistant")[i % 2], "content": f"{chat[i % len(chat)]['content']} marker{i}",
+              "time": f"2026-03-{1 + i // 100:02d}T10:{(i // 2) % 60:02d}:00+00:00"} for i in range(2000)]
+    try:
+        memory.create_session("backlog", tenant=tenant)
+        for i in range(0, len(turns), 1000):
+            memory.append("backlog", turns[i:i + 1000], tenant=tenant)
+        k = SessionKeys(tenant, "backlog")
+        assert memory.store.seal_state(k)[0] < 100           # still (almost) all text
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a recall loaded every unsealed turn")
+
+        monkeypatch.setattr(Store, "text_turns", refuse)
+        hits = memory.recall("backlog", "marker1717", limit=3, tenant=tenant).hits
+        assert hits[0].turn == 1717 and hits[0].tier == "text" and hits[0].text.endswith("marker1717")
+        assert [h.turn for h in memory.recall("backlog", turn="last", tenant=tenant).hits] == [1999]
+        assert [h.turn for h in memory.recall("backlog", turn="last", role="user", tenant=tenant).hits] == [1998]
+        assert [h.turn for h in memory.recall("backlog", turn=1500, tenant=tenant).hits] == [1500]
+        in_time = memory.recall("backlog", since="2026-03-20T00:00:00+00:00", limit=4, tenant=tenant).hits
+        assert [h.turn for h in in_time] == [1900, 1901, 1902, 1903]
+        first = memory.recall("backlog", turn="first", tenant=tenant).hits
+        assert [h.turn for h in first] == [0] and first[0].text.endswith("marker0")
+    finally:
+        memory.close(stop_server=False)
