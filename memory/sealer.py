@@ -4,7 +4,8 @@ typeset and sealed just after, on one thread per process.
 Why: typesetting and drawing a page costs tens of milliseconds, and a one-turn append that happens to
 fill a page would pay all of it (issue 12). Nothing is lost by waiting: the turns are in Redis before
 the append answers, the seal is one transaction guarded by WATCH (``Store.seal``), and a process that
-dies with a seal pending leaves the turns as text for the next append of that session to seal.
+dies with a seal pending leaves the turns as text for the next append of that session to seal; a seal
+that fails on the store (a dropped connection) is tried again after 1, 5 and 30 s (``RETRY_AFTER_S``).
 
 Reads never wait on the sealer beyond a short bound (``READ_WAIT_S``, issue 25): turns not yet on
 a page are text, in the session's turns and its index, and a read serves them as such. A read
@@ -26,10 +27,15 @@ import threading
 import time
 from typing import Callable, Generic, TypeVar
 
+from optimem.errors import OptimemError
 from optimem.memory.concurrency import COMPUTE
 
 log = logging.getLogger("optimem.sealer")
 READ_WAIT_S = 2.0    # the longest a read waits for a seal its session was owed when it began
+# Seconds before each new try of a seal that failed on something other than the session itself (a
+# dropped Redis connection, a typesetter that died): a bulk import's backlog must not stay text
+# until the session's next append, which may never come.
+RETRY_AFTER_S = (1.0, 5.0, 30.0)
 Job = TypeVar("Job")   # what ``seal`` takes: one session's compaction (Memory's ``_Seal``)
 
 
@@ -49,6 +55,7 @@ class Sealer(Generic[Job]):
         self._first: dict[str, int] = {}            # tag -> lowest number that may be unsealed
         self._last: dict[str, int] = {}             # tag -> its latest request's number
         self._taken: dict[str, int] = {}            # tag -> the latest request the running seal covers
+        self._failures: dict[str, int] = {}         # tag -> seals failed in a row
         self._stopped = False
         self._thread: threading.Thread | None = None
 
@@ -121,8 +128,11 @@ class Sealer(Generic[Job]):
     def _run(self, tag: str, job: Job) -> None:
         try:
             self._seal(job)
-        except Exception:  # noqa: BLE001  the turns stay text; the session's next append seals them
+            self._failures.pop(tag, None)
+        except OptimemError:    # the session itself (deleted meanwhile): nothing to try again
             log.exception("sealing %s failed; its turns stay text until its next append", tag)
+        except Exception:  # noqa: BLE001  the turns stay text meanwhile; nothing is lost
+            self._retry(tag, job)
         finally:
             with self._cond:
                 self._running.discard(tag)
@@ -133,6 +143,19 @@ class Sealer(Generic[Job]):
                     self._first.pop(tag, None)
                     self._last.pop(tag, None)
                 self._cond.notify_all()
+
+    def _retry(self, tag: str, job: Job) -> None:
+        tries = self._failures.get(tag, 0)
+        if tries >= len(RETRY_AFTER_S) or self._stopped:
+            self._failures.pop(tag, None)
+            log.exception("sealing %s failed %d times; its turns stay text until its next append", tag, tries + 1)
+            return
+        self._failures[tag] = tries + 1
+        log.exception("sealing %s failed; trying again in %.0f s (its turns are text meanwhile)",
+                      tag, RETRY_AFTER_S[tries])
+        again = threading.Timer(RETRY_AFTER_S[tries], self.request, (tag, job))
+        again.daemon = True
+        again.start()
 
     def _loop(self) -> None:
         while True:

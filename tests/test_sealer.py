@@ -286,3 +286,35 @@ def test_recall_over_a_text_backlog_reads_only_the_turns_it_asks_about(redis_ser
         assert [h.turn for h in first] == [0] and first[0].text.endswith("marker0")
     finally:
         memory.close(stop_server=False)
+
+
+def test_a_seal_that_fails_on_the_store_is_tried_again_without_another_append(redis_server, reader, tmp_path,
+                                                                                tenant, monkeypatch):
+    """A seal that fails on something other than the session (here: a dropped Redis connection
+    mid-transaction, as seen once under load after a bulk import) is tried again a moment later;
+    the backlog used to stay text until the session's next append, which an import never sends."""
+    import redis
+
+    from optimem.memory import compactor, sealer
+
+    real, failed = compactor.compact, []
+
+    def drops_once(*args, **kwargs):
+        if not failed:
+            failed.append(1)
+            raise redis.ConnectionError("Connection closed by server.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compactor, "compact", drops_once)
+    monkeypatch.setattr(sealer, "RETRY_AFTER_S", (0.2,))
+    memory = background(redis_server, reader, tmp_path)
+    try:
+        memory.create_session("imported", tenant=tenant)
+        memory.append("imported", longest()[1][:300], tenant=tenant)
+        k = SessionKeys(tenant, "imported")
+        deadline = time.monotonic() + 20
+        while memory.store.seal_state(k)[1] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert failed and memory.store.seal_state(k)[1] > 0, "the failed seal was never tried again"
+    finally:
+        memory.close(stop_server=False)
