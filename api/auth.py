@@ -40,6 +40,7 @@ NEEDS: dict[tuple[str, str], str] = {   # (method, route template) -> the scope 
     ("GET", "/inspect"): READ,
     ("GET", "/inspect/{session}"): READ,
     ("GET", "/inspect/{session}/curve.png"): READ,
+    ("POST", "/inspect/{session}/forget"): ADMIN,
     ("GET", "/v1/models"): READ,
     ("GET", "/mcp"): READ, ("POST", "/mcp"): READ, ("DELETE", "/mcp"): READ,   # each tool checks its own
     ("POST", "/v1/sessions"): WRITE,

@@ -2,25 +2,27 @@
 
 Each page of memory as the model sees it now (at its tier) beside its source text, the recent turns
 still kept as text, the forgetting curve with the session's pages on it, the token accounting, and
-a recall box. Plain HTML from one Jinja2 template; the same API keys as the JSON API (a browser
-sends its key as the Basic auth password: see api.auth).
+a recall box, and a button on each turn that forgets it for real (an admin key's right, as
+``DELETE /v1/sessions/{session}/turns/{turn}``). Plain HTML from one Jinja2 template; the same API
+keys as the JSON API (a browser sends its key as the Basic auth password: see api.auth).
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
-from fastapi import APIRouter, Depends, Query, Request  # noqa: E402
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request  # noqa: E402
 from fastapi.concurrency import run_in_threadpool  # noqa: E402
-from fastapi.responses import HTMLResponse, Response  # noqa: E402
+from fastapi.responses import HTMLResponse, RedirectResponse, Response  # noqa: E402
 from fastapi.templating import Jinja2Templates  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from optimem.api.auth import tenant  # noqa: E402
+from optimem.api.auth import ADMIN, allows, scope_of, tenant  # noqa: E402
 from optimem.errors import BadRequest, ModelUnavailable, NotFound  # noqa: E402
 from optimem.api.deps import HttpLinks  # noqa: E402
 from optimem.api.recall_slots import RecallsBusy, run_recall  # noqa: E402
@@ -137,7 +139,9 @@ async def sessions(request: Request, t: str = Depends(tenant)) -> HTMLResponse:
 
 @router.get("/inspect/{session}", response_class=HTMLResponse)
 async def inspect(request: Request, session: str, t: str = Depends(tenant),
-                  q: Optional[str] = Query(None, max_length=2000, description="Recall query")) -> HTMLResponse:
+                  q: Optional[str] = Query(None, max_length=2000, description="Recall query"),
+                  forgotten: Optional[int] = Query(None, ge=0, description="A turn just forgotten (the page "
+                                                                            "says so)")) -> HTMLResponse:
     """One session: its pages at their tiers, recent turns, curve, accounting and recall."""
 
     memory: Memory = request.app.state.memory
@@ -157,7 +161,40 @@ async def inspect(request: Request, session: str, t: str = Depends(tenant),
             recall_error = str(exc)
         except NotFound as exc:   # deleted meanwhile
             return _error(request, 404, str(exc))
-    return _render(request, session=session, query=query, recall=recall, recall_error=recall_error, **view)
+    can_forget = allows(scope_of(memory.settings.scopes(), request.headers.get("authorization")), ADMIN)
+    return _render(request, session=session, query=query, recall=recall, recall_error=recall_error,
+                   forgotten=forgotten, can_forget=can_forget, **view)
+
+
+def _from_this_site(request: Request) -> bool:
+    """A form posted by a page of this server, not by another site riding on the browser's saved key
+    (cross-site request forgery): browsers say where a POST comes from in Sec-Fetch-Site and Origin."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+@router.post("/inspect/{session}/forget", response_class=RedirectResponse, status_code=303,
+             responses={303: {"description": "Forgotten: back to the session's page, which says so"}})
+async def forget(request: Request, session: str, t: str = Depends(tenant),
+                 turn: str = Form("", max_length=20, description="The turn to forget (its number).")) -> Response:
+    """The inspector's forget button: one turn forgotten for real, as ``DELETE
+    /v1/sessions/{session}/turns/{turn}`` does, then back to the session's page."""
+    if not _from_this_site(request):
+        raise HTTPException(403, "a forget must come from the inspector's own page (this one came from another site)")
+    if not turn.strip().isdigit():
+        return _error(request, 422, f"turn must be a turn number, got {turn!r}")
+    memory: Memory = request.app.state.memory
+    try:
+        await run_in_threadpool(memory.forget, session, int(turn), tenant=t)
+    except NotFound as exc:
+        return _error(request, 404, str(exc))
+    except BadRequest as exc:
+        return _error(request, 422, str(exc))
+    back = request.url_for("inspect", session=session).include_query_params(forgotten=int(turn))
+    return RedirectResponse(str(back.path) + "?" + back.query + f"#turn-{int(turn)}", status_code=303)
 
 
 @router.get("/inspect/{session}/curve.png", response_class=Response,

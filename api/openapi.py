@@ -56,7 +56,7 @@ def document(app: FastAPI, memory_: Memory) -> dict:
                                     "content": dict(problem)}
                 if html and path != "/inspect/{session}/curve.png" and "{session}" in path:
                     responses["422"]["content"]["text/html"] = {"schema": {"type": "string"}}
-            if html and "{session}" in path and path.endswith("}"):
+            if html and "{session}" in path and path != "/inspect/{session}/curve.png":     # the HTML pages
                 responses.setdefault("404", {"description": "No such session",
                                              "content": {"text/html": {"schema": {"type": "string"}}}})
             elif "{session}" in path:

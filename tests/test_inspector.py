@@ -90,6 +90,15 @@ def test_inspector_in_a_browser_shows_pages_turns_totals_and_recall(memory, tena
             SCREENSHOT.parent.mkdir(exist_ok=True)
             shot = Image.open(io.BytesIO(page.screenshot()))
             shot.convert("RGB").quantize(colors=256).save(SCREENSHOT, optimize=True)  # small enough to commit
+
+            # The forget button on turn 11 (beside page 0's image), confirmed in the browser's dialog.
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.locator("#page-0 #turn-11 form.forget button").click()
+            page.wait_for_load_state("load")
+            assert "forgotten=11" in page.url and "Turn 11 forgotten" in page.inner_text("#forgotten")
+            assert "(forgotten)" in page.inner_text("#page-0 #turn-11")
+            assert 11 in memory.forgotten("pal", tenant=tenant)
+            assert "dungeons" not in memory.sources("pal", [11], tenant=tenant)[11]["content"]
         finally:
             browser.close()
     assert Image.open(SCREENSHOT).size == (1280, 900)
@@ -180,3 +189,33 @@ def test_the_inspector_recall_runs_like_the_api_recall_in_a_slot_on_a_recall_thr
         shown = c.get("/inspect/s", params={"q": "chess"})
         assert shown.status_code == 200 and "too many recalls" not in shown.text and "sunday" in shown.text
     assert threads and all(name.startswith("optimem-recall-") for name in threads)
+
+
+def test_the_forget_button_forgets_a_turn_for_an_admin_key_only_and_only_from_this_site(memory, tenant, chat):
+    """The inspector's forget form: an admin key forgets the turn (as DELETE .../turns/{turn}) and
+    comes back to the page, which says so; a read key sees no button and is refused; a post from
+    another site (the browser's saved key riding along) is refused; a bad turn is a 422 page."""
+    from fastapi.testclient import TestClient
+
+    memory.create_session("f", tenant=tenant)
+    memory.append("f", chat, tenant=tenant)
+    memory.settings.api_keys = f"admin-{tenant}:{tenant},reader-{tenant}:{tenant}:read"
+    with TestClient(create_app(memory), follow_redirects=False) as c:
+        c.headers["Authorization"] = f"Bearer reader-{tenant}"
+        assert "form class=\"forget\"" not in c.get("/inspect/f").text
+        assert c.post("/inspect/f/forget", data={"turn": "11"}).status_code == 403
+        c.headers["Authorization"] = f"Bearer admin-{tenant}"
+        assert 'name="turn" value="11"' in c.get("/inspect/f").text
+        away = c.post("/inspect/f/forget", data={"turn": "11"}, headers={"Origin": "https://elsewhere.example",
+                                                                        "Sec-Fetch-Site": "cross-site"})
+        assert away.status_code == 403 and 11 not in memory.forgotten("f", tenant=tenant)
+        for bad in ("eleven", "", str(len(chat) + 5)):
+            got = c.post("/inspect/f/forget", data={"turn": bad})
+            assert got.status_code == 422 and "text/html" in got.headers["content-type"], (bad, got.text[:200])
+        assert c.post("/inspect/nosuch/forget", data={"turn": "1"}).status_code == 404
+        done = c.post("/inspect/f/forget", data={"turn": "11"},
+                      headers={"Origin": str(c.base_url).rstrip("/"), "Sec-Fetch-Site": "same-origin"})
+        assert done.status_code == 303 and done.headers["location"] == "/inspect/f?forgotten=11#turn-11"
+        assert memory.forgotten("f", tenant=tenant) == {11}
+        shown = c.get(done.headers["location"]).text
+        assert "Turn 11 forgotten" in shown and "(forgotten)" in shown
