@@ -53,7 +53,7 @@ def main() -> None:
             for page in pages[::step][:args.forgets]:
                 turn = page.turns[len(page.turns) // 2]["index"]
                 memory.recall("s", turn=turn, tenant=TENANT)                       # read at mosaic4
-                memory.reader.decoded(memory._keys("s", TENANT), page.page, memory.ladder["g1024"])  # and g1024
+                memory.reader.decoded(memory.keys("s", TENANT), page.page, memory.ladder["g1024"])  # and g1024
                 started = time.perf_counter()
                 memory.forget("s", turn, tenant=TENANT)
                 seconds.append(time.perf_counter() - started)

@@ -63,7 +63,7 @@ class Peak:
 
 
 def page_digests(memory: Memory, session: str, pages: int) -> list[str]:
-    k = memory._keys(session, TENANT)
+    k = memory.keys(session, TENANT)
     out = []
     for first in range(0, pages, 200):
         out += [hashlib.sha256(png).hexdigest() for png in memory.store.pngs(k, range(first, min(pages, first + 200)))]

@@ -16,6 +16,10 @@ class Session(BaseModel):
     pages: int = Field(description="Pages sealed so far.")
     text_turns_from: int = Field(description="Index of the oldest turn still kept as plain text.")
     family: str = Field(description="Model family whose views and token costs the tiers follow.")
+    importing: bool = Field(False, description="An import is building this session now, or stopped part way "
+                                               "(a process killed mid-import): importing the same id again "
+                                               "replaces it once the import has shown no sign of life for "
+                                               "two minutes.")
 
 
 class Appended(BaseModel):

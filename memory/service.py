@@ -170,13 +170,14 @@ class Memory:
         return self.reader.encodes if self._backend else self.settings.backend == "deepseek-ocr2"
 
     # -- sessions -----------------------------------------------------------------------------
-    def _keys(self, session: Any, tenant: str) -> SessionKeys:
+    def keys(self, session: Any, tenant: str) -> SessionKeys:
+        """The Redis keys of a session id, once the id is valid (400 otherwise)."""
         if not isinstance(session, str) or not SESSION_ID.fullmatch(session):
             raise BadRequest("session id must be 1-128 characters of letters, digits, '.', '_' or '-'")
         return SessionKeys(tenant, session)
 
     def _open(self, session: Any, tenant: str, settle: bool = True) -> _Open:
-        k = self._keys(session, tenant)
+        k = self.keys(session, tenant)
         if settle and self._sealer is not None and self._sealer.pending(k.tag) and not self._backlog(k):
             # The seal an append just asked for, for a moment at most (its turns are text meanwhile).
             self._sealer.wait_owed(k.tag)
@@ -195,7 +196,7 @@ class Memory:
     def create_session(self, session: str | None = None, *, curve: Any = None, keep_source: bool = True,
                        tenant: str = DEFAULT_TENANT) -> Session:
         session = session or base64.b32encode(os.urandom(10)).decode().lower()
-        k = self._keys(session, tenant)
+        k = self.keys(session, tenant)
         loaded = self.curve(curve if curve is not None else self.settings.curve)
         if not self.store.create_session(k, loaded.to_json(), keep_source):
             raise SessionExists(f"session {session!r} already exists")
@@ -205,7 +206,8 @@ class Memory:
         s = self._open(session, tenant)
         unsealed_from, next_page = self.store.seal_state(s.k)
         return Session(id=session, created=s.meta.created, curve=s.curve.spec, keep_source=s.meta.keep_source,
-                       turns=s.meta.turns, pages=next_page, text_turns_from=unsealed_from, family=self.ladder.family)
+                       turns=s.meta.turns, pages=next_page, text_turns_from=unsealed_from, family=self.ladder.family,
+                       importing=s.meta.importing is not None)
 
     def sessions(self, *, tenant: str = DEFAULT_TENANT) -> list[str]:
         return self.store.sessions(tenant)
@@ -224,7 +226,7 @@ class Memory:
         """Store turns ({role, content, time?}) in order; seal full pages past the recent-text budget:
         inside this call, or just after it (``OPTIMEM_SEAL_BACKGROUND``, the default: ``sealing``
         says a seal is under way; reads wait for it a moment at most, seeing its turns as text)."""
-        k = self._keys(session, tenant)
+        k = self.keys(session, tenant)
         records = turn_input.parse_turns(turns, self.settings.max_turn_chars, self.settings.tokenizer)
         keep_source = self.store.meta(k).keep_source
         first = self.store.append(k, records)
@@ -268,7 +270,7 @@ class Memory:
         however long that takes (a read of the session waits at most ``sealer.READ_WAIT_S`` and
         serves the turns not yet on a page as text)."""
         if self._sealer is not None:
-            self._sealer.settle(self._keys(session, tenant).tag, timeout_s=None)
+            self._sealer.settle(self.keys(session, tenant).tag, timeout_s=None)
 
     def add(self, session: str, content: str, role: str = "user", *, time: str | None = None,
             tenant: str = DEFAULT_TENANT) -> Appended:

@@ -135,6 +135,7 @@ class SessionMeta:
     curve: str          # the curve's JSON
     keep_source: bool
     turns: int          # turns appended so far (the next turn's index)
+    importing: float | None = None     # an import's latest sign of life (memory/transfer.py); None: not importing
 
 
 class SessionKeys:
@@ -231,7 +232,22 @@ class Store:
         raw = {_s(a): _s(b) for a, b in self.r.hgetall(k.meta).items()}
         if "curve" not in raw:
             raise NotFound(f"no session {k.session!r}")
-        return SessionMeta(float(raw["created"]), raw["curve"], raw["keep_source"] == "1", int(raw["next_turn"]))
+        return SessionMeta(float(raw["created"]), raw["curve"], raw["keep_source"] == "1", int(raw["next_turn"]),
+                           float(raw["importing"]) if raw.get("importing") else None)
+
+    def import_alive(self, k: SessionKeys, stamp: float | None) -> None:
+        """An import building the session is alive at ``stamp`` (None: it finished). Only on a session
+        that exists (a DELETE meanwhile is not undone by a stray meta field)."""
+        def write(p) -> None:
+            if not p.exists(k.meta):
+                raise NotFound(f"no session {k.session!r}")
+            p.multi()
+            if stamp is None:
+                p.hdel(k.meta, "importing")
+            else:
+                p.hset(k.meta, "importing", repr(stamp))
+
+        self.r.transaction(write, k.meta)
 
     def sessions(self, tenant: str) -> list[str]:
         return sorted(_s(s) for s in self.r.smembers(f"om:sessions:{{{tenant}}}"))

@@ -22,19 +22,23 @@ the pages the session had (rendering is deterministic); each chunk's pages are s
 next chunk goes in, so no seal backlog is typeset (and held) at once. A forgotten turn's marker is
 appended as a placeholder and forgotten again at the end (its pages then differ from the
 original's: those were typeset with the text later painted over). Should the replay itself fail
-(Redis gone), the session it created is deleted again; a process killed during it leaves it partial.
+(Redis gone), the session it created is deleted again. A process killed during it cannot clean up:
+the session says ``importing`` (its meta holds the import's latest sign of life, renewed every
+chunk), and an import of the same id replaces it once that is older than ``STALE_IMPORT_S``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from optimem.errors import BadRequest, NotFound
+from optimem.errors import BadRequest, NotFound, SessionExists
 from optimem.memory import turns as turn_input
 from optimem.memory.recall import fragments_from_decoded, headers_of
 from optimem.memory.store import SessionKeys
@@ -42,6 +46,10 @@ from optimem.memory.store import SessionKeys
 FORMAT = "optimem-session"
 VERSION = 1
 CHUNK = 1000                 # turns a read or an append at a time (Memory.append takes at most 1,000)
+# An import that has not renewed its sign of life for this long is dead (a chunk takes ~1-2 s, ten
+# under heavy load): its partial session gives way to a new import of the same id.
+STALE_IMPORT_S = 120.0
+log = logging.getLogger("optimem.transfer")
 MAX_LINE_BYTES_FLOOR = 1 << 20
 FADED = "\u2026"             # what a turn memory holds no text of is imported as (turn numbers stay)
 TURN_FIELDS = {"turn", "role", "content", "time", "read_back", "forgotten"}
@@ -282,8 +290,10 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
     id is taken. A failure part way deletes the session again, so nothing is half-imported."""
     header = checked.header
     sid = session or header.get("session")
-    memory.create_session(sid, curve=header["curve"], keep_source=header["keep_source"], tenant=tenant)
+    _create(memory, sid, header, tenant)
+    k = memory.keys(sid, tenant)
     try:
+        memory.store.import_alive(k, time.time())
         chunk: list[dict[str, Any]] = []
         forgotten: list[int] = []
         for raw in checked.spool:
@@ -297,6 +307,7 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
                 memory.append(sid, chunk, tenant=tenant)
                 # Pages sealed before the next chunk: a seal backlog would typeset (and hold) them all at once.
                 memory.settle(sid, tenant=tenant)
+                memory.store.import_alive(k, time.time())
                 if progress:
                     progress(len(chunk))
                 chunk = []
@@ -307,6 +318,7 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
         memory.settle(sid, tenant=tenant)
         for first, last in _runs(forgotten):     # a marker was appended as a placeholder: forget it
             memory.forget(sid, first, last, tenant=tenant)
+        memory.store.import_alive(k, None)
     except BaseException:
         try:
             memory.delete_session(sid, tenant=tenant)
@@ -314,6 +326,21 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
             pass
         raise
     return memory.session(sid, tenant=tenant)
+
+
+def _create(memory, sid: str | None, header: dict[str, Any], tenant: str) -> None:
+    """The session an import builds; one left part way by an import that died gives way to it."""
+    try:
+        memory.create_session(sid, curve=header["curve"], keep_source=header["keep_source"], tenant=tenant)
+        return
+    except SessionExists:
+        left = memory.store.meta(memory.keys(sid, tenant)).importing
+        if left is None or time.time() - left < STALE_IMPORT_S:
+            raise
+    log.warning("session %r was left part way by an import that stopped %.0f s ago; importing it again",
+                sid, time.time() - left)
+    memory.delete_session(sid, tenant=tenant)
+    memory.create_session(sid, curve=header["curve"], keep_source=header["keep_source"], tenant=tenant)
 
 
 def _runs(turns: list[int]) -> Iterator[tuple[int, int]]:

@@ -235,7 +235,7 @@ def test_embeddings_encode_a_canvas_holding_a_made_page_now_and_inline(redis_ser
         assert made_units and all(i.safetensors_base64 for i in made_units)
         tokens = VisualTokens.from_bytes(base64.b64decode(made_units[-1].safetensors_base64))
         assert tokens.n_tokens == made_units[-1].n_tokens == 257
-        assert m.store.cached_tokens(m._keys("e", "default"), made_units[-1].unit, made_units[-1].tier,
+        assert m.store.cached_tokens(m.keys("e", "default"), made_units[-1].unit, made_units[-1].tier,
                                      m.backend.revision) is None        # not cached: the page is not stored
 
 

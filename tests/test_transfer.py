@@ -216,3 +216,45 @@ def test_an_import_is_streamed_past_the_body_limit_that_bounds_other_requests(ap
     assert r.json()["turns"] == 400
     no_key = api.post("/v1/sessions/big3/import", content=data, headers={"Authorization": "Bearer nope"})
     assert no_key.status_code == 401                                                  # the key is still checked
+
+
+def test_an_import_killed_part_way_is_marked_and_a_new_import_of_the_id_replaces_it(redis_server, memory, chat,
+                                                                                      tmp_path, monkeypatch):
+    """kill -9 of `optimem import` mid-way leaves a partial session that says ``importing``; while
+    that import could still be alive a second import of the id is refused (409), after
+    ``STALE_IMPORT_S`` without a sign of life it replaces the partial session with the whole one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from optimem.errors import SessionExists
+    from optimem.memory import transfer
+
+    turns = [dict(chat[i % len(chat)]) for i in range(4000)]
+    memory.create_session("big", tenant="killtenant")
+    for i in range(0, len(turns), 1000):
+        memory.append("big", turns[i:i + 1000], tenant="killtenant")
+    out = tmp_path / "big.jsonl"
+    out.write_bytes(b"".join(transfer.export(memory, "big", tenant="killtenant")))
+    env = {**os.environ, "OPTIMEM_REDIS_URL": f"unix://{redis_server.socket}", "OPTIMEM_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "optimem.api.cli", "import", str(out), "--session", "copy",
+                             "--tenant", "killtenant", "-q"], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if "copy" in memory.sessions(tenant="killtenant") and memory.session("copy", tenant="killtenant").turns:
+                break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = memory.session("copy", tenant="killtenant")
+    assert 0 < left.turns < 4000 and left.importing, left
+    with pytest.raises(SessionExists):             # it might still be alive: not replaced
+        transfer.import_file(memory, out, "copy", tenant="killtenant")
+    monkeypatch.setattr(transfer, "STALE_IMPORT_S", 0.0)
+    done = transfer.import_file(memory, out, "copy", tenant="killtenant")
+    whole = memory.session("big", tenant="killtenant")
+    assert (done.turns, done.pages, done.importing) == (whole.turns, whole.pages, False)
