@@ -16,9 +16,13 @@ What counts (spans in the text as drawn, never across a line break of the source
   5 digits (6 when a space joins the groups), and runs of 5 or more digits;
 - tokens that mix letters and digits (``QX-4817-A2B``, ``9f3a0c7be21d``, ``O0Il1rnmB8S5``), but not
   the ones chat prose is full of: ordinals and decades (``3rd``, ``90s``), times (``5pm``),
-  quantities with a unit (``10k``, ``5km``, ``2x``).
+  quantities with a unit (``10k``, ``5km``, ``2x``);
+- a ``#`` written just before a number or a mixed token (``order #OV457878``) goes with it.
 
 Prose (words, short numbers, ``19:38``, ``3.5``) is left alone: it keeps the body face and density.
+
+``restore_zeros`` is the other end: what a reader of a small view makes of the identifier face's
+dotted zero (a ``θ`` or an ``@``), put back to ``0`` where nothing else can have been drawn.
 """
 from __future__ import annotations
 
@@ -66,10 +70,74 @@ def find(text: str) -> list[tuple[int, int]]:
         token = m.group()
         need = 6 if " " in token else 5
         if _digits(token) >= need:
-            add(*m.span())
+            add(*_numbered(text, *m.span()))
     for m in _MIXED.finditer(text):
         token = m.group()
         if (len(token) >= 3 and any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
                 and not _PROSE.fullmatch(token)):
-            add(*m.span())
+            add(*_numbered(text, *m.span()))
     return sorted(spans)
+
+
+def _numbered(text: str, a: int, b: int) -> tuple[int, int]:
+    """The span with the number sign written before it ("order #OV457878"): part of how the
+    identifier is written, so set in its face too (in the body face the small ``#`` was lost)."""
+    if a and text[a - 1] == "#" and (a == 1 or not text[a - 2].isalnum()):
+        return a - 1, b
+    return a, b
+
+
+# The identifier face draws 0 with a dot inside (DejaVu Sans Mono's, ``faces.IDENT_FACES``). In a
+# 512 px view (mosaic4) the CPU reader reads that dot-in-a-ring as a theta or an at sign: on the
+# unseen-identifier probe's tune part (``bench/identifiers_unseen.py``) 7 of 11 misses at mosaic4.
+ZERO_MISREADS = "θΘ@"
+_GREEK = re.compile(r"[\u0370-\u03ff\u1f00-\u1fff]")
+_TOKEN = re.compile(r"\S+")
+# An email's at sign as a reader gives it back: a domain follows, its dots sometimes read as commas
+# or with a space after them ("gmail. com").
+_AT_DOMAIN = re.compile(r"@[A-Za-z0-9\-]+(?:\s?[.,]\s?[A-Za-z0-9\-]+)*\s?[.,]\s?[a-z]{2,}")
+
+
+def _ascii_alnum(c: str) -> bool:
+    return c.isascii() and c.isalnum()
+
+
+def _restorable(token: str, i: int) -> bool:
+    """Whether ``token[i]`` (θ, Θ or @) sits where the identifier face can only have drawn a 0:
+    a theta touching an ASCII letter or digit, or an at sign between two of them (an email's at sign
+    is ruled out by the caller) or at the start before a digit (a handle starts with a letter)."""
+    before = token[i - 1] if i else ""
+    after = token[i + 1] if i + 1 < len(token) else ""
+    if token[i] != "@":
+        return _ascii_alnum(before) or _ascii_alnum(after)
+    return (_ascii_alnum(before) and _ascii_alnum(after)) or (not before and after.isascii() and after.isdigit())
+
+
+def restore_zeros(text: str) -> str:
+    """Read-back text with misreads of the identifier face's dotted zero put back to ``0``.
+
+    Narrow on purpose: only inside a token (a run without spaces) of ASCII letters and digits,
+    never in one holding other Greek letters (Greek prose keeps its theta), never an email's at
+    sign (one a domain follows), and only where the token, with the zero back, is an identifier
+    ``find`` would set in the identifier face (so it was drawn with the dotted zero, not as prose)."""
+    if not any(c in text for c in ZERO_MISREADS):
+        return text
+    out = []
+    last = 0
+    for m in _TOKEN.finditer(text):
+        token = m.group()
+        if not any(c in token for c in ZERO_MISREADS) or _GREEK.search(token.replace("θ", "").replace("Θ", "")):
+            continue
+        at = [i for i, c in enumerate(token) if c in ZERO_MISREADS and _restorable(token, i)
+              and not (c == "@" and _AT_DOMAIN.match(text, m.start() + i))]
+        if not at:
+            continue
+        fixed = "".join("0" if i in at else c for i, c in enumerate(token))
+        spans = find(fixed)
+        keep = {i for i in at if any(a <= i < b for a, b in spans)}
+        if keep:
+            out.append(text[last:m.start()])
+            out.append("".join("0" if i in keep else c for i, c in enumerate(token)))
+            last = m.end()
+    out.append(text[last:])
+    return "".join(out)
