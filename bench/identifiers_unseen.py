@@ -11,7 +11,9 @@ drawn from conversations the other benchmark never uses. Two parts that share no
 
 - ``tune``: seeds 101-102, template family A, conversations 1000-1199 in key order;
 - ``held``: seeds 201-202, template family B (other shapes of each kind, other phrasings, other
-  places in the sentence), conversations 3000-3199.
+  places in the sentence), conversations 3000-3199;
+- ``held2``: seeds 203-204, family B, conversations 5000-5199: kept back for a second look after
+  ``held``'s totals (not its misses) were seen.
 
 Fixes are made looking at ``tune`` only; ``held`` is read once at the end. Each part is typeset
 with the service's layout (12 px, 1.15 line spacing, the identifier face) and every planted turn's
@@ -46,7 +48,9 @@ from optimem.renderer.identifiers import find  # noqa: E402
 
 KINDS = ("order", "confusable", "email", "url", "phone", "hash", "tracking")
 PARTS = {"tune": {"seeds": (101, 102), "family": "A", "conversations": (1000, 1200)},
-         "held": {"seeds": (201, 202), "family": "B", "conversations": (3000, 3200)}}
+         "held": {"seeds": (201, 202), "family": "B", "conversations": (3000, 3200)},
+         # a second held-back part, read once after the first one's totals were seen (bench/RESULTS.md)
+         "held2": {"seeds": (203, 204), "family": "B", "conversations": (5000, 5200)}}
 UP, LOW, DIG = string.ascii_uppercase, string.ascii_lowercase, string.digits
 Gen = Callable[[random.Random], str]
 
@@ -255,10 +259,11 @@ def table(part: str, reports: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="tune,held", help="tune, held or both (read held once, at the end)")
+    parser.add_argument("--parts", default="tune,held,held2", help="tune, held, held2, comma-separated (read the held parts once, at the end)")
     parser.add_argument("--tiers", default="crops,g1024,v768,mosaic4")
     parser.add_argument("--ident", default=IDENT_DEFAULT, help="identifier face (renderer.faces.IDENT_FACES)")
     parser.add_argument("--per-kind", type=int, default=8, help="identifiers of each kind a seed")
+    parser.add_argument("--seeds", default=None, help="other seeds than the part's, comma-separated (more tune data)")
     parser.add_argument("--prose-pages", type=int, default=2)
     parser.add_argument("--misses", action="store_true", help="print every miss (tune part only)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "identifiers_unseen.json")
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     out: dict[str, Any] = {"machine": machine(), "reader": backend.revision, "parts": {}}
     for part in args.parts.split(","):
         reports = []
-        for seed in PARTS[part]["seeds"]:
+        for seed in [int(x) for x in args.seeds.split(",")] if args.seeds else PARTS[part]["seeds"]:
             start = time.perf_counter()
             reports.append(run(part, seed, per_kind=args.per_kind, tiers=args.tiers.split(","), ident=args.ident,
                                prose_pages=args.prose_pages, backend=backend))

@@ -38,7 +38,7 @@ from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, 
 from optimem.model.tiers import DEEPSEEK_OCR2, Ladder
 from optimem.model.visual_tokens import VisualTokens
 from optimem.renderer.faces import IDENT_DEFAULT, dotted_zero
-from optimem.renderer.identifiers import restore_zeros
+from optimem.renderer.identifiers import restore
 
 Mode = Literal["lines", "page"]
 MODES: tuple[str, ...] = ("lines", "page")
@@ -74,8 +74,8 @@ class RapidOcrBackend:
     or "openvino" (same bundled model; 10-35% faster here, but not a dependency: opt in).
     ``ident``: the identifier face the pages were typeset with (``renderer.faces.IDENT_FACES``);
     when it draws a dotted zero, what the recogniser reads as a theta or an at sign inside an
-    identifier goes back to ``0`` (``renderer.identifiers.restore_zeros``: narrow, never in Greek
-    words or an email's at sign).
+    identifier goes back to ``0``; an email's dot read as a comma goes back in any face
+    (``renderer.identifiers.restore``: narrow, never in Greek words, an email's at sign or a handle).
 
     The engine loads on first use, once per instance; reads are serialised per instance, since
     one page already keeps every thread busy.
@@ -102,13 +102,13 @@ class RapidOcrBackend:
         self._run_lock = threading.Lock()
         self._models = _bundled_models()    # raises ModelUnavailable on a missing or broken install
         self.zeros = dotted_zero(ident)
-        # Reading header boxes or not, or putting zeros back, changes what a page reads back as:
-        # a cache key of its own (reads cached before either are not reused).
+        # Reading header boxes or not, or what ``restore`` puts back, changes what a page reads back
+        # as: a cache key of its own (reads cached before are not reused).
         self.revision = (f"rapidocr-{metadata.version('rapidocr')}/"
                          f"{'+'.join(p.stem for p in self._models)}/{mode}"
                          f"{'+headers' if headers and mode == 'lines' else ''}"
                          f"{'' if engine == 'onnxruntime' else '+' + engine}"
-                         f"{'+zeros' if self.zeros else ''}")
+                         f"+ids1{'+zeros' if self.zeros else ''}")
 
     @property
     def reads_line_subsets(self) -> bool:
@@ -135,8 +135,7 @@ class RapidOcrBackend:
             else:
                 with self._run_lock:
                     lines = self._read_page(engine, image, view.lines)
-            if self.zeros:
-                lines = [DecodedLine(restore_zeros(line.text), line.score, line.turn) for line in lines]
+            lines = [DecodedLine(restore(line.text, self.zeros), line.score, line.turn) for line in lines]
             out.append(Decoded("\n".join(line.text for line in lines), lines,
                                time.perf_counter() - start))
         return out

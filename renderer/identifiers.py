@@ -21,8 +21,9 @@ What counts (spans in the text as drawn, never across a line break of the source
 
 Prose (words, short numbers, ``19:38``, ``3.5``) is left alone: it keeps the body face and density.
 
-``restore_zeros`` is the other end: what a reader of a small view makes of the identifier face's
-dotted zero (a ``θ`` or an ``@``), put back to ``0`` where nothing else can have been drawn.
+``restore`` is the other end: what a reader of a small view makes of the identifier face's dotted
+zero (a ``θ`` or an ``@``) put back to ``0``, and an email's dot read as a comma put back, where
+nothing else can have been drawn.
 """
 from __future__ import annotations
 
@@ -98,19 +99,38 @@ _TOKEN = re.compile(r"\S+")
 _AT_DOMAIN = re.compile(r"@[A-Za-z0-9\-]+(?:\s?[.,]\s?[A-Za-z0-9\-]+)*\s?[.,]\s?[a-z]{2,}")
 
 
+# An email's last dot read as a comma ("esmith@gmail, com"): a comma is never part of an address,
+# and no sentence goes on with a bare top-level domain after one.
+_EMAIL_COMMA = re.compile(r"(@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*)\s?,\s?(com|org|net|edu|gov|io|co|me|de|uk|fr|nl|es|it|ca|au|jp|info|dev)\b")
+
+
 def _ascii_alnum(c: str) -> bool:
     return c.isascii() and c.isalnum()
 
 
 def _restorable(token: str, i: int) -> bool:
     """Whether ``token[i]`` (θ, Θ or @) sits where the identifier face can only have drawn a 0:
-    a theta touching an ASCII letter or digit, or an at sign between two of them (an email's at sign
-    is ruled out by the caller) or at the start before a digit (a handle starts with a letter)."""
+    a theta touching an ASCII letter or digit; an at sign between two of them (an email's at sign is
+    ruled out by the caller), after a digit at the end of a digit group, or at the start before a
+    digit (a handle starts with a letter)."""
     before = token[i - 1] if i else ""
     after = token[i + 1] if i + 1 < len(token) else ""
     if token[i] != "@":
         return _ascii_alnum(before) or _ascii_alnum(after)
-    return (_ascii_alnum(before) and _ascii_alnum(after)) or (not before and after.isascii() and after.isdigit())
+    if _ascii_alnum(before) and _ascii_alnum(after):
+        return True
+    # a digit group's edge in a number ("570-9128" read "57@-9128"), or a token's start before a digit
+    return (before.isascii() and before.isdigit() and (not after or after in "-./)")) or (
+        not before and after.isascii() and after.isdigit())
+
+
+def restore(text: str, zeros: bool = True) -> str:
+    """Read-back text with what a reader gets wrong inside identifiers, and only there, put back:
+    an email's dot read as a comma, and (``zeros``: the page's identifier face draws a dotted zero)
+    the dotted zero read as a theta or an at sign (``restore_zeros``)."""
+    if "," in text and "@" in text:
+        text = _EMAIL_COMMA.sub(r"\1.\2", text)
+    return restore_zeros(text) if zeros else text
 
 
 def restore_zeros(text: str) -> str:
