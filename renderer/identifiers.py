@@ -136,18 +136,19 @@ def restore(text: str, zeros: bool = True) -> str:
 def restore_zeros(text: str) -> str:
     """Read-back text with misreads of the identifier face's dotted zero put back to ``0``.
 
-    Narrow on purpose: only inside a token (a run without spaces) of ASCII letters and digits,
-    never in one holding other Greek letters (Greek prose keeps its theta), never an email's at
-    sign (one a domain follows), and only where the token, with the zero back, is an identifier
-    ``find`` would set in the identifier face (so it was drawn with the dotted zero, not as prose)."""
-    if not any(c in text for c in ZERO_MISREADS):
-        return text
+    Narrow on purpose: only inside a token (a run without spaces) of four or more ASCII letters
+    and digits with the zero back, never in a line holding other Greek letters (Greek prose keeps
+    its theta), never an email's at sign (one a domain follows), and only where the token, with the
+    zero back, is an identifier ``find`` would set in the identifier face (so it was drawn with the
+    dotted zero, not as prose)."""
+    if not any(c in text for c in ZERO_MISREADS) or _GREEK.search(text.replace("θ", "").replace("Θ", "")):
+        return text     # a line with Greek in it: the reader spells Greek words half in Latin ("pθn")
     out = []
     last = 0
     for m in _TOKEN.finditer(text):
         token = m.group()
-        if not any(c in token for c in ZERO_MISREADS) or _GREEK.search(token.replace("θ", "").replace("Θ", "")):
-            continue
+        if not any(c in token for c in ZERO_MISREADS) or sum(_ascii_alnum(c) for c in token) < 3:
+            continue    # with the zero back, at least four letters and digits (the reader may split a token)
         at = [i for i, c in enumerate(token) if c in ZERO_MISREADS and _restorable(token, i)
               and not (c == "@" and _AT_DOMAIN.match(text, m.start() + i))]
         if not at:

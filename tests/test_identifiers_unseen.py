@@ -14,7 +14,7 @@ from optimem.memory.lab.corpus import longest
 from optimem.memory.service import Memory
 from optimem.model.rapidocr_backend import RapidOcrBackend
 from optimem.renderer.faces import IDENT_DEFAULT, dotted_zero
-from optimem.renderer.identifiers import find, restore_zeros
+from optimem.renderer.identifiers import find, restore
 
 from .conftest import settings_for
 
@@ -69,9 +69,19 @@ def test_recall_at_mosaic4_gives_back_identifiers_whose_dotted_zero_was_misread(
     ("email me at noor_tanθ@gmail.com", "email me at noor_tan0@gmail.com"),
     ("the wifi password is @0DJ1OVl.", "the wifi password is 00DJ1OVl."),
     ("the password is 1 fzd 1O@l", "the password is 1 fzd 1O0l"),
+    ("Call me at (658) 57@-9128.", "Call me at (658) 570-9128."),
 ])
 def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want):
-    assert restore_zeros(read) == want
+    assert restore(read) == want
+    assert restore(read, zeros=False) == read       # a face without the dotted zero: nothing to put back
+
+
+@pytest.mark.parametrize("read, want", [
+    ("My address is esmith@gmail, com.", "My address is esmith@gmail.com."),
+    ("Email me at gus.oconnor28@yahoo,com.", "Email me at gus.oconnor28@yahoo.com."),
+])
+def test_an_emails_dot_read_as_a_comma_goes_back(read, want):
+    assert restore(read) == restore(read, zeros=False) == want
 
 
 @pytest.mark.parametrize("read", [
@@ -80,9 +90,10 @@ def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want
     "mail joe.doe42@example.com or foconnor@gmail. com",  # an email's at sign, even with its dot misread
     "follow me @jane99 and @Ov1flbbt",                    # a handle: @ before a letter at a token's start
     "meet @ 5 at https://medium.com/@user",               # a spaced @, and one after a slash
+    "I met joe@work, comedy followed, then 5@.",         # a comma after an address, not before a domain
 ])
 def test_greek_emails_and_handles_are_left_as_read(read):
-    assert restore_zeros(read) == read
+    assert restore(read) == read
 
 
 def test_only_a_reader_of_dotted_zero_pages_puts_zeros_back():
@@ -117,3 +128,21 @@ def test_the_probes_parts_share_no_shapes_seeds_or_conversations():
     assert {p.kind for p in a} == set(probe.KINDS) and not {p.value for p in a} & {p.value for p in b}
     assert all(p.value in p.text and "hiking" in p.text for p in a + b)      # spliced into a real sentence
     assert [p.value for p in probe.generate("tune", 101, 2, hosts)] == [p.value for p in a]
+
+
+def test_greek_prose_reads_the_same_with_and_without_restoring(reader):
+    """Through the CPU reader: a page of Greek chat with thetas (and one identifier) reads back the
+    same whether or not the reader puts zeros back, except inside the identifier."""
+    from optimem.memory.lab.identifiers import read_turns
+    from optimem.model.tiers import DEEPSEEK_OCR2
+    from optimem.renderer import Layout, TurnText, typeset
+
+    texts = ["Η θάλασσα ήταν ήρεμη και θέλαμε να μείνουμε στο Θησείο", "θα τα πούμε αύριο, ο Θοδωρής θα έρθει",
+             "the commit is a230d4e and the angle is θ"]
+    page = typeset([TurnText(i, "user", t, "2018-05-02T19:38:00Z") for i, t in enumerate(texts)],
+                   Layout(page_px=1024, font_px=12, line_spacing=1.15))[0]
+    plain = RapidOcrBackend(ident="off")
+    for px in (1024, 512):
+        got, want = (read_turns(r, [page], {0, 1, 2}, px, 1024, DEEPSEEK_OCR2)[0] for r in (reader, plain))
+        assert got[0] == want[0] and got[1] == want[1]
+        assert got[2].endswith(want[2][-8:])        # the sentence's own theta, after the identifier, stays
