@@ -13,7 +13,10 @@ drawn from conversations the other benchmark never uses. Two parts that share no
 - ``held``: seeds 201-202, template family B (other shapes of each kind, other phrasings, other
   places in the sentence), conversations 3000-3199;
 - ``held2``: seeds 203-204, family B, conversations 5000-5199: kept back for a second look after
-  ``held``'s totals (not its misses) were seen.
+  ``held``'s totals (not its misses) were seen;
+- ``held3``: seeds 301-302, family C (shapes and phrasings neither A nor B has, the phrase in
+  brackets early in the sentence), conversations 6000-6199: made after ``held`` and ``held2`` were
+  read and their misses looked at (bench/RESULTS.md says what each one measured).
 
 Fixes are made looking at ``tune`` only; ``held`` is read once at the end. Each part is typeset
 with the service's layout (12 px, 1.15 line spacing, the identifier face) and every planted turn's
@@ -50,7 +53,9 @@ KINDS = ("order", "confusable", "email", "url", "phone", "hash", "tracking")
 PARTS = {"tune": {"seeds": (101, 102), "family": "A", "conversations": (1000, 1200)},
          "held": {"seeds": (201, 202), "family": "B", "conversations": (3000, 3200)},
          # a second held-back part, read once after the first one's totals were seen (bench/RESULTS.md)
-         "held2": {"seeds": (203, 204), "family": "B", "conversations": (5000, 5200)}}
+         "held2": {"seeds": (203, 204), "family": "B", "conversations": (5000, 5200)},
+         # after held and held2 were read and their misses looked at: new templates, read once
+         "held3": {"seeds": (301, 302), "family": "C", "conversations": (6000, 6200)}}
 UP, LOW, DIG = string.ascii_uppercase, string.ascii_lowercase, string.digits
 Gen = Callable[[random.Random], str]
 
@@ -101,7 +106,25 @@ FAMILY: dict[str, dict[str, list[Gen]]] = {
         "tracking": [lambda r: f"9400 {_p(r, DIG, 4)} {_p(r, DIG, 4)} {_p(r, DIG, 4)} {_p(r, DIG, 4)} {_p(r, DIG, 2)}",
                      lambda r: f"JD{_p(r, DIG, 18)}", lambda r: f"{_p(r, UP, 2)}{_p(r, DIG, 9)}GB"],
     },
+    "C": {
+        "order": [lambda r: f"SO-{_p(r, DIG, 6)}-{_p(r, DIG, 2)}", lambda r: f"W{_p(r, DIG, 9)}",
+                  lambda r: f"{_p(r, DIG, 4)}-{_p(r, UP, 4)}-{_p(r, DIG, 4)}"],
+        "confusable": [lambda r: "-".join(_confusable(r, "O0I1l", UP + DIG, 5) for _ in range(3)),   # a licence key
+                       lambda r: _confusable(r, "o0l1iO", LOW + DIG, r.randint(7, 10))],
+        "email": [lambda r: f"{r.choice(_FIRST_C)}{_p(r, DIG, 4)}@{r.choice(_MAIL_C)}",
+                  lambda r: f"{r.choice(_FIRST_C)}.{r.choice('abcdefghkmnprt')}.{r.choice(_LAST_C)}@{r.choice(_MAIL_C)}"],
+        "url": [lambda r: f"https://t.co/{_p(r, UP + LOW + DIG, 10)}",
+                lambda r: f"https://www.reddit.com/r/{r.choice(_SUB_C)}/comments/{_p(r, LOW + DIG, 6)}"],
+        "phone": [lambda r: f"+61 4{_p(r, DIG, 2)} {_p(r, DIG, 3)} {_p(r, DIG, 3)}",
+                  lambda r: f"1-800-{_p(r, DIG, 3)}-{_p(r, DIG, 4)}"],
+        "hash": [lambda r: _hexy(r, 32), lambda r: _hexy(r, 10)],
+        "tracking": [lambda r: f"LX{_p(r, DIG, 9)}CN", lambda r: f"TBA{_p(r, DIG, 12)}"],
+    },
 }
+_FIRST_C = "ola pedro quinn rosa sami teo".split()
+_LAST_C = "berg costa dahl eriksen".split()
+_MAIL_C = "outlook.com proton.me mail.ru uni-graz.at".split()
+_SUB_C = "AskReddit cooking running".split()
 _FIRST_A = "ana ben clara dev eli farah gus hana ivan jo kemal lena".split()
 _LAST_A = "smith garcia nguyen muller rossi kim patel oconnor".split()
 _MAIL_A = "gmail.com yahoo.com hotmail.com icloud.com".split()
@@ -137,6 +160,13 @@ PHRASES = {
           "phone": ["ring {v} tomorrow", "the office line is {v}"],
           "hash": ["id {v} on the ticket", "{v} is the build"],
           "tracking": ["parcel {v} arrives monday", "the courier gave {v}"]},
+    "C": {"order": ["for the record: {v}", "{v} is my order"],
+          "confusable": ["the key is {v} (case matters)", "type {v} exactly"],
+          "email": ["reach me on {v}", "{v} is my new email"],
+          "url": ["this one: {v}", "{v} <- that thread"],
+          "phone": ["landline {v}", "you can text {v}"],
+          "hash": ["md5 {v}", "hash was {v}"],
+          "tracking": ["my package is {v}", "the label says {v}"]},
 }
 
 
@@ -156,6 +186,10 @@ def _splice(rng: random.Random, family: str, utterance: str, phrase: str, value:
     lead = phrase if phrase.startswith(value) else phrase[0].upper() + phrase[1:]   # a sentence's start
     if family == "A":
         return f"{utterance.rstrip('.!?')}, {phrase}" if rng.random() < 0.5 else f"{utterance} {lead}."
+    if family == "C":      # in brackets after the first few words
+        words = utterance.split(" ")
+        at = min(len(words), rng.randint(2, 5))
+        return " ".join(words[:at] + [f"({phrase})"] + words[at:])
     words = utterance.split(" ")
     if len(words) < 4:
         return f"{lead}. {utterance}"
@@ -259,7 +293,7 @@ def table(part: str, reports: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="tune,held,held2", help="tune, held, held2, comma-separated (read the held parts once, at the end)")
+    parser.add_argument("--parts", default="tune,held,held2,held3", help="tune, held, held2, held3, comma-separated (read the held parts once, at the end)")
     parser.add_argument("--tiers", default="crops,g1024,v768,mosaic4")
     parser.add_argument("--ident", default=IDENT_DEFAULT, help="identifier face (renderer.faces.IDENT_FACES)")
     parser.add_argument("--per-kind", type=int, default=8, help="identifiers of each kind a seed")

@@ -117,8 +117,8 @@ def _restorable(token: str, i: int) -> bool:
     after = token[i + 1] if i + 1 < len(token) else ""
     if token[i] != "@":
         return _ascii_alnum(before) or _ascii_alnum(after)
-    if _ascii_alnum(before) and _ascii_alnum(after):
-        return True
+    if (_ascii_alnum(before) or before and before in "-:_" and i > 1) and _ascii_alnum(after):
+        return True     # inside a token, also just after a separator ("1la1-@OZO", "sha256:@e01"), never a slash
     # a digit group's edge in a number ("570-9128" read "57@-9128"), or a token's start before a digit
     return (before.isascii() and before.isdigit() and (not after or after in "-./)")) or (
         not before and after.isascii() and after.isdigit())
@@ -126,11 +126,32 @@ def _restorable(token: str, i: int) -> bool:
 
 def restore(text: str, zeros: bool = True) -> str:
     """Read-back text with what a reader gets wrong inside identifiers, and only there, put back:
-    an email's dot read as a comma, and (``zeros``: the page's identifier face draws a dotted zero)
-    the dotted zero read as a theta or an at sign (``restore_zeros``)."""
-    if "," in text and "@" in text:
-        text = _EMAIL_COMMA.sub(r"\1.\2", text)
+    an email's dot read as a comma, an email's letters whose case the reader cannot see
+    (``restore_case``), and (``zeros``: the page's identifier face draws a dotted zero) the dotted
+    zero read as a theta or an at sign (``restore_zeros``)."""
+    if "@" in text:
+        if "," in text:
+            text = _EMAIL_COMMA.sub(r"\1.\2", text)
+        text = _EMAIL.sub(restore_case, text)
     return restore_zeros(text) if zeros else text
+
+
+# Letters whose capital is the small one drawn larger: in a small view only their size tells them
+# apart, and the reader guesses a capital at the start of a word ("Xia_406@", "gmX.net").
+_SIZE_ONLY = frozenset("cosuvwxzCOSUVWXZ")
+
+
+def restore_case(m: re.Match) -> str:
+    """An email as read, with its domain in lower case (domains are case-blind, and written in
+    lower case), and a capital among ``_SIZE_ONLY`` lowered where the rest of its part is lower
+    case: a local part ``Xia_406`` comes back ``xia_406``, ``JohnSmith`` stays as read."""
+    local, _, domain = m.group().partition("@")
+    if any(c.isupper() for c in domain) and all(c in _SIZE_ONLY or not c.isupper() for c in domain):
+        domain = domain.lower()
+    caps = [c for c in local if c.isupper()]
+    if len(caps) == 1 and caps[0] in _SIZE_ONLY and any(c.islower() for c in local):
+        local = local.lower()
+    return f"{local}@{domain}"
 
 
 def restore_zeros(text: str) -> str:
@@ -145,12 +166,14 @@ def restore_zeros(text: str) -> str:
         return text     # a line with Greek in it: the reader spells Greek words half in Latin ("pθn")
     out = []
     last = 0
+    emails = [e.span() for e in _EMAIL.finditer(text)]
     for m in _TOKEN.finditer(text):
         token = m.group()
         if not any(c in token for c in ZERO_MISREADS) or sum(_ascii_alnum(c) for c in token) < 3:
             continue    # with the zero back, at least four letters and digits (the reader may split a token)
         at = [i for i, c in enumerate(token) if c in ZERO_MISREADS and _restorable(token, i)
-              and not (c == "@" and _AT_DOMAIN.match(text, m.start() + i))]
+              and not (c == "@" and (_AT_DOMAIN.match(text, m.start() + i)
+                                     or any(a <= m.start() + i < b for a, b in emails)))]
         if not at:
             continue
         fixed = "".join("0" if i in at else c for i, c in enumerate(token))

@@ -70,6 +70,7 @@ def test_recall_at_mosaic4_gives_back_identifiers_whose_dotted_zero_was_misread(
     ("the wifi password is @0DJ1OVl.", "the wifi password is 00DJ1OVl."),
     ("the password is 1 fzd 1O@l", "the password is 1 fzd 1O0l"),
     ("Call me at (658) 57@-9128.", "Call me at (658) 570-9128."),
+    ("promo 1la1-@OZO and sha256:@e01e67de", "promo 1la1-0OZO and sha256:0e01e67de"),
 ])
 def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want):
     assert restore(read) == want
@@ -79,8 +80,11 @@ def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want
 @pytest.mark.parametrize("read, want", [
     ("My address is esmith@gmail, com.", "My address is esmith@gmail.com."),
     ("Email me at gus.oconnor28@yahoo,com.", "Email me at gus.oconnor28@yahoo.com."),
+    ("write to Xia_406@posteo.de if", "write to xia_406@posteo.de if"),      # x, w, s ... differ only in size
+    ("contact: uma_276@gmX.net", "contact: uma_276@gmx.net"),
+    ("mail JohnSmith@Gmail.com or Sven@GMX.NET", "mail JohnSmith@Gmail.com or sven@GMX.NET"),
 ])
-def test_an_emails_dot_read_as_a_comma_goes_back(read, want):
+def test_an_emails_dot_read_as_a_comma_and_its_size_only_capitals_go_back(read, want):
     assert restore(read) == restore(read, zeros=False) == want
 
 
@@ -119,9 +123,13 @@ def _probe():
 
 def test_the_probes_parts_share_no_shapes_seeds_or_conversations():
     probe = _probe()
+    parts = list(probe.PARTS.values())
     tune, held = probe.PARTS["tune"], probe.PARTS["held"]
-    assert tune["family"] != held["family"] and not set(tune["seeds"]) & set(held["seeds"])
-    assert tune["conversations"][1] <= held["conversations"][0]
+    assert all(p["family"] != tune["family"] for p in parts[1:]) and probe.PARTS["held3"]["family"] not in "AB"
+    seeds = [s for p in parts for s in p["seeds"]]
+    assert len(seeds) == len(set(seeds))
+    spans = sorted(p["conversations"] for p in parts)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))       # no conversation in two parts
     assert not set(probe.PHRASES["A"]["order"]) & set(probe.PHRASES["B"]["order"])
     hosts = [{"content": "we went hiking near the lake last weekend and it rained"}] * 5
     a, b = (probe.generate(part, seed, 2, hosts) for part, seed in (("tune", 101), ("held", 201)))
