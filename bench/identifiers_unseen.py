@@ -16,7 +16,10 @@ drawn from conversations the other benchmark never uses. Two parts that share no
   ``held``'s totals (not its misses) were seen;
 - ``held3``: seeds 301-302, family C (shapes and phrasings neither A nor B has, the phrase in
   brackets early in the sentence), conversations 6000-6199: made after ``held`` and ``held2`` were
-  read and their misses looked at (bench/RESULTS.md says what each one measured).
+  read and their misses looked at;
+- ``held4``: seeds 401-402, family D (shapes and phrasings none of A-C has, the phrase after the
+  first clause), conversations 6400-6599: made after held3's misses were looked at
+  (bench/RESULTS.md says what each part measured).
 
 Fixes are made looking at ``tune`` only; ``held`` is read once at the end. Each part is typeset
 with the service's layout (12 px, 1.15 line spacing, the identifier face) and every planted turn's
@@ -55,7 +58,9 @@ PARTS = {"tune": {"seeds": (101, 102), "family": "A", "conversations": (1000, 12
          # a second held-back part, read once after the first one's totals were seen (bench/RESULTS.md)
          "held2": {"seeds": (203, 204), "family": "B", "conversations": (5000, 5200)},
          # after held and held2 were read and their misses looked at: new templates, read once
-         "held3": {"seeds": (301, 302), "family": "C", "conversations": (6000, 6200)}}
+         "held3": {"seeds": (301, 302), "family": "C", "conversations": (6000, 6200)},
+         # after held3's misses were looked at: new templates again, read once
+         "held4": {"seeds": (401, 402), "family": "D", "conversations": (6400, 6600)}}
 UP, LOW, DIG = string.ascii_uppercase, string.ascii_lowercase, string.digits
 Gen = Callable[[random.Random], str]
 
@@ -120,7 +125,23 @@ FAMILY: dict[str, dict[str, list[Gen]]] = {
         "hash": [lambda r: _hexy(r, 32), lambda r: _hexy(r, 10)],
         "tracking": [lambda r: f"LX{_p(r, DIG, 9)}CN", lambda r: f"TBA{_p(r, DIG, 12)}"],
     },
+    "D": {
+        "order": [lambda r: f"{_p(r, UP, 1)}{_p(r, DIG, 2)}-{_p(r, UP + DIG, 6)}", lambda r: f"#{_p(r, DIG, 4)}-{_p(r, DIG, 4)}"],
+        "confusable": [lambda r: _confusable(r, "0Oo", DIG + UP, 6) + _confusable(r, "Il1", LOW + DIG, 4),
+                       lambda r: _confusable(r, "O0Il1", UP + LOW + DIG, 6)],
+        "email": [lambda r: f"{r.choice(_FIRST_D)}{r.choice(_LAST_D)[0]}{_p(r, DIG, 2)}@{r.choice(_MAIL_D)}",
+                  lambda r: f"{r.choice(_FIRST_D)}+{r.choice(('news', 'shop', 'work'))}@{r.choice(_MAIL_D)}"],
+        "url": [lambda r: f"https://zoom.us/j/{_p(r, DIG, 10)}?pwd={_p(r, UP + LOW + DIG, 8)}",
+                lambda r: f"https://drive.google.com/file/d/{_p(r, UP + LOW + DIG, 12)}/view"],
+        "phone": [lambda r: f"+1 ({r.randint(201, 989)}) {r.randint(200, 989)} {_p(r, DIG, 4)}",
+                  lambda r: f"+81 90-{_p(r, DIG, 4)}-{_p(r, DIG, 4)}"],
+        "hash": [lambda r: "0x" + _hexy(r, 8), lambda r: "AKIA" + _p(r, UP + DIG, 16)],
+        "tracking": [lambda r: f"{_p(r, DIG, 4)} {_p(r, DIG, 4)} {_p(r, DIG, 4)}", lambda r: f"CP{_p(r, DIG, 9)}DE"],
+    },
 }
+_FIRST_D = "abe bea cyd dot eve fay gil hal".split()
+_LAST_D = "jansen kovacs lopez mensah".split()
+_MAIL_D = "zoho.com aol.com live.co.uk fastmail.fm".split()
 _FIRST_C = "ola pedro quinn rosa sami teo".split()
 _LAST_C = "berg costa dahl eriksen".split()
 _MAIL_C = "outlook.com proton.me mail.ru uni-graz.at".split()
@@ -167,6 +188,13 @@ PHRASES = {
           "phone": ["landline {v}", "you can text {v}"],
           "hash": ["md5 {v}", "hash was {v}"],
           "tracking": ["my package is {v}", "the label says {v}"]},
+    "D": {"order": ["got {v} in the confirmation", "{v}, that's the order"],
+          "confusable": ["pin is {v}", "{v} was the voucher"],
+          "email": ["ping {v}", "I use {v} for that"],
+          "url": ["join at {v}", "uploaded to {v}"],
+          "phone": ["cell {v}", "dial {v}"],
+          "hash": ["token {v}", "key id {v}"],
+          "tracking": ["shipment {v}", "waybill {v}"]},
 }
 
 
@@ -186,6 +214,11 @@ def _splice(rng: random.Random, family: str, utterance: str, phrase: str, value:
     lead = phrase if phrase.startswith(value) else phrase[0].upper() + phrase[1:]   # a sentence's start
     if family == "A":
         return f"{utterance.rstrip('.!?')}, {phrase}" if rng.random() < 0.5 else f"{utterance} {lead}."
+    if family == "D":      # after the first comma or full stop, as a clause of its own
+        cut = min((i for i in (utterance.find(", "), utterance.find(". ")) if i > 0), default=-1)
+        if cut < 0:
+            return f"{utterance.rstrip('.!?')}, btw {phrase}"
+        return f"{utterance[:cut + 1]} {phrase};{utterance[cut + 1:]}"
     if family == "C":      # in brackets after the first few words
         words = utterance.split(" ")
         at = min(len(words), rng.randint(2, 5))
@@ -293,7 +326,7 @@ def table(part: str, reports: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="tune,held,held2,held3", help="tune, held, held2, held3, comma-separated (read the held parts once, at the end)")
+    parser.add_argument("--parts", default="tune,held,held2,held3,held4", help="tune and held parts, comma-separated (read the held parts once, at the end)")
     parser.add_argument("--tiers", default="crops,g1024,v768,mosaic4")
     parser.add_argument("--ident", default=IDENT_DEFAULT, help="identifier face (renderer.faces.IDENT_FACES)")
     parser.add_argument("--per-kind", type=int, default=8, help="identifiers of each kind a seed")

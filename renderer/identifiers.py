@@ -89,9 +89,11 @@ def _numbered(text: str, a: int, b: int) -> tuple[int, int]:
 
 
 # The identifier face draws 0 with a dot inside (DejaVu Sans Mono's, ``faces.IDENT_FACES``). In a
-# 512 px view (mosaic4) the CPU reader reads that dot-in-a-ring as a theta or an at sign: on the
-# unseen-identifier probe's tune part (``bench/identifiers_unseen.py``) 7 of 11 misses at mosaic4.
-ZERO_MISREADS = "θΘ@"
+# 512 px view (mosaic4) the CPU reader reads that dot-in-a-ring as a theta, an at sign, or (more
+# rarely) a copyright or registered mark: on the unseen-identifier probe's tune part
+# (``bench/identifiers_unseen.py``) 7 of 11 misses at mosaic4, 2 of held3's 8.
+ZERO_MISREADS = "θΘ@©®"
+_MARKS = "©®"      # read for a zero only in a token with digits of its own ("Apple®" keeps its mark)
 _GREEK = re.compile(r"[\u0370-\u03ff\u1f00-\u1fff]")
 _TOKEN = re.compile(r"\S+")
 # An email's at sign as a reader gives it back: a domain follows, its dots sometimes read as commas
@@ -101,6 +103,9 @@ _AT_DOMAIN = re.compile(r"@[A-Za-z0-9\-]+(?:\s?[.,]\s?[A-Za-z0-9\-]+)*\s?[.,]\s?
 
 # An email's last dot read as a comma ("esmith@gmail, com"): a comma is never part of an address,
 # and no sentence goes on with a bare top-level domain after one.
+# ... and a dot inside its local part read as a comma ("rosa.e,eriksen@"): only where that part
+# already has a dot or an underscore, so "me,joe@x.com" (a sentence's comma) is left alone.
+_LOCAL_COMMA = re.compile(r"(?<![A-Za-z0-9._%+\-])([A-Za-z0-9%+\-]*[._][A-Za-z0-9._%+\-]*),(?=[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+\.)")
 _EMAIL_COMMA = re.compile(r"(@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*)\s?,\s?(com|org|net|edu|gov|io|co|me|de|uk|fr|nl|es|it|ca|au|jp|info|dev)\b")
 
 
@@ -115,6 +120,8 @@ def _restorable(token: str, i: int) -> bool:
     digit (a handle starts with a letter)."""
     before = token[i - 1] if i else ""
     after = token[i + 1] if i + 1 < len(token) else ""
+    if token[i] in _MARKS and not any(c.isascii() and c.isdigit() for c in token):
+        return False
     if token[i] != "@":
         return _ascii_alnum(before) or _ascii_alnum(after)
     if (_ascii_alnum(before) or before and before in "-:_" and i > 1) and _ascii_alnum(after):
@@ -126,12 +133,12 @@ def _restorable(token: str, i: int) -> bool:
 
 def restore(text: str, zeros: bool = True) -> str:
     """Read-back text with what a reader gets wrong inside identifiers, and only there, put back:
-    an email's dot read as a comma, an email's letters whose case the reader cannot see
+    an email's dot read as a comma (in its domain, or in a local part with a dot already), its letters whose case the reader cannot see
     (``restore_case``), and (``zeros``: the page's identifier face draws a dotted zero) the dotted
     zero read as a theta or an at sign (``restore_zeros``)."""
     if "@" in text:
         if "," in text:
-            text = _EMAIL_COMMA.sub(r"\1.\2", text)
+            text = _LOCAL_COMMA.sub(r"\1.", _EMAIL_COMMA.sub(r"\1.\2", text))
         text = _EMAIL.sub(restore_case, text)
     return restore_zeros(text) if zeros else text
 

@@ -71,6 +71,7 @@ def test_recall_at_mosaic4_gives_back_identifiers_whose_dotted_zero_was_misread(
     ("the password is 1 fzd 1O@l", "the password is 1 fzd 1O0l"),
     ("Call me at (658) 57@-9128.", "Call me at (658) 570-9128."),
     ("promo 1la1-@OZO and sha256:@e01e67de", "promo 1la1-0OZO and sha256:0e01e67de"),
+    ("the key is dl 10xi® and SO-888673-©6", "the key is dl 10xi0 and SO-888673-06"),
 ])
 def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want):
     assert restore(read) == want
@@ -83,6 +84,7 @@ def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want
     ("write to Xia_406@posteo.de if", "write to xia_406@posteo.de if"),      # x, w, s ... differ only in size
     ("contact: uma_276@gmX.net", "contact: uma_276@gmx.net"),
     ("mail JohnSmith@Gmail.com or Sven@GMX.NET", "mail JohnSmith@Gmail.com or sven@GMX.NET"),
+    ("(rosa.e,eriksen@mail.ru is my new email)", "(rosa.e.eriksen@mail.ru is my new email)"),
 ])
 def test_an_emails_dot_read_as_a_comma_and_its_size_only_capitals_go_back(read, want):
     assert restore(read) == restore(read, zeros=False) == want
@@ -95,6 +97,7 @@ def test_an_emails_dot_read_as_a_comma_and_its_size_only_capitals_go_back(read, 
     "follow me @jane99 and @Ov1flbbt",                    # a handle: @ before a letter at a token's start
     "meet @ 5 at https://medium.com/@user",               # a spaced @, and one after a slash
     "I met joe@work, comedy followed, then 5@.",         # a comma after an address, not before a domain
+    "email me,joe@x.com about Apple® or Nike©",           # a sentence's comma; marks in words without digits
 ])
 def test_greek_emails_and_handles_are_left_as_read(read):
     assert restore(read) == read
