@@ -37,6 +37,8 @@ import numpy as np
 from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView
 from optimem.model.tiers import DEEPSEEK_OCR2, Ladder
 from optimem.model.visual_tokens import VisualTokens
+from optimem.renderer.faces import IDENT_DEFAULT, dotted_zero
+from optimem.renderer.identifiers import restore
 
 Mode = Literal["lines", "page"]
 MODES: tuple[str, ...] = ("lines", "page")
@@ -70,6 +72,10 @@ class RapidOcrBackend:
     metadata the renderer typeset and every reader of decoded text strips them again (a whole
     page reads ~25% faster without them). ``engine``: the recogniser's runtime, "onnxruntime"
     or "openvino" (same bundled model; 10-35% faster here, but not a dependency: opt in).
+    ``ident``: the identifier face the pages were typeset with (``renderer.faces.IDENT_FACES``);
+    when it draws a dotted zero, what the recogniser reads as a theta or an at sign inside an
+    identifier goes back to ``0``; an email's dot read as a comma goes back in any face
+    (``renderer.identifiers.restore``: narrow, never in Greek words, an email's at sign or a handle).
 
     The engine loads on first use, once per instance; reads are serialised per instance, since
     one page already keeps every thread busy.
@@ -79,7 +85,8 @@ class RapidOcrBackend:
 
     def __init__(self, ladder: Ladder = DEEPSEEK_OCR2, mode: Mode = DEFAULT_MODE, *,
                  min_score: float = 0.5, threads: int | None = None, batch: int = 1,
-                 pad: float = 0.0, headers: bool = False, engine: str = "onnxruntime") -> None:
+                 pad: float = 0.0, headers: bool = False, engine: str = "onnxruntime",
+                 ident: str = IDENT_DEFAULT) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown rapidocr mode {mode!r}; choose one of {MODES}")
         self.ladder = ladder
@@ -94,11 +101,14 @@ class RapidOcrBackend:
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._models = _bundled_models()    # raises ModelUnavailable on a missing or broken install
-        # Reading header boxes or not changes what a page reads back as: a cache key of its own.
+        self.zeros = dotted_zero(ident)
+        # Reading header boxes or not, or what ``restore`` puts back, changes what a page reads back
+        # as: a cache key of its own (reads cached before are not reused).
         self.revision = (f"rapidocr-{metadata.version('rapidocr')}/"
                          f"{'+'.join(p.stem for p in self._models)}/{mode}"
                          f"{'+headers' if headers and mode == 'lines' else ''}"
-                         f"{'' if engine == 'onnxruntime' else '+' + engine}")
+                         f"{'' if engine == 'onnxruntime' else '+' + engine}"
+                         f"+ids1{'+zeros' if self.zeros else ''}")
 
     @property
     def reads_line_subsets(self) -> bool:
@@ -125,6 +135,7 @@ class RapidOcrBackend:
             else:
                 with self._run_lock:
                     lines = self._read_page(engine, image, view.lines)
+            lines = [DecodedLine(restore(line.text, self.zeros), line.score, line.turn) for line in lines]
             out.append(Decoded("\n".join(line.text for line in lines), lines,
                                time.perf_counter() - start))
         return out

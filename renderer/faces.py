@@ -74,6 +74,16 @@ IDENT_FACES: dict[str, Ident | None] = {
 }
 IDENT_DEFAULT = "serif+6_r8+mono_l0"
 
+
+def dotted_zero(ident: str) -> bool:
+    """Whether identifiers set by ``ident`` draw 0 as DejaVu Sans Mono's, with a dot inside: the
+    glyph a reader of a small view takes for a theta or an at sign (``identifiers.restore_zeros``)."""
+    entry = IDENT_FACES.get(ident)
+    if entry is None:
+        return False
+    return next((alt for alt, chars in entry.alts if "0" in chars), entry.path) == MONO
+
+
 FALLBACK = "\u25a1"     # WHITE SQUARE, in DejaVu Sans: a visible mark where a character was
 TAB_STOP = 4
 _WIDTH_CACHE = 100_000

@@ -16,9 +16,14 @@ What counts (spans in the text as drawn, never across a line break of the source
   5 digits (6 when a space joins the groups), and runs of 5 or more digits;
 - tokens that mix letters and digits (``QX-4817-A2B``, ``9f3a0c7be21d``, ``O0Il1rnmB8S5``), but not
   the ones chat prose is full of: ordinals and decades (``3rd``, ``90s``), times (``5pm``),
-  quantities with a unit (``10k``, ``5km``, ``2x``).
+  quantities with a unit (``10k``, ``5km``, ``2x``);
+- a ``#`` written just before a number or a mixed token (``order #OV457878``) goes with it.
 
 Prose (words, short numbers, ``19:38``, ``3.5``) is left alone: it keeps the body face and density.
+
+``restore`` is the other end: what a reader of a small view makes of the identifier face's dotted
+zero (a ``θ`` or an ``@``) put back to ``0``, and an email's dot read as a comma put back, where
+nothing else can have been drawn.
 """
 from __future__ import annotations
 
@@ -66,10 +71,124 @@ def find(text: str) -> list[tuple[int, int]]:
         token = m.group()
         need = 6 if " " in token else 5
         if _digits(token) >= need:
-            add(*m.span())
+            add(*_numbered(text, *m.span()))
     for m in _MIXED.finditer(text):
         token = m.group()
         if (len(token) >= 3 and any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
                 and not _PROSE.fullmatch(token)):
-            add(*m.span())
+            add(*_numbered(text, *m.span()))
     return sorted(spans)
+
+
+def _numbered(text: str, a: int, b: int) -> tuple[int, int]:
+    """The span with the number sign written before it ("order #OV457878"): part of how the
+    identifier is written, so set in its face too (in the body face the small ``#`` was lost)."""
+    if a and text[a - 1] == "#" and (a == 1 or not text[a - 2].isalnum()):
+        return a - 1, b
+    return a, b
+
+
+# The identifier face draws 0 with a dot inside (DejaVu Sans Mono's, ``faces.IDENT_FACES``). In a
+# 512 px view (mosaic4) the CPU reader reads that dot-in-a-ring as a theta, an at sign, or (more
+# rarely) a copyright or registered mark: on the unseen-identifier probe's tune part
+# (``bench/identifiers_unseen.py``) 7 of 11 misses at mosaic4, 2 of held3's 8.
+ZERO_MISREADS = "θΘ@©®"
+_MARKS = "©®"      # read for a zero only in a token with digits of its own ("Apple®" keeps its mark)
+_GREEK = re.compile(r"[\u0370-\u03ff\u1f00-\u1fff]")
+_TOKEN = re.compile(r"\S+")
+# An email's at sign as a reader gives it back: a domain follows, its dots sometimes read as commas
+# or with a space after them ("gmail. com").
+_AT_DOMAIN = re.compile(r"@[A-Za-z0-9\-]+(?:\s?[.,]\s?[A-Za-z0-9\-]+)*\s?[.,]\s?[a-z]{2,}")
+
+
+# An email's last dot read as a comma ("esmith@gmail, com"): a comma is never part of an address,
+# and no sentence goes on with a bare top-level domain after one.
+# ... and a dot inside its local part read as a comma ("rosa.e,eriksen@"): only where that part
+# already has a dot or an underscore, so "me,joe@x.com" (a sentence's comma) is left alone.
+_LOCAL_COMMA = re.compile(r"(?<![A-Za-z0-9._%+\-])([A-Za-z0-9%+\-]*[._][A-Za-z0-9._%+\-]*),(?=[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+\.)")
+_EMAIL_COMMA = re.compile(r"(@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*)\s?,\s?(com|org|net|edu|gov|io|co|me|de|uk|fr|nl|es|it|ca|au|jp|info|dev)\b")
+
+
+def _ascii_alnum(c: str) -> bool:
+    return c.isascii() and c.isalnum()
+
+
+def _restorable(token: str, i: int) -> bool:
+    """Whether ``token[i]`` (θ, Θ or @) sits where the identifier face can only have drawn a 0:
+    a theta touching an ASCII letter or digit; an at sign between two of them (an email's at sign is
+    ruled out by the caller), after a digit at the end of a digit group, or at the start before a
+    digit (a handle starts with a letter)."""
+    before = token[i - 1] if i else ""
+    after = token[i + 1] if i + 1 < len(token) else ""
+    if token[i] in _MARKS and not any(c.isascii() and c.isdigit() for c in token):
+        return False
+    if token[i] != "@":
+        return _ascii_alnum(before) or _ascii_alnum(after)
+    if (_ascii_alnum(before) or before and before in "-:_" and i > 1) and _ascii_alnum(after):
+        return True     # inside a token, also just after a separator ("1la1-@OZO", "sha256:@e01"), never a slash
+    # a digit group's edge in a number ("570-9128" read "57@-9128"), or a token's start before a digit
+    return (before.isascii() and before.isdigit() and (not after or after in "-./)")) or (
+        not before and after.isascii() and after.isdigit())
+
+
+def restore(text: str, zeros: bool = True) -> str:
+    """Read-back text with what a reader gets wrong inside identifiers, and only there, put back:
+    an email's dot read as a comma (in its domain, or in a local part with a dot already), its letters whose case the reader cannot see
+    (``restore_case``), and (``zeros``: the page's identifier face draws a dotted zero) the dotted
+    zero read as a theta or an at sign (``restore_zeros``)."""
+    if "@" in text:
+        if "," in text:
+            text = _LOCAL_COMMA.sub(r"\1.", _EMAIL_COMMA.sub(r"\1.\2", text))
+        text = _EMAIL.sub(restore_case, text)
+    return restore_zeros(text) if zeros else text
+
+
+# Letters whose capital is the small one drawn larger: in a small view only their size tells them
+# apart, and the reader guesses a capital at the start of a word ("Xia_406@", "gmX.net").
+_SIZE_ONLY = frozenset("cosuvwxzCOSUVWXZ")
+
+
+def restore_case(m: re.Match) -> str:
+    """An email as read, with its domain in lower case (domains are case-blind, and written in
+    lower case), and a capital among ``_SIZE_ONLY`` lowered where the rest of its part is lower
+    case: a local part ``Xia_406`` comes back ``xia_406``, ``JohnSmith`` stays as read."""
+    local, _, domain = m.group().partition("@")
+    if any(c.isupper() for c in domain) and all(c in _SIZE_ONLY or not c.isupper() for c in domain):
+        domain = domain.lower()
+    caps = [c for c in local if c.isupper()]
+    if len(caps) == 1 and caps[0] in _SIZE_ONLY and any(c.islower() for c in local):
+        local = local.lower()
+    return f"{local}@{domain}"
+
+
+def restore_zeros(text: str) -> str:
+    """Read-back text with misreads of the identifier face's dotted zero put back to ``0``.
+
+    Narrow on purpose: only inside a token (a run without spaces) of four or more ASCII letters
+    and digits with the zero back, never in a line holding other Greek letters (Greek prose keeps
+    its theta), never an email's at sign (one a domain follows), and only where the token, with the
+    zero back, is an identifier ``find`` would set in the identifier face (so it was drawn with the
+    dotted zero, not as prose)."""
+    if not any(c in text for c in ZERO_MISREADS) or _GREEK.search(text.replace("θ", "").replace("Θ", "")):
+        return text     # a line with Greek in it: the reader spells Greek words half in Latin ("pθn")
+    out = []
+    last = 0
+    emails = [e.span() for e in _EMAIL.finditer(text)]
+    for m in _TOKEN.finditer(text):
+        token = m.group()
+        if not any(c in token for c in ZERO_MISREADS) or sum(_ascii_alnum(c) for c in token) < 3:
+            continue    # with the zero back, at least four letters and digits (the reader may split a token)
+        at = [i for i, c in enumerate(token) if c in ZERO_MISREADS and _restorable(token, i)
+              and not (c == "@" and (_AT_DOMAIN.match(text, m.start() + i)
+                                     or any(a <= m.start() + i < b for a, b in emails)))]
+        if not at:
+            continue
+        fixed = "".join("0" if i in at else c for i, c in enumerate(token))
+        spans = find(fixed)
+        keep = {i for i in at if any(a <= i < b for a, b in spans)}
+        if keep:
+            out.append(text[last:m.start()])
+            out.append("".join("0" if i in keep else c for i, c in enumerate(token)))
+            last = m.end()
+    out.append(text[last:])
+    return "".join(out)

@@ -242,7 +242,7 @@ def run(ident: str, *, seed: int = 14, per_kind: int = 12, tiers: list[str] | No
     precision, capacity. ``backend`` defaults to the CPU reader (lines mode)."""
     if backend is None:
         from optimem.model.rapidocr_backend import RapidOcrBackend
-        backend = RapidOcrBackend(ladder)
+        backend = RapidOcrBackend(ladder, ident=ident)
     planted = generate(seed, per_kind)
     _, chat = corpus.longest()
     turns = plant(chat, planted)
