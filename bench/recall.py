@@ -1,7 +1,7 @@
 """Recall by content: retrieval quality on questions people ask, and time per recall. One command:
 
     python bench/recall.py [--e2e 30] [--sizes 1000,10000] [--models minilm,wordllama] [--read-threads 1]
-                           [--expand "3,0.5,0.4;off"] [--split tune] [--out bench/recall.json]
+                           [--expand "8,0.7,0.4,0.5;off"] [--split tune] [--out bench/recall.json]
 
 - quality: the question set (``bench/data/recall_questions.jsonl``, 322 questions written by
   reading real turns, over six long chitchat sessions and the Chinese lab text that
@@ -13,8 +13,10 @@
   characters and pairs of them for Chinese) in the same run. Ranked with words alone (the
   default) and with each ``--models`` value as ``OPTIMEM_EMBED_MODEL`` (meaning beside words).
   ``--expand`` sweeps the query expansion by trained word vectors (``memory/expansion.py``):
-  each ``neighbours,weight,floor`` setting (or ``off``) ranks every question again, each model
-  with each setting; ``--split tune`` prints only the tune half (while tuning).
+  each ``neighbours,weight,floor[,known share]`` setting (or ``off``) ranks every question
+  again, each model with each setting (a sentence model turns expansion off itself);
+  ``--vectors`` ranks with another vectors file (``bench/train_word_vectors.py --out``);
+  ``--split tune`` prints only the tune half (while tuning).
 - cold: a 700-turn session (chat0, chat1 and the start of chat2 of the set, one after another)
   right after import, ``--e2e`` of its questions through ``Memory.recall`` (index, then reading
   the hit turns' lines off the pages at their tiers, nothing read before): p50/p95 seconds cold

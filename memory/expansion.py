@@ -13,6 +13,8 @@ from __future__ import annotations
 import calendar
 import logging
 import threading
+import zipfile
+from collections.abc import Set
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,12 @@ NEIGHBOURS = 8      # a query term's nearest terms (present in the session) adde
 WEIGHT = 0.7        # their weight in BM25 and coverage: WEIGHT * similarity (the term itself weighs 1)
 KNOWN_SHARE = 0.5   # share of that weight where the session has the query term itself
 FLOOR = 0.4         # cosine below which a term is no neighbour
-LOOK = 24           # nearest terms looked up per query term (then kept where the session has them; the
+# A related term is read for at most this many docs, those where it weighs most (the index's
+# MAX_POSTINGS, for a related term): up to 8 of them per query term, each read like the question's
+# own terms, took index search at 100k turns from 10 to 74 ms p50; at 30 it is 16 ms, and the
+# question set ranks the same at 30, 50 or 100 (bench/RESULTS.md).
+POSTINGS = 30
+LOOK = 24           # nearest terms looked up per query term, then kept where the session has them (the
                     # file holds 24 a term)
 
 
@@ -66,7 +73,7 @@ def vectors() -> WordVectors | None:
                 try:
                     with np.load(PATH) as f:
                         _loaded.append(WordVectors(f["terms"].tolist(), f["vectors"], f["near"], f["near_sim"]))
-                except OSError as exc:
+                except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
                     log.warning("word vectors %s unreadable (%s): recall matches the question's own words only",
                                 PATH, exc)
                     _loaded.append(None)
@@ -84,7 +91,7 @@ def candidates(terms: list[str]) -> dict[str, list[tuple[str, float]]]:
             if t not in TIME_WORDS}
 
 
-def neighbours(found: dict[str, list[tuple[str, float]]], present: set[str], asked_present: set[str] = frozenset()
+def neighbours(found: dict[str, list[tuple[str, float]]], present: Set[str], asked_present: Set[str] = frozenset()
                ) -> dict[str, tuple[float, str]]:
     """Index term -> (weight, the query term it stands for): each query term's NEIGHBOURS closest
     stems the session has, at WEIGHT * similarity (times KNOWN_SHARE for a query term the session has

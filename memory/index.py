@@ -250,7 +250,8 @@ def _score(r, tag: str, n: int, avgdl: float, terms: list[str], weighted: dict[s
     known = list(weighted)
     with r.pipeline(transaction=False) as p:
         for term in known:
-            p.zrevrange(post_key(tag, term), 0, MAX_POSTINGS - 1, withscores=True)
+            most = expansion.POSTINGS if term in related else MAX_POSTINGS
+            p.zrevrange(post_key(tag, term), 0, most - 1, withscores=True)
         p.zmscore(vocab_key(tag), known)
         *postings, known_dfs = p.execute()
     scores: dict[str, float] = {}

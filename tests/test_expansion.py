@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimem.memory import expansion, index as ix
+from optimem.memory import expansion, index as ix, vectors
 from optimem.memory.store import SessionKeys
 
 WORK = [
@@ -51,6 +51,7 @@ def test_a_question_in_other_words_finds_the_turn_by_its_trained_neighbour(api, 
     # Without the neighbours the same question finds nothing: no turn has "job".
     monkeypatch.setattr(expansion, "NEIGHBOURS", 0)
     assert recall(api, "jobs", query="What is my job?", limit=1) == []
+    assert vectors.expands("")                                  # words alone: on by default
     k = SessionKeys(tenant, "jobs")
     assert ix.search(memory.store.r, k.tag, "job", expand=False) == []
 

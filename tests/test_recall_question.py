@@ -166,6 +166,8 @@ def test_a_local_sentence_transformers_model_plumbs_through(api, memory, tenant,
         assert recall(api, "tiny", query="spicy ramen", limit=2)
         fields = [f.decode() for f in memory.store.r.hkeys(vectors.key(SessionKeys(tenant, "tiny")))]
         assert fields == ["st-tiny-model:32:0"]
+        # Beside a sentence model the question's words are not widened by word vectors (did not pay).
+        assert not vectors.expands(str(folder)) and vectors.expands("")
         monkeypatch.setattr(memory.settings, "embed_model", str(tmp_path / "missing"))
         assert vectors.embedder(str(tmp_path / "missing")) is None   # a wrong path: words alone, logged, no download
         assert recall(api, "tiny", query="spicy ramen", limit=1)[0]["turn"] in (0, 1)
