@@ -1,6 +1,7 @@
 """Train the word vectors recall expands questions with (``memory/expansion.py``). One command:
 
-    python bench/train_word_vectors.py [--out memory/data/word_vectors.npz]
+    python bench/train_word_vectors.py [--out memory/data/word_vectors.npz] [--window 5] [--dims 128]
+                                       [--min-count 5] [--vocab 24000] [--alpha 0.75] [--seed 21]
 
 Trained offline on the chitchat-dataset conversations (7,168 human chats; the package is already a
 dependency), EXCEPT the 18 conversations the recall question set's sessions are built from
@@ -12,8 +13,8 @@ The method is PPMI + truncated SVD (Levy, Goldberg and Dagan 2015, "Improving di
 similarity with lessons learned from word embeddings"): co-occurrence counts within 5 tokens of
 each other in one turn (weighted 1/distance), positive pointwise mutual information with the context
 distribution smoothed (alpha 0.75), a rank-128 SVD, rows U * sqrt(S), unit length. On a corpus
-this small (~1 M index tokens) it matches word2vec and, unlike it, is exactly reproducible: the
-only randomness is ARPACK's start vector, fixed by the seed. Needs scipy (training only; the package
+this small (~1 M index tokens) that paper finds it on par with word2vec, and it is exactly
+reproducible (a second run writes a byte-identical file): the only randomness is ARPACK's start vector, fixed by the seed. Needs scipy (training only; the package
 reads the result with numpy alone): ``pip install "optimem[train]"``.
 
 The file: ``terms`` (the most frequent stems seen >= 5 times), ``vectors`` (float16,
@@ -147,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=OUT)
     for f in fields(Recipe):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=f.type == "float" and float or int, default=f.default)
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     ap.add_argument("--show", nargs="*", default=["adopt", "scare", "job", "guitar", "pup", "vacat"],
                     help="stems whose nearest neighbours to print")
     args = ap.parse_args()
