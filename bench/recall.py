@@ -1,7 +1,7 @@
 """Recall by content: retrieval quality on questions people ask, and time per recall. One command:
 
     python bench/recall.py [--e2e 30] [--sizes 1000,10000] [--models minilm,wordllama] [--read-threads 1]
-                           [--out bench/recall.json]
+                           [--expand "8,0.7,0.4,0.5;off"] [--split tune] [--out bench/recall.json]
 
 - quality: the question set (``bench/data/recall_questions.jsonl``, 322 questions written by
   reading real turns, over six long chitchat sessions and the Chinese lab text that
@@ -12,6 +12,11 @@
   against a plain BM25 over the exact source turns (bm25s, English stop words, no stemming;
   characters and pairs of them for Chinese) in the same run. Ranked with words alone (the
   default) and with each ``--models`` value as ``OPTIMEM_EMBED_MODEL`` (meaning beside words).
+  ``--expand`` sweeps the query expansion by trained word vectors (``memory/expansion.py``):
+  each ``neighbours,weight,floor[,known share]`` setting (or ``off``) ranks every question
+  again, each model with each setting (a sentence model turns expansion off itself);
+  ``--vectors`` ranks with another vectors file (``bench/train_word_vectors.py --out``);
+  ``--split tune`` prints only the tune half (while tuning).
 - cold: a 700-turn session (chat0, chat1 and the start of chat2 of the set, one after another)
   right after import, ``--e2e`` of its questions through ``Memory.recall`` (index, then reading
   the hit turns' lines off the pages at their tiers, nothing read before): p50/p95 seconds cold
@@ -42,7 +47,7 @@ import bm25s  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/common.py, also when loaded by path
 from common import pct  # noqa: E402
-from optimem.memory import index as ix  # noqa: E402
+from optimem.memory import expansion, index as ix  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402
 from optimem.memory.lab.corpus import conversations  # noqa: E402
 from optimem.memory import recall as recalling, vectors  # noqa: E402
@@ -284,14 +289,28 @@ def table(model: str, summary: dict) -> None:
               f"{s['bm25@10']:>8} {s['find_p50_ms']:>11}")
 
 
+def _expand(setting: str) -> None:
+    """Set the query expansion's neighbours, weight and floor ('off': no neighbours)."""
+    n, weight, floor, *share = ("0", "0", "1") if setting == "off" else setting.split(",")
+    expansion.NEIGHBOURS, expansion.WEIGHT, expansion.FLOOR = int(n), float(weight), float(floor)
+    expansion.KNOWN_SHARE = float(share[0]) if share else 1.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--e2e", type=int, default=30, help="questions also asked end to end on the 700-turn session")
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--models", default="minilm,wordllama", help="OPTIMEM_EMBED_MODEL values ranked with too, beside words alone")
     ap.add_argument("--read-threads", type=int, default=1, help="OPTIMEM_READ_THREADS: page reads at once")
+    ap.add_argument("--expand", default="", help="expansion settings to sweep, ';'-separated: "
+                    "'neighbours,weight,floor[,known share]' or 'off' (default: the shipped setting only)")
+    ap.add_argument("--vectors", type=Path, default=expansion.PATH, help="word vectors file (bench/train_word_vectors.py)")
+    ap.add_argument("--split", default="", help="print only this split's rows (tune: while tuning)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "recall.json"))
     args = ap.parse_args()
+    expansion.PATH = args.vectors
+    shipped = f"{expansion.NEIGHBOURS},{expansion.WEIGHT},{expansion.FLOOR},{expansion.KNOWN_SHARE}"
+    settings_swept = [e.strip() for e in (args.expand or shipped).split(";") if e.strip()]
     rng = random.Random(9)
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp)).start()
@@ -301,7 +320,12 @@ def main() -> None:
             with Memory(settings) as memory:
                 memory.backend.decode([])     # load the reader's models before timing anything
                 models = [""] + [m for m in args.models.split(",") if m]
-                q = {m or "words": quality(memory, m) for m in models}
+                q = {}
+                for e in settings_swept:
+                    _expand(e)
+                    q.update({(m or "words") + ("" if e == shipped else f" expand={e}"): quality(memory, m)
+                              for m in models})
+                _expand(shipped)
                 memory.settings.embed_model = ""       # the default for the timings
                 c = cold(memory, args.e2e) if args.e2e else {}
                 sizes = [scale(memory, int(s), rng) for s in args.sizes.split(",") if s]
@@ -312,7 +336,7 @@ def main() -> None:
               "questions": {m: r["rows"] for m, r in q.items()}}
     Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
     for model, r in q.items():
-        table(model, r["summary"])
+        table(model, {key: row for key, row in r["summary"].items() if key.startswith(args.split)})
         print("a session's first question (embeds every turn where a model is on), s:",
               {name: f["first_question_s"] for name, f in r["first_question"].items()})
     if c:

@@ -18,7 +18,8 @@ Tokens: Latin words lower-cased, English stop words dropped, Snowball-stemmed (P
 "storage lockers" finds "storage locker"; code identifiers (camelCase, snake_case) are kept whole
 and also split into stemmed parts; CJK/kana/hangul runs become character unigrams and bigrams.
 Query terms unknown to the session's vocabulary are matched fuzzily (rapidfuzz ratio >= 85) to
-known terms, which absorbs typos and OCR slips in decoded text.
+known terms, which absorbs typos and OCR slips in decoded text; every query term also matches its
+nearest terms in meaning that the session has, weighing less (``memory/expansion.py``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from typing import Iterable
 
 import Stemmer
 from rapidfuzz import fuzz, process
+
+from optimem.memory import expansion
 
 K1, B = 1.2, 0.75
 TF_SHIFT = 1 << 20             # posting score = tf * TF_SHIFT + min(length, TF_SHIFT - 1)
@@ -183,25 +186,33 @@ def _vocabulary(r, tag: str, version: int) -> list[str]:
     return terms
 
 
-def search(r, tag: str, query: str, limit: int = 50, fuzzy: bool = True) -> list[tuple[str, float, float]]:
-    """Ranked docs for a query: [(doc, bm25 score, coverage 0..1)], best first.
+def search(r, tag: str, query: str, limit: int = 50, fuzzy: bool = True, expand: bool = True
+           ) -> list[tuple[str, float, float]]:
+    """Ranked docs for a query: [(doc, bm25 score, coverage 0..1)], best first. ``expand``: the
+    query's terms also match their nearest terms in meaning, weighing less (``memory/expansion.py``).
 
     Coverage is the idf-weighted share of the query's terms the doc contains (fuzzy matches count
     by their similarity): how much of the question the turn answers, comparable across queries."""
     terms = query_terms(query)
     if not terms:
         return []
-    with r.pipeline(transaction=False) as p:
+    near = expansion.candidates(terms) if expand else {}
+    others = list(dict.fromkeys(s for found in near.values() for s, _ in found))
+    with r.pipeline(transaction=False) as p:        # the neighbours' presence: the same round trip
         p.hmget(stats_key(tag), "docs", "tokens")
-        p.zmscore(vocab_key(tag), terms)
+        p.zmscore(vocab_key(tag), terms + others)
         (n_docs, n_tokens), dfs = p.execute()
     n = int(n_docs or 0)
     if n <= 0:
         return []
-    weighted = _known_terms(r, tag, n, terms, dfs, fuzzy)
+    weighted = _known_terms(r, tag, n, terms, dfs[:len(terms)], fuzzy)
+    present = {s for s, df in zip(others, dfs[len(terms):]) if df}
+    asked = {t for t, df in zip(terms, dfs) if df}
+    related = {stem: wt for stem, wt in expansion.neighbours(near, present, asked).items() if stem not in weighted}
+    weighted.update(related)                        # (a term asked, or fuzzily matched, weighs more)
     if not weighted:
         return []
-    scores, covered, idf_of_query = _score(r, tag, n, int(n_tokens or 0) / n, terms, weighted)
+    scores, covered, idf_of_query = _score(r, tag, n, int(n_tokens or 0) / n, terms, weighted, set(related))
     # A query term the session has never seen weighs like the rarest term it could be.
     rare = math.log(1 + (n + 0.5) / 0.5)
     total = sum(v or rare for v in idf_of_query.values())
@@ -231,14 +242,16 @@ def _known_terms(r, tag: str, n: int, terms: list[str], dfs: list, fuzzy: bool) 
     return weighted
 
 
-def _score(r, tag: str, n: int, avgdl: float, terms: list[str], weighted: dict[str, tuple[float, str]]
-           ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
+def _score(r, tag: str, n: int, avgdl: float, terms: list[str], weighted: dict[str, tuple[float, str]],
+           related: set[str]) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
     """BM25 of every doc holding a known term (one ZREVRANGE per term), with what each doc covers
-    of each query term (its weighted idf) and each query term's idf."""
+    of each query term (its weighted idf) and each query term's idf (a ``related`` term, one near
+    in meaning, covers its query term but does not set its idf)."""
     known = list(weighted)
     with r.pipeline(transaction=False) as p:
         for term in known:
-            p.zrevrange(post_key(tag, term), 0, MAX_POSTINGS - 1, withscores=True)
+            most = expansion.POSTINGS if term in related else MAX_POSTINGS
+            p.zrevrange(post_key(tag, term), 0, most - 1, withscores=True)
         p.zmscore(vocab_key(tag), known)
         *postings, known_dfs = p.execute()
     scores: dict[str, float] = {}
@@ -250,7 +263,8 @@ def _score(r, tag: str, n: int, avgdl: float, terms: list[str], weighted: dict[s
         if not plist:
             continue
         idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
-        idf_of_query[qterm] = max(idf_of_query[qterm], idf)
+        if term not in related:
+            idf_of_query[qterm] = max(idf_of_query[qterm], idf)
         for doc, packed in plist:
             doc = doc.decode() if isinstance(doc, bytes) else doc
             tf, dl = divmod(int(packed), TF_SHIFT)

@@ -240,8 +240,11 @@ def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Call
         found.searched, found.unsearched = make_searchable(k, placed(), reader(), store, deadline)
     else:
         found.searched = turns.page_count
-    found_docs = store.search(k, q.text, limit=CANDIDATES)
     dense = vectors.similarities(store, k, meta.turns, meta.keep_source, q.text, embed_model)
+    # The question's words widened by their neighbours in meaning (memory/expansion.py), unless a
+    # sentence model already ranks by meaning here (beside it they did not pay: bench/RESULTS.md).
+    expand = dense is None or vectors.expands(embed_model)
+    found_docs = store.search(k, q.text, limit=CANDIDATES, expand=expand)
     ranked = understood(q.text, found_docs, turns, store, k, meta.keep_source, dense, vectors.weight(embed_model))
     for n, c in enumerate(ranked):
         if n % (2 * q.limit) == 0:   # locate the next few hits' pages in one go

@@ -539,8 +539,8 @@ class Store:
         return out
 
     # -- text index (memory/index.py) -------------------------------------------------------
-    def search(self, k: SessionKeys, query: str, limit: int = 50) -> list[tuple[str, float, float]]:
-        return ix.search(self.r, k.tag, query, limit)
+    def search(self, k: SessionKeys, query: str, limit: int = 50, expand: bool = True) -> list[tuple[str, float, float]]:
+        return ix.search(self.r, k.tag, query, limit, expand=expand)
 
     def indexed_pages(self, k: SessionKeys) -> dict[int, str]:
         return {int(a): _s(b) for a, b in self.r.hgetall(ix.pages_key(k.tag)).items()}

@@ -53,10 +53,12 @@ SENTENCE_WEIGHT = 1.5       # the same for a sentence-transformers model (MiniLM
 
 
 class Embedder:
-    """Texts -> unit-length float32 rows, and how much their similarity weighs in the ranking."""
+    """Texts -> unit-length float32 rows, how much their similarity weighs in the ranking, and
+    whether the question's words are still expanded by their neighbours in meaning beside it
+    (``memory/expansion.py``: it pays beside WordLlama's static vectors, not beside a sentence model)."""
 
-    def __init__(self, name: str, encode: Any, weight: float):
-        self.name, self._encode, self.weight = name, encode, weight
+    def __init__(self, name: str, encode: Any, weight: float, expand: bool = False):
+        self.name, self._encode, self.weight, self.expand = name, encode, weight, expand
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         rows = np.asarray(self._encode(texts), dtype=np.float32)
@@ -78,7 +80,7 @@ def embedder(name: str) -> Embedder | None:
         # The wheel carries its weights and tokenizer (under tokenizers/, where the loader looks for
         # tokenizer/ and then would download): load from the package folder, downloads off.
         wl = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
-        return Embedder("wl256", wl.embed, WORDLLAMA_WEIGHT)
+        return Embedder("wl256", wl.embed, WORDLLAMA_WEIGHT, expand=True)
     if name == "minilm":
         try:
             name = str(minilm_folder())
@@ -134,6 +136,13 @@ def weight(name: str) -> float:
     """How much meaning weighs against BM25 in the ranking (0: no model on)."""
     model = embedder(name)
     return 0.0 if model is None else model.weight
+
+
+def expands(name: str) -> bool:
+    """Whether recall expands the question's words by their neighbours in meaning with this model
+    on (words alone: yes)."""
+    model = embedder(name)
+    return model is None or model.expand
 
 
 def key(k: SessionKeys) -> str:

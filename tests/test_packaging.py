@@ -26,7 +26,7 @@ from tests.import_rules import ROOT, cycles, discover, layer_violations, upward
 VERSION = next(node.value.value for node in ast.parse((ROOT / "_version.py").read_text()).body
                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__version__")
 HEAVY = ("torch", "transformers", "safetensors")
-DATA = ("renderer/fonts", "renderer/templates", "api/templates", "memory/lab/data")   # shipped data folders
+DATA = ("renderer/fonts", "renderer/templates", "api/templates", "memory/lab/data", "memory/data")   # shipped data folders
 
 
 def run(cmd: list, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -83,6 +83,7 @@ def test_wheel_holds_only_the_optimem_package_and_all_of_it(wheel):
             for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert {"optimem/renderer/templates/transcript.j2", "optimem/api/templates/inspector.html"} <= set(data)
     assert any(p.startswith("optimem/renderer/fonts/") and p.endswith(".ttf") for p in data)
+    assert "optimem/memory/data/word_vectors.npz" in data
     assert not [p for p in data if p not in shipped], "data files left out of the wheel"
 
 
