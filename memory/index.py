@@ -73,6 +73,8 @@ def _words(text: str, stop: frozenset[str]) -> Iterable[str]:
             yield from cjk
             yield from (cjk[i:i + 2] for i in range(len(cjk) - 1))
             continue
+        if word.lower() in stop:                        # also "THe", "WHat": typed in haste, not a code
+            continue
         parts = PARTS.findall(word)
         if len(parts) > 1:                              # an identifier or code: keep it whole too
             yield word.lower()[:MAX_TERM]

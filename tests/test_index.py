@@ -27,6 +27,7 @@ def test_tokens_stem_latin_split_identifiers_and_gram_cjk():
     assert {"max_retry_count", "max", "retri", "count"} <= set(ix.tokens("max_retry_count = 3"))
     assert ix.tokens("储物柜") == ["储", "物", "柜", "储物", "物柜"]
     assert ix.query_terms("what did we talk about") == ["talk"]      # never empty when words remain
+    assert ix.tokens("THe Storage") == ["storag"] and ix.query_terms("WHat is THe code") == ["code"]   # stop words in odd case
 
 
 def test_append_indexes_turns_at_once_and_paraphrases_find_them(memory, tenant):
