@@ -6,9 +6,9 @@ once, not how many exist. These helpers keep that number small and fixed.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
-import queue
 import threading
 import time
 from contextlib import contextmanager
@@ -91,6 +91,39 @@ class Gate:
 COMPUTE = Gate(2)     # recall threads computing at once per process (see the module; OPTIMEM_RECALL_COMPUTE)
 
 
+class FairQueue:
+    """Jobs queued per owner (a tenant) and taken in turn, one owner after another: a tenant with a
+    hundred page reads queued holds up another tenant's one read by at most one read per thread,
+    not by the hundred (a plain FIFO would). ``None`` (a stop) goes behind everything queued."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._owners: dict[str, collections.deque] = {}     # insertion order = whose turn is next
+        self._stops = 0
+
+    def put(self, item, owner: str = "") -> None:
+        with self._cond:
+            if item is None:
+                self._stops += 1
+            else:
+                self._owners.setdefault(owner, collections.deque()).append(item)
+            self._cond.notify()
+
+    def get(self):
+        with self._cond:
+            while not self._owners and not self._stops:
+                self._cond.wait()
+            if not self._owners:
+                self._stops -= 1
+                return None
+            owner = next(iter(self._owners))
+            jobs = self._owners.pop(owner)
+            item = jobs.popleft()
+            if jobs:
+                self._owners[owner] = jobs      # to the back of the line
+            return item
+
+
 class Threads:
     """A fixed number of daemon threads over one queue (the reader's pools; the API's recall
     threads). Not a ThreadPoolExecutor: that one makes the interpreter wait at exit for every
@@ -98,13 +131,14 @@ class Threads:
     expires), and a recall cut short by shutdown has no one left to answer."""
 
     def __init__(self, threads: int, name: str = "optimem-read"):
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.queue = FairQueue()
         self.threads, self.name = threads, name
         for i in range(threads):
             threading.Thread(target=Threads.run, args=(self.queue, name), name=f"{name}-{i}", daemon=True).start()
 
-    def submit(self, fn, *args) -> None:
-        self.queue.put((fn, args))
+    def submit(self, fn, *args, owner: str = "") -> None:
+        """Run ``fn(*args)`` on a pool thread, in turn with other owners' jobs (``FairQueue``)."""
+        self.queue.put((fn, args), owner)
 
     def stop(self) -> None:
         """Let the threads end once what is queued is done."""
@@ -112,7 +146,7 @@ class Threads:
             self.queue.put(None)
 
     @staticmethod
-    def run(q: queue.SimpleQueue, name: str) -> None:
+    def run(q: FairQueue, name: str) -> None:
         while (item := q.get()) is not None:
             fn, args = item
             try:

@@ -287,7 +287,7 @@ class Reader:
                     self._line_pool = Threads(self.threads)
                     weakref.finalize(self, self._line_pool.stop)
                 pool = self._line_pool
-        pool.submit(self._read, k, page, tier, token, future, turn)
+        pool.submit(self._read, k, page, tier, token, future, turn, owner=k.tenant)   # tenants take turns
 
     def _read(self, k: SessionKeys, page: int, tier: Tier, token: str, future: Future,
               turn: int | None = None) -> None:

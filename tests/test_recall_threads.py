@@ -209,3 +209,32 @@ def test_the_app_sizes_the_compute_turns_from_its_settings(app_with):
             assert holders_at_once(COMPUTE, 3) == 1
     finally:
         COMPUTE.resize(2)
+
+
+def test_page_reads_are_taken_a_tenant_at_a_time(memory):
+    """A tenant with many page reads queued holds up another tenant's one read by at most the read
+    running and one more, not by its whole queue (the read pool used to be first come, first
+    served: a tenant recalling across many unread pages stalled every other tenant's recall)."""
+    from optimem.memory.lab.corpus import longest
+    from optimem.memory.store import SessionKeys
+
+    chat = longest()[1]
+    memory.create_session("many", tenant="busyreads")
+    memory.append("many", chat[:500], tenant="busyreads")
+    memory.create_session("one", tenant="quietreads")
+    memory.append("one", chat[:120], tenant="quietreads")
+    busy, quiet = SessionKeys("busyreads", "many"), SessionKeys("quietreads", "one")
+    pages = min(5, memory.store.seal_state(busy)[1])
+    assert pages == 5 and memory.store.seal_state(quiet)[1] >= 1
+    tier = memory.ladder["mosaic4"]
+    order: list[str] = []
+    # One turn's lines a read (the reads a recall makes): a turn on each of the busy tenant's pages.
+    futures = [memory.reader.fetch(busy, r.page, tier, turn=r.turns[-1]["index"])
+               for r in memory.store.pages_of(busy, list(range(pages)))]
+    futures.append(memory.reader.fetch(quiet, 0, tier, turn=memory.store.pages_of(quiet, [0])[0].turns[-1]["index"]))
+    for n, future in enumerate(futures):
+        future.add_done_callback(lambda f, who="quiet" if n == len(futures) - 1 else f"busy{n}": order.append(who))
+    assert futures[-1].result(timeout=300) is not None
+    for future in futures:
+        future.result(timeout=300)
+    assert order.index("quiet") <= 2, order        # after the read running and at most one more
