@@ -37,7 +37,7 @@ import numpy as np
 from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView
 from optimem.model.tiers import DEEPSEEK_OCR2, Ladder
 from optimem.model.visual_tokens import VisualTokens
-from optimem.renderer.faces import IDENT_DEFAULT, zero_reads
+from optimem.renderer.faces import IDENT_DEFAULT, dotted_zero
 from optimem.renderer.identifiers import restore
 
 Mode = Literal["lines", "page"]
@@ -101,7 +101,7 @@ class RapidOcrBackend:
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._models = _bundled_models()    # raises ModelUnavailable on a missing or broken install
-        self.zeros = zero_reads(ident)
+        self.zeros = dotted_zero(ident)
         # Reading header boxes or not, or what ``restore`` puts back, changes what a page reads back
         # as: a cache key of its own (reads cached before are not reused).
         self.revision = (f"rapidocr-{metadata.version('rapidocr')}/"

@@ -20,8 +20,6 @@ from typing import NamedTuple
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFont
 
-from optimem.renderer.identifiers import SLASHED_READS, ZERO_MISREADS
-
 FONTS = Path(__file__).parent / "fonts"
 SANS = FONTS / "DejaVuSans.ttf"
 MONO = FONTS / "DejaVuSansMono.ttf"
@@ -36,8 +34,6 @@ class Ident(NamedTuple):
     step: int = 0
     lead: int = 0
     alts: tuple[tuple[Path, str], ...] = ()    # (face, characters): other faces, same size, for those characters
-    zero: str = ""      # how 0 is drawn: "" the face's own, "/" with a stroke across it, or another character
-    zero_lead: bool = False     # ... only the zero that starts a token (after no letter or digit)
 
 
 # How identifiers in prose (``identifiers.find``) are set: "name": Ident(face, size step, row lead,
@@ -75,14 +71,6 @@ IDENT_FACES: dict[str, Ident | None] = {
     "sans+3_r4": Ident(SANS, 3, 4),
     "sans+4_r5": Ident(SANS, 4, 5),
     "mixed+3_r4": Ident(SANS, 3, 4, ((SERIF, "Il"),)),    # the body face, with serif I and l
-    "serif+6_r8+mono_l+slash0": Ident(SERIF, 6, 8, ((MONO, "l"),), "/"),
-    "serif+6_r8+mono_l+sans_slash0": Ident(SERIF, 6, 8, ((MONO, "l"), (SANS, "0")), "/"),
-    "serif+6_r8+mono_l+mono_slash0": Ident(SERIF, 6, 8, ((MONO, "l0"),), "/"),
-    "serif+6_r8+mono_l+oslash0": Ident(SERIF, 6, 8, ((MONO, "l"),), "\u00d8"),
-    "serif+6_r8+mono_l+sans_oslash0": Ident(SERIF, 6, 8, ((MONO, "l"), (SANS, "\u00d8")), "\u00d8"),
-    "serif+6_r8+mono_l0+oslash_lead": Ident(SERIF, 6, 8, ((MONO, "l0"),), "\u00d8", True),
-    "serif+6_r8+mono_l0+bold_lead": Ident(SERIF, 6, 8, ((MONO, "l0"),), "*", True),
-    "serif+6_r8+mono_l0+sans_oslash_lead": Ident(SERIF, 6, 8, ((MONO, "l0"), (SANS, "\u00d8")), "\u00d8", True),
 }
 IDENT_DEFAULT = "serif+6_r8+mono_l0"
 
@@ -94,15 +82,6 @@ def dotted_zero(ident: str) -> bool:
     if entry is None:
         return False
     return next((alt for alt, chars in entry.alts if "0" in chars), entry.path) == MONO
-
-
-def zero_reads(ident: str) -> str:
-    """What a reader of a small view returns for the zero identifiers set by ``ident`` draw, to be
-    put back inside identifiers (``identifiers.restore``); "" where it reads the zero as one."""
-    entry = IDENT_FACES.get(ident)
-    if entry is not None and entry.zero == "\u00d8":
-        return SLASHED_READS + (ZERO_MISREADS if entry.zero_lead and dotted_zero(ident) else "")
-    return ZERO_MISREADS if dotted_zero(ident) else ""
 
 
 FALLBACK = "\u25a1"     # WHITE SQUARE, in DejaVu Sans: a visible mark where a character was
@@ -140,14 +119,10 @@ class Faces:
     def __init__(self, px: int, ident: str = IDENT_DEFAULT) -> None:
         if ident not in IDENT_FACES:
             raise ValueError(f"unknown identifier face {ident!r}; choose one of {sorted(IDENT_FACES)}")
-        path, step, lead, alts, zero, zero_lead = IDENT_FACES[ident] or Ident(MONO)
+        path, step, lead, alts = IDENT_FACES[ident] or Ident(MONO)
         self.marks = IDENT_FACES[ident] is not None
         self.lead = lead        # extra pixels of height on a row that holds an identifier
         self.ident = ident
-        self.slash = zero == "/"     # an identifier's 0 gets a stroke across it (``stamp``)
-        self._zero = zero if len(zero) == 1 and zero != "/" else "0"    # or is drawn as this character
-        self._bold_lead = zero == "*" and zero_lead     # the zero that starts a token drawn bolder
-        self._zero_lead = zero_lead and self._zero != "0"    # ... only where it starts a token
         # BASIC layout: no dependence on whether libraqm happens to be installed, and faster.
         self.fonts = tuple(ImageFont.truetype(str(p), size, layout_engine=ImageFont.Layout.BASIC)
                            for p, size in ((SANS, px), (MONO, px), (CJK, px), (path, px + step),
@@ -176,8 +151,6 @@ class Faces:
         code = ord(char)
         if code in _SILENT or unicodedata.category(char) in ("Cc", "Cf"):
             return "", -1
-        if kind == "ident" and char == "0" and not self._zero_lead:
-            char = self._zero
         if kind == "ident" and char in self._alt:
             return char, self._alt[char]
         for face in _CHAINS[kind]:
@@ -188,12 +161,8 @@ class Faces:
     def runs(self, text: str, kind: str) -> list[tuple[int, str]]:
         """Split already-shaped text into (face, text) runs to draw one after another."""
         out: list[tuple[int, str]] = []
-        for i, char in enumerate(text):
-            drawn, face = self.glyph(char, kind)
-            if kind == "ident" and char == "0":
-                if self._zero_lead and not (i and text[i - 1].isalnum()):
-                    drawn, face = self.glyph(self._zero, kind)
-                char = drawn    # another character drawn for the identifier's zero (``Ident.zero``)
+        for char in text:
+            face = self.glyph(char, kind)[1]
             if out and out[-1][0] == face:
                 out[-1] = (face, out[-1][1] + char)
             else:
@@ -237,40 +206,13 @@ class Faces:
         canvas = Image.new("L", (int(self.width(text, kind)) + 2 * self.px + 1, 3 * self.px), 0)
         draw = ImageDraw.Draw(canvas)
         x = float(left) + (self._overhang(text)[0] if kind == "ident" else 0)
-        runs_at = 0
         for face, run in self.runs(text, kind):
             draw.text((round(x), baseline), run, fill=255, font=self.fonts[face], anchor="ls")
-            if kind == "ident" and self.slash and "0" in run:
-                self._slash(draw, run, face, round(x), baseline)
-            if kind == "ident" and self._bold_lead:
-                self._embolden(draw, text, run, runs_at, face, round(x), baseline)
-            runs_at += len(run)
             x += self.fonts[face].getlength(run)
         box = canvas.getbbox()
         stamp = None if box is None else Stamp(canvas.crop(box), box[0] - left, box[1] - baseline)
         self._stamps[key] = stamp
         return stamp
-
-
-    def _embolden(self, draw: ImageDraw.ImageDraw, text: str, run: str, at: int, face: int, x: int, baseline: int) -> None:
-        font = self.fonts[face]
-        for i, char in enumerate(run):
-            j = at + i
-            if char == "0" and not (j and text[j - 1].isalnum()):
-                draw.text((x + font.getlength(run[:i]), baseline), "0", fill=255, font=font, anchor="ls", stroke_width=1, stroke_fill=255)
-
-    def _slash(self, draw: ImageDraw.ImageDraw, run: str, face: int, x: int, baseline: int) -> None:
-        """A stroke across each 0 of a run, from its lower left to its upper right, inside its
-        ink: the slashed zero, which no letter has (``Ident.zero`` "/")."""
-        font = self.fonts[face]
-        width = max(1, round(font.size / 9))
-        for i, char in enumerate(run):
-            if char == "0":
-                left, top, right, bottom = font.getbbox("0", anchor="ls")
-                at = x + font.getlength(run[:i])
-                inset = width / 2
-                draw.line([(at + left + inset, baseline + bottom - 1 - inset), (at + right - 1 - inset, baseline + top + inset)],
-                          fill=255, width=width)
 
 
 @lru_cache(maxsize=16)

@@ -93,9 +93,7 @@ def _numbered(text: str, a: int, b: int) -> tuple[int, int]:
 # rarely) a copyright or registered mark: on the unseen-identifier probe's tune part
 # (``bench/identifiers_unseen.py``) 7 of 11 misses at mosaic4, 2 of held3's 8.
 ZERO_MISREADS = "θΘ@©®"
-# A zero drawn as a slashed O (``faces.Ident.zero`` "Ø") comes back as itself, now and then lower case.
-SLASHED_READS = "Øø∅"
-_MARKS = "©®Øø∅"   # read for a zero only in a token with digits of its own ("Apple®", "SØREN" keep theirs)
+_MARKS = "©®"      # read for a zero only in a token with digits of its own ("Apple®" keeps its mark)
 _GREEK = re.compile(r"[\u0370-\u03ff\u1f00-\u1fff]")
 _TOKEN = re.compile(r"\S+")
 # An email's at sign as a reader gives it back: a domain follows, its dots sometimes read as commas
@@ -133,7 +131,7 @@ def _restorable(token: str, i: int) -> bool:
         not before and after.isascii() and after.isdigit())
 
 
-def restore(text: str, zeros: bool | str = True) -> str:
+def restore(text: str, zeros: bool = True) -> str:
     """Read-back text with what a reader gets wrong inside identifiers, and only there, put back:
     an email's dot read as a comma (in its domain, or in a local part with a dot already), its letters whose case the reader cannot see
     (``restore_case``), and (``zeros``: the page's identifier face draws a dotted zero) the dotted
@@ -142,9 +140,7 @@ def restore(text: str, zeros: bool | str = True) -> str:
         if "," in text:
             text = _LOCAL_COMMA.sub(r"\1.", _EMAIL_COMMA.sub(r"\1.\2", text))
         text = _EMAIL.sub(restore_case, text)
-    if not zeros:
-        return text
-    return restore_zeros(text, ZERO_MISREADS if zeros is True else zeros)
+    return restore_zeros(text) if zeros else text
 
 
 # Letters whose capital is the small one drawn larger: in a small view only their size tells them
@@ -165,7 +161,7 @@ def restore_case(m: re.Match) -> str:
     return f"{local}@{domain}"
 
 
-def restore_zeros(text: str, misreads: str = ZERO_MISREADS) -> str:
+def restore_zeros(text: str) -> str:
     """Read-back text with misreads of the identifier face's dotted zero put back to ``0``.
 
     Narrow on purpose: only inside a token (a run without spaces) of four or more ASCII letters
@@ -173,16 +169,16 @@ def restore_zeros(text: str, misreads: str = ZERO_MISREADS) -> str:
     its theta), never an email's at sign (one a domain follows), and only where the token, with the
     zero back, is an identifier ``find`` would set in the identifier face (so it was drawn with the
     dotted zero, not as prose)."""
-    if not any(c in text for c in misreads) or _GREEK.search(text.replace("θ", "").replace("Θ", "")):
+    if not any(c in text for c in ZERO_MISREADS) or _GREEK.search(text.replace("θ", "").replace("Θ", "")):
         return text     # a line with Greek in it: the reader spells Greek words half in Latin ("pθn")
     out = []
     last = 0
     emails = [e.span() for e in _EMAIL.finditer(text)]
     for m in _TOKEN.finditer(text):
         token = m.group()
-        if not any(c in token for c in misreads) or sum(_ascii_alnum(c) for c in token) < 3:
+        if not any(c in token for c in ZERO_MISREADS) or sum(_ascii_alnum(c) for c in token) < 3:
             continue    # with the zero back, at least four letters and digits (the reader may split a token)
-        at = [i for i, c in enumerate(token) if c in misreads and _restorable(token, i)
+        at = [i for i, c in enumerate(token) if c in ZERO_MISREADS and _restorable(token, i)
               and not (c == "@" and (_AT_DOMAIN.match(text, m.start() + i)
                                      or any(a <= m.start() + i < b for a, b in emails)))]
         if not at:
