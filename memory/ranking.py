@@ -5,7 +5,8 @@ that was the answer to a question asked just before it ("how long have you playe
 5th grade"), or that runs over a message sent in parts. So each candidate turn's score is
 
     (bm25 + ANSWER * bm25 of the turn before, when another role asked it there
-           + GOES_ON * bm25 of the turn before, when the same role said it)
+           + GOES_ON * bm25 of the turn before, when the same role said it
+           + LATER[i] * bm25 of the turn 2 or 3 before, when it asks)
         * (1 + WHO * how much the question is about the turn's role)
         * (1 + WHEN if the turn's time is in the window the question's time words point at)
 
@@ -29,6 +30,9 @@ WHO = 1.0           # boost of the role the question is about
 WHEN = 1.0          # boost of a turn inside the question's time window
 DENSE_TOP = 50      # turns nearest in meaning added to the index's hits
 RERANK = 40         # candidates (after mixing) reranked: each needs its own and its neighbours' role and time
+# Shares of an asking turn's score passed to the turns two and three after it: answers that come a
+# little later ("what's the most beautiful place you've been?" / a remark / "the Uinta forests").
+LATER = (0.6, 0.4)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class Candidate:
     score: float
     coverage: float
     time_match: str | None = None
-    asked_by: int | None = None      # the turn just before, by another role, that asks what this answers
+    asked_by: int | None = None      # the turn that asks what this answers: just before (another role), or 2-3 before
 
 
 def mix(found: list[tuple[str, float, float]], dense: dict[int, float], weight: float) -> list[tuple[str, float, float]]:
@@ -92,8 +96,23 @@ def rerank(found: list[tuple[str, float, float]], doc_turn: Callable[[str], tupl
         if after not in by_turn:
             doc = f"t{turn + 1}" if page is None else f"p{page}:{turn + 1}"
             by_turn[after] = Candidate(doc, turn + 1, page, 0.0, c.coverage * ANSWER)
+    # A turn that asks passes a share of its score on to the turns a little after it (LATER).
+    later: dict[tuple[int | None, int], float] = {}
+    asked_at: dict[tuple[int | None, int], int] = {}     # the asking turn each share came from
+    for (page, turn), score in base.items():
+        asker = said(turn)
+        if asker is None or not asker.asks:
+            continue
+        for step, share in enumerate(LATER, start=2):
+            key = (page, turn + step)
+            if share * score > later.get(key, 0.0):
+                later[key], asked_at[key] = share * score, turn
+            if key not in by_turn:
+                doc = f"t{turn + step}" if page is None else f"p{page}:{turn + step}"
+                by_turn[key] = Candidate(doc, turn + step, page, 0.0, by_turn[(page, turn)].coverage * share)
     out = []
     for (page, turn), c in by_turn.items():
+        c.score += later.get((page, turn), 0.0)
         me = said(turn)
         if me is None:
             continue
@@ -106,6 +125,8 @@ def rerank(found: list[tuple[str, float, float]], doc_turn: Callable[[str], tupl
                 c.score += ANSWER * before
         if turn and (prev := said(turn - 1)) is not None and prev.role != me.role and prev.asks:
             c.asked_by = turn - 1
+        elif later.get((page, turn), 0.0) > base.get((page, turn), 0.0):    # found as the answer to it
+            c.asked_by = asked_at[(page, turn)]
         if c.score <= 0:
             continue
         c.score *= 1 + WHO * roles.get(me.role, 0.0)

@@ -225,7 +225,8 @@ def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, s
 
 
 def _around(turn: int) -> tuple[int, ...]:
-    return (turn - 1, turn, turn + 1) if turn else (turn, turn + 1)
+    reach = 1 + len(ranking.LATER)
+    return tuple(t for t in range(turn - 1, turn + reach + 1) if t >= 0)
 
 
 def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Callable[[], Reader], store: Store,

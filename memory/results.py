@@ -163,9 +163,10 @@ class Hit(BaseModel):
                           "(e.g. 'a month ago: 2024-03-20..2024-04-19'); null when the query names no time "
                           "or the turn is outside it.")
     asked: Optional[dict[str, Any]] = Field(
-        None, description="For found_by 'index', where the session keeps source: the turn just before this "
-                          "one, by another role, that asks what this turn answers, as {turn, role, text} (its "
-                          "exact source), so the pair reads together; null otherwise.")
+        None, description="For found_by 'index', where the session keeps source: the turn that asks what this "
+                          "turn answers (the one just before, by another role, or one two or three turns before "
+                          "when the hit was found as its answer), as {turn, role, text} (its exact source), so "
+                          "the pair reads together; null otherwise.")
 
 
 class Forgotten(BaseModel):

@@ -248,3 +248,20 @@ def test_the_question_set_points_at_real_turns_and_holds_half_back():
     # Sessions span months (the second conversation a month on), so time words have something to mean.
     times = [t["time"] for t in sessions["chat0"]]
     assert times[0].startswith("2024-03") and times[-1].startswith("2024-05")
+
+
+def test_an_answer_a_few_turns_after_the_question_is_found_with_it(api):
+    """The answer does not always come next: "what's the most beautiful place you've been?", a
+    remark, then the answer. The turns two and three after a matched question inherit from it
+    (``ranking.LATER``) and come back with it."""
+    chat = [{"role": "user", "content": "whats the most beautiful place you have ever been?"},
+            {"role": "assistant", "content": "oh that is a hard one, give me a minute"},
+            {"role": "assistant", "content": "I would have to say the Uinta forests"},
+            {"role": "user", "content": "nice, mine would be the beaches in Mexico"},
+            {"role": "assistant", "content": "do you like spicy food"},
+            {"role": "user", "content": "only a little, my stomach complains"}]
+    make(api, "later", chat)
+    hits = recall(api, "later", query="What was the most beautiful place each of us had been to?", limit=4)
+    found = {h["turn"]: h for h in hits}
+    assert {0, 2, 3} <= set(found), [h["turn"] for h in hits]
+    assert found[3]["asked"]["turn"] == 0 and found[3]["asked"]["text"] == chat[0]["content"]
