@@ -361,14 +361,15 @@ def _legible_turns(text: list[TurnRecord], pages: list[PlacedPage], views: list[
 
 def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | None = None, *,
              ladder: Ladder | None = None, min_memory_tokens: int = 0, forgotten: int = 0,
-             making: Making | None = None) -> Assembled:
+             making: Making | None = None, unread_turns: int = 0) -> Assembled:
     """Recent turns and memory pages within ``budget`` tokens (None: everything, at the curve's tiers):
     pages fade further to fit and are dropped, oldest first, only when their faintest view can't
     (the rule above). ``ladder``: the tiers to fade along (default: the one the pages' tiers are from).
     ``placed`` may leave gone pages out (``Memory`` passes only what the curve keeps, from the page
     index): ``forgotten`` counts those left out. ``making``: text beyond a floor of recent turns
     moves onto pages made for the context when the memory would otherwise fade below legible
-    (rule 0; None: recent text first, as before)."""
+    (rule 0; None: recent text first, as before). ``unread_turns``: text turns older than ``turns``
+    left unread because the budget could not show them (``Store.text_tail``): counted as dropped."""
     visible = sorted((p for p in placed if not p.tier.gone), key=lambda p: p.record.page)
     gone = len(placed) - len(visible) + forgotten
     found = ladder or ladder_of(visible)
@@ -378,6 +379,7 @@ def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | No
         reserve = min(float(min_memory_tokens), float(budget),
                       memory_tokens([(p.record.page, p.tier) for p in visible]))
     kept_turns, dropped_turns = _text(turns, float("inf") if budget is None else budget - reserve)
+    dropped_turns += unread_turns
     spent = sum(t.tokens for t in kept_turns)
     made: list[PlacedPage] = []
     if budget is not None and making is not None and found is not None and views:
@@ -388,7 +390,8 @@ def assemble(turns: list[TurnRecord], placed: list[PlacedPage], budget: int | No
             if chosen is not None:
                 kept_turns, made = chosen
                 held = {t.index for t in kept_turns} | {s["index"] for p in made for s in p.record.turns}
-                spent, dropped_turns = sum(t.tokens for t in kept_turns), sum(t.index not in held for t in turns)
+                spent = sum(t.tokens for t in kept_turns)
+                dropped_turns = sum(t.index not in held for t in turns) + unread_turns
                 visible = visible + made
 
     dropped_pages, tiers = 0, [p.tier for p in visible]

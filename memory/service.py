@@ -387,14 +387,21 @@ class Memory:
             raise BadRequest("format=embeddings needs visual tokens: set OPTIMEM_BACKEND=deepseek-ocr2 "
                              "(the CPU reader only reads pages back; use format=openai for page images)")
         s = self._open(session, tenant)
+        reach = self.settings.recent_tokens + 2 * context.PAGE_TOKENS
+
         def snapshot():
-            return (self._kept(s) if not text_only else ([], 0)), self.store.text_turns(s.k)
-        (kept, forgotten), text = self._as_of_one_seal(s.k, snapshot)
+            pages = self._kept(s) if not text_only else ([], 0)
+            if budget is None:
+                return pages, self.store.text_turns(s.k), 0
+            # Text older than the budget and the made pages' reach can't be shown: not read (a bulk
+            # import's backlog of thousands of turns would otherwise be read on every call).
+            return (pages, *self.store.text_tail(s.k, budget + reach))
+        (kept, forgotten), text, unread = self._as_of_one_seal(s.k, snapshot)
         making = None if text_only else context.Making(self.settings.recent_floor_turns, context.made_pages(
             s.k.tag, self.layout, self.settings.tokenizer, s.curve, self.ladder, s.meta.turns),
-            reach_tokens=self.settings.recent_tokens + 2 * context.PAGE_TOKENS)
-        built = context.assemble(text, kept, budget, ladder=self.ladder,
-                                 min_memory_tokens=min_memory_tokens, forgotten=forgotten, making=making)
+            reach_tokens=reach)
+        built = context.assemble(text, kept, budget, ladder=self.ladder, min_memory_tokens=min_memory_tokens,
+                                 forgotten=forgotten, making=making, unread_turns=unread)
         # The formats need a page's number, turn range, times and token costs: all in the light
         # records of the page index; no full PageRecord (turn spans) is read.
         made: RawContext | OpenAIContext | EmbeddingsContext

@@ -320,6 +320,26 @@ class Store:
             return {}
         return {t: TurnRecord(**json.loads(raw)) if raw else None for t, raw in zip(turns, self.r.hmget(k.turns, turns))}
 
+    def text_tail(self, k: SessionKeys, tokens: int, batch: int = 128) -> tuple[list[TurnRecord], int]:
+        """The newest turns kept as text, oldest first, until they hold more than ``tokens`` text
+        tokens, and how many older text turns were left unread: what a context of a budget can
+        show, without reading a bulk import's whole backlog (HMGET in batches from the newest)."""
+        unsealed_from, next_turn = self.r.hget(k.seal, "unsealed_from"), self.r.hget(k.meta, "next_turn")
+        first, end = int(unsealed_from or 0), int(next_turn or 0)
+        got: list[TurnRecord] = []
+        spent, at = 0, end
+        while at > first and spent <= tokens:
+            ask = list(range(max(first, at - batch), at))
+            for raw in reversed(self.r.hmget(k.turns, ask)):
+                at -= 1
+                if raw:
+                    turn = TurnRecord(**json.loads(raw))
+                    got.append(turn)
+                    spent += turn.tokens
+                    if spent > tokens:
+                        break
+        return got[::-1], at - first
+
     def seal_state(self, k: SessionKeys) -> tuple[int, int]:
         return self.seal_state_of(self.r, k)
 

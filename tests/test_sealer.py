@@ -318,3 +318,40 @@ def test_a_seal_that_fails_on_the_store_is_tried_again_without_another_append(re
         assert failed and memory.store.seal_state(k)[1] > 0, "the failed seal was never tried again"
     finally:
         memory.close(stop_server=False)
+
+
+def test_a_context_of_a_budget_over_a_text_backlog_reads_only_what_it_can_show(redis_server, reader, tmp_path,
+                                                                              tenant, monkeypatch):
+    """Right after a bulk import, a context of a budget reads the newest text turns that budget (and
+    the pages made for it) can hold, not the whole backlog, and answers exactly as a read of every
+    text turn does; the turns it did not read count as dropped."""
+    from optimem.memory.store import Store
+
+    slow_seals(monkeypatch, 4.0)
+    memory = background(redis_server, reader, tmp_path)
+    chat = longest()[1]
+    try:
+        memory.create_session("backlog", tenant=tenant)
+        for i in range(0, 3000, 1000):
+            memory.append("backlog", [dict(chat[j % len(chat)]) for j in range(i, i + 1000)], tenant=tenant)
+        k = SessionKeys(tenant, "backlog")
+        assert memory.store.seal_state(k)[0] < 300                  # nearly all still text
+
+        def everything(self, k, tokens, batch=128):                  # the old way: every text turn
+            return self.text_turns(k), 0
+
+        wide = {}
+        with monkeypatch.context() as m:
+            m.setattr(Store, "text_tail", everything)
+            for budget in (2000, 4000, 8000):
+                wide[budget] = memory.context("backlog", budget=budget, tenant=tenant).model_dump()
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a context of a budget read every text turn")
+
+        monkeypatch.setattr(Store, "text_turns", refuse)
+        for budget in (2000, 4000, 8000):
+            assert memory.context("backlog", budget=budget, tenant=tenant).model_dump() == wide[budget]
+        assert wide[4000]["accounting"]["dropped_turns"] > 2000
+    finally:
+        memory.close(stop_server=False)
