@@ -16,7 +16,9 @@ is printed as rows finish and the JSON is written after every row):
   after    encode g1024 compiled (>= 200 pages/s); compiled vs eager visual tokens (max abs
            difference); decode batch 1 and 32 with the static cache (>= 350 and >= 8,000 tok/s);
            one turn (<= 0.3 s) and a whole page (<= 3 s) from an unread page; the other tiers
-           compiled (v768 >= 300, mosaic4 >= 200 canvases/s, crops >= 50); batch 32 with each other
+           compiled (v768 >= 300, mosaic4 >= 200 canvases/s, crops >= 50); v768 and mosaic4 from the
+           stored pages, as a worker encodes them: views made by PIL on one CPU core, then made on
+           the device (``encode_pages``); batch 32 with each other
            experts implementation transformers offers (each recompiles the decoder; --quick: only
            with 90 s of its budget left)
 
@@ -127,6 +129,18 @@ def page_image(px: int, seed: int):
     for i, y in enumerate(range(6, px - 12, LINE_PX)):
         draw.text((6, y), f"#{seed}.{i} the quick brown fox jumps over the lazy dog 0123456789", fill="black")
     return im
+
+
+def stored_pages(n: int) -> list[bytes]:
+    """Bench pages as the store keeps them: 1024 px grayscale PNGs."""
+    import io
+
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        page_image(1024, i).convert("L").save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
 
 
 def turn_lines(first: int, count: int, px: int) -> list:
@@ -247,6 +261,26 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
         vs = views(name)
         bench.row(lever, f"encode {name} b{B} {label}", lambda: backend.encode(vs), lambda: len(vs), "pages/s", target)
 
+    def pages_row(name: str, label: str, on_device: bool, target: str = "") -> None:
+        """Encode from the stored pages (PNG), as the worker does: before, each view made by
+        renderer.view / renderer.mosaic (PIL's Lanczos, one CPU core) and then encoded; after,
+        ``encode_pages`` (the PNG decoded here, the view made on the device)."""
+        from optimem import renderer
+        from optimem.model.base import PageStack
+
+        tier = DEEPSEEK_OCR2[name]
+        per = tier.per_canvas
+        pngs = stored_pages(B * per)
+        stacks = [PageStack(pngs[i * per:(i + 1) * per], tier) for i in range(B)]
+
+        def pil_views() -> list:
+            return [PageView(renderer.mosaic([renderer.view(p, tier.px) for p in s.pngs], per, tier.canvas_px)
+                             if per > 1 else renderer.view(s.pngs[0], tier.px), tier) for s in stacks]
+
+        fn = (lambda: backend.encode_pages(stacks)) if on_device else (lambda: backend.encode(pil_views()))
+        bench.row("views", f"stored pages -> tokens {name} b{B} {label}", fn, lambda: len(stacks),
+                  "pages/s" if per == 1 else "canvases/s", target)
+
     made = {"tokens": 0}
 
     def decode_row(lever: str, batch: int, label: str, target: str = "", static: bool | None = None) -> None:
@@ -352,6 +386,9 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
     turn_beside_page()
     for name in [t for t in args.tiers if t != "g1024"]:
         encode_row("compile", name, "device pixels, compiled", targets.get(name, ""))
+    for name in ("v768", "mosaic4"):   # what a worker does per job: stored pages -> tokens
+        pages_row(name, "PIL views (1 CPU thread)", on_device=False)
+        pages_row(name, "views made on the device", on_device=True, target=targets.get(name, ""))
     experts = getattr(backend.model.config.text_config, "_experts_implementation", None)
     bench.note("experts_implementation", experts)
     for impl in ("batched_mm", "grouped_mm"):   # each recompiles the decoder (~20 s or more)

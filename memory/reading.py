@@ -42,7 +42,7 @@ from PIL import Image
 from optimem import renderer
 from optimem.memory.concurrency import COMPUTE, HEAP, Threads
 from optimem.memory.store import SessionKeys, Store
-from optimem.model.base import Backend, Decoded, LineBox, PageView, TokenReader
+from optimem.model.base import Backend, Decoded, LineBox, PageStack, PageView, TokenReader, shrinks_pages
 from optimem.model.tiers import Ladder, Tier
 
 
@@ -177,12 +177,13 @@ class Reader:
             except CorruptTokens:
                 pass
             self.store.drop_tokens(k, unit, tier.name, revision)
-        if tier.per_canvas > 1:
-            pngs = self.store.pngs(k, group_members(page // tier.per_canvas, tier))
-            view = PageView(canvas(pngs, tier), tier)
+        pngs = self.store.pngs(k, group_members(page // tier.per_canvas, tier)) if tier.per_canvas > 1 \
+            else [self.store.png(k, page)]
+        if shrinks_pages(self.backend):     # the view is made on the model's device, from the pages
+            tokens = self.backend.encode_pages([PageStack(pngs, tier)])[0]
         else:
-            view = self.view(k, page, tier)
-        tokens = self.backend.encode([view])[0]
+            view = PageView(canvas(pngs, tier), tier) if tier.per_canvas > 1 else self.view(k, page, tier)
+            tokens = self.backend.encode([view])[0]
         self.store.cache_tokens(k, unit, tier.name, revision, tokens.to_bytes(), self.ttl_s)
         return tokens
 

@@ -2,12 +2,13 @@
 
 A backend reads page views back to text (``decode``) and, if it is a visual-token model, encodes
 them (``encode``). Pages come in as PIL images already resized to the tier's view, together with
-where the renderer put every line (scaled to the view), so a reader may skip text detection.
+where the renderer put every line (scaled to the view), so a reader may skip text detection. A
+backend on a GPU may instead take the stored pages and make a view itself (``encode_pages``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 from PIL import Image
 
@@ -47,6 +48,15 @@ class PageView:
     lines: list[LineBox] = field(default_factory=list)
 
 
+@dataclass
+class PageStack:
+    """The stored full-resolution pages behind one view at ``tier`` (one page; a mosaic group's
+    pages in cell order), as PNG bytes: for a backend that makes its views itself, on its device
+    (``shrinks_pages``; ``encode_pages``)."""
+    pngs: list[bytes]
+    tier: Tier
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str        # e.g. "rapidocr", "deepseek-ocr2"
@@ -67,6 +77,20 @@ class TokenReader(Backend, Protocol):
 
     def decode_tokens(self, tokens: list[VisualTokens],
                       lines: list[list[LineBox]] | None = None) -> list[Decoded]: ...
+
+
+class PageShrinker(TokenReader, Protocol):
+    """A visual-token backend that makes the tier's views itself, from the stored pages."""
+
+    def encode_pages(self, stacks: list[PageStack]) -> list[VisualTokens]:
+        """``encode``'s tokens for the views ``renderer.view`` / ``renderer.mosaic`` would make."""
+        ...
+
+
+def shrinks_pages(backend: Backend) -> TypeGuard[PageShrinker]:
+    """Whether the backend takes stored pages and makes the tier's views itself (``encode_pages``,
+    now: its ``shrinks_pages``): the caller then skips making them with PIL on a CPU core."""
+    return bool(getattr(backend, "shrinks_pages", False)) and hasattr(backend, "encode_pages")
 
 
 def attribute_turns(lines: list[DecodedLine], boxes: list[LineBox]) -> None:

@@ -25,7 +25,10 @@ ends instead of filling ``max_new_tokens`` with one phrase.
 
 Speed (issue 20; figures in bench/RESULTS.md):
   pixels     made on the model's device from the views' uint8 pixels (``model.pixels``), batched;
-             ``pixels="pil"`` keeps transformers' PIL processor (benchmarks compare the two)
+             ``pixels="pil"`` keeps transformers' PIL processor (benchmarks compare the two).
+             The views themselves too: ``encode_pages`` takes the stored pages and shrinks them
+             to the tier and lays mosaics on the device (``model.device_views``, PIL's pixels bit
+             for bit), so the worker's CPU only decodes PNGs (memory/reading.py uses it)
   compile    (OPTIMEM_COMPILE; default on for CUDA) the vision tower and projector go through
              ``torch.compile`` once per view size (1024, 768) with the batch dimension dynamic; a
              batch is padded up to a power of two (at least 2), so requests never compile (one
@@ -58,13 +61,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")        # weights are local; never reach for the Hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import LogitsProcessor  # noqa: E402
 
-from optimem.model import pixels as device_pixels  # noqa: E402
+from optimem.model import device_views, pixels as device_pixels  # noqa: E402
 from optimem.model.batching import Lane  # noqa: E402
-from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView, attribute_turns  # noqa: E402
+from optimem.model.base import (  # noqa: E402
+    Decoded, DecodedLine, LineBox, ModelUnavailable, PageStack, PageView, attribute_turns)
 from optimem.model.line_crop import LineCrop, line_crop  # noqa: E402
 from optimem.model.tiers import DEEPSEEK_OCR2, Tier  # noqa: E402
 from optimem.model.visual_tokens import VisualTokens  # noqa: E402
@@ -196,7 +201,7 @@ class DeepseekOcr2Backend:
         self._prompts: dict[int, torch.Tensor] = {}
         # Callers on many threads (worker jobs, recall reads) are batched per lane; lanes run side by side.
         self.batching = True
-        self._lanes = {"encode": Lane("encode", lambda key, views: self._encode_now(views), self.batch_size),
+        self._lanes = {"encode": Lane("encode", self._encode_run, self.batch_size),
                        "page": Lane("page", lambda key, items: self._page_run(key, items), self.decode_batch_size),
                        "turn": Lane("turn", lambda key, views: self._decode_lines_now(views), self.decode_batch_size)}
 
@@ -240,6 +245,59 @@ class DeepseekOcr2Backend:
                 out[i] = tokens
         return _filled(out)
 
+    @property
+    def shrinks_pages(self) -> bool:
+        """Views are made here from the stored pages (``encode_pages``) when pixels are made on the
+        device; the "pil" setting (the before of ``bench/gpu.py``) takes PIL's views."""
+        return self.pixels == "device"
+
+    def encode_pages(self, stacks: list[PageStack]) -> list[VisualTokens]:
+        """Visual tokens of the views of stored pages: ``encode``'s tokens for the views
+        ``renderer.view`` / ``renderer.mosaic`` would make, with the views made on the device
+        (``model/device_views.py``, the same pixels); only the PNG decode runs here, on the
+        caller's thread. Batched with other callers' stacks of the same tier and page size."""
+        items = []
+        for stack in stacks:
+            tier = self.ladder[stack.tier.name]
+            if tier.gone or not stack.pngs:
+                raise ValueError("a view needs a tier that is not gone and at least one page")
+            pages = [device_views.decoded(png) for png in stack.pngs]
+            items.append((tier, pages))
+        if not self.batching:
+            return self._encode_pages_now(items)
+        lane = self._lanes["encode"]
+        lane.max_batch = self.batch_size
+        out: list[VisualTokens | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (tier, pages) in enumerate(items):
+            groups.setdefault(("pages", tier.name, pages[0].shape), []).append(i)
+        for key, idx in groups.items():
+            for i, tokens in zip(idx, lane.call(key, [items[i] for i in idx])):
+                out[i] = tokens
+        return _filled(out)
+
+    def _encode_run(self, key, items: list) -> list[VisualTokens]:
+        """The encode lane's batch: stored pages (``encode_pages``) or views (``encode``)."""
+        return self._encode_pages_now(items) if isinstance(key, tuple) else self._encode_now(items)
+
+    def _encode_pages_now(self, items: list[tuple[Tier, list[np.ndarray]]]) -> list[VisualTokens]:
+        out: list[VisualTokens | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (tier, pages) in enumerate(items):
+            groups.setdefault((tier.name, pages[0].shape), []).append(i)
+        for idx in groups.values():
+            tier = items[idx[0]][0]
+            for k in range(0, len(idx), self.batch_size):
+                chunk = idx[k:k + self.batch_size]
+                with torch.inference_mode():
+                    batch = device_views.views([items[i][1] for i in chunk], tier, self.device)
+                    features = self._encode_batch(batch, device_pixels.Shown(tier.canvas_px or tier.px, tier.crops),
+                                                  int(tier.canvas_tokens), tier.name)
+                on_host = torch.stack(features).to("cpu")
+                for i, feats in zip(chunk, on_host.unbind(0)):
+                    out[i] = VisualTokens(feats.clone(), tier.name, self.revision)
+        return _filled(out)
+
     def _encode_now(self, views: list[PageView]) -> list[VisualTokens]:
         out: list[VisualTokens | None] = [None] * len(views)
         for tier, chunk in self._batches(views, self.batch_size):
@@ -267,13 +325,17 @@ class DeepseekOcr2Backend:
         out: list[torch.Tensor | None] = [None] * len(images)
         for idx in by_size.values():
             with torch.inference_mode():
-                glob, local, n_local = device_pixels.encoder_input([images[i] for i in idx], shown,
-                                                                   self.device, self.dtype)
-                features = self._assemble(self._vision(glob), None if local is None else self._vision(local),
-                                          n_local)
-            for i, f in zip(idx, features):
-                out[i] = f
-        features = _filled(out)
+                batch = device_pixels.upload([images[i] for i in idx], self.device)
+                for i, f in zip(idx, self._encode_batch(batch, shown, expected, what)):
+                    out[i] = f
+        return _filled(out)
+
+    def _encode_batch(self, batch: torch.Tensor, shown: device_pixels.Shown, expected: int,
+                      what: str) -> list[torch.Tensor]:
+        """Visual tokens of a uint8 ``[B, 3, H, W]`` batch on the device, each checked to be
+        ``expected`` long."""
+        glob, local, n_local = device_pixels.encoder_input_of(batch, shown, self.dtype)
+        features = self._assemble(self._vision(glob), None if local is None else self._vision(local), n_local)
         for f in features:
             if f.shape[0] != expected:
                 raise RuntimeError(f"{what} should give {expected:g} visual tokens a view, the encoder gave {f.shape[0]}")

@@ -90,9 +90,14 @@ def encoder_input(images: list[Image.Image], shown: Shown, device: torch.device,
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
     """``(pixel_values, pixel_values_local, num_local_patches)`` for images of one size, as the
     processor would give them, made on ``device``."""
-    batch = upload(images, device)
+    return encoder_input_of(upload(images, device), shown, dtype)
+
+
+def encoder_input_of(batch: torch.Tensor, shown: Shown,
+                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    """The same from a uint8 ``[B, 3, H, W]`` batch already on the device (``model/device_views.py``)."""
     local = None
     if shown.crops and max(batch.shape[-2:]) > shown.tile_px:
         local = normalize(local_tiles(batch, shown.crops, shown.tile_px), dtype)
-    n_local = [local.shape[0] // len(images) if local is not None else 0] * len(images)
+    n_local = [local.shape[0] // batch.shape[0] if local is not None else 0] * batch.shape[0]
     return normalize(global_view(batch, shown.global_px), dtype), local, n_local

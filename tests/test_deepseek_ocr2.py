@@ -550,3 +550,63 @@ def test_a_turn_taller_than_768_px_goes_on_a_1024_view(backend):
     finally:
         backend.max_new_tokens = NEW_TOKENS
     assert all(line.turn == 9 for line in got.lines)
+
+
+def typeset_pages(n: int) -> list[bytes]:
+    from optimem.memory.lab.corpus import longest
+    from optimem.renderer import TurnText, typeset
+
+    turns = [TurnText(i, t["role"], t["content"]) for i, t in enumerate(longest()[1][:60 * n])]
+    pngs = [p.png for p in typeset(turns)][:n]
+    assert len(pngs) == n
+    return pngs
+
+
+@pytest.mark.parametrize("tier", ["crops", "g1024", "v768", "mosaic4", "mosaic16"])
+def test_views_made_on_the_device_are_the_renderers_pixels_bit_for_bit(tier):
+    """model/device_views.py: PIL's Lanczos in its own fixed-point arithmetic, and the mosaic canvas
+    (a group not yet full too), equal to renderer.view / renderer.mosaic on typeset pages."""
+    import numpy as np
+
+    from optimem import renderer
+    from optimem.model import device_views
+
+    t = LADDER[tier]
+    pngs = typeset_pages(5)
+    if t.per_canvas > 1:
+        stacks = [pngs[:min(5, t.per_canvas)], pngs[:3]]
+        want = [renderer.mosaic([renderer.view(p, t.px) for p in s], t.per_canvas, t.canvas_px) for s in stacks]
+    else:
+        stacks = [[p] for p in pngs[:2]]
+        want = [renderer.view(s[0], t.px) for s in stacks]
+    got = device_views.views([[device_views.decoded(p) for p in s] for s in stacks], t, torch.device("cpu"))
+    for g, w in zip(got, want):
+        assert np.array_equal(g.permute(1, 2, 0).numpy(), np.asarray(w.convert("RGB")))
+
+
+def test_encode_pages_gives_the_tokens_of_the_renderers_views(backend):
+    """encode_pages (views made on the device) equals encode of the views PIL makes, per tier;
+    stacks of one tier and page size from many callers go through the encode lane as one batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from optimem import renderer
+    from optimem.model.base import PageStack, shrinks_pages
+
+    assert shrinks_pages(backend)
+    pngs = typeset_pages(4)
+    for name in ("crops", "g1024", "v768", "mosaic4"):
+        t = LADDER[name]
+        stack = pngs[:3] if t.per_canvas > 1 else pngs[:1]
+        image = renderer.mosaic([renderer.view(p, t.px) for p in stack], 4, t.canvas_px) if t.per_canvas > 1 \
+            else renderer.view(stack[0], t.px)
+        got = backend.encode_pages([PageStack(stack, t)])[0]
+        want = backend.encode([PageView(image, t)])[0]
+        assert got.tier == name and got.n_tokens == t.canvas_tokens and torch.equal(got.tensor, want.tensor), name
+    lane = backend._lanes["encode"]
+    lane.window_s = 0.5
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda p: backend.encode_pages([PageStack([p], LADDER["v768"])]), pngs[:3]))
+    finally:
+        lane.window_s = 0.005
+    assert lane.batches[-1] == (("pages", "v768", (1024, 1024)), 3)

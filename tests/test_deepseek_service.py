@@ -104,7 +104,39 @@ def test_the_worker_sends_encode_jobs_of_one_tier_as_one_batch(memory, tenant):
         assert worker.run_once(block_ms=10) == waiting
     finally:
         lane.window_s = 0.005
-    assert ("crops", waiting) in lane.batches and jobs.backlog(r) == 0
+    # one batch of stored pages, their views made on the device (encode_pages)
+    assert (("pages", "crops", (1024, 1024)), waiting) in lane.batches and jobs.backlog(r) == 0
+
+
+def test_the_worker_makes_views_on_the_device_with_the_tokens_of_pil_views(memory, tenant, monkeypatch):
+    """Encode jobs hand the backend the stored pages (encode_pages): the view of each tier, a mosaic
+    canvas too, is made on the model's device, and the cached tokens are those of the view
+    renderer.view / renderer.mosaic make with PIL (encode), exactly."""
+    from optimem.memory.reading import canvas
+    from optimem.model.base import PageView
+
+    curve = {"kind": "step", "steps": [[0, "g1024"], [100, "v768"], [200, "mosaic4"]]}
+    memory.create_session("dv", curve=curve, tenant=tenant)
+    memory.append("dv", longest()[1][:400], tenant=tenant)
+    made = []
+    monkeypatch.setattr(memory.backend, "encode", lambda views: made.append(views) or [])   # PIL views: not made
+    drain(memory)
+    monkeypatch.undo()
+    assert made == []
+    k = SessionKeys(tenant, "dv")
+    placed = {p.tier.name: p.record.page for p in memory._kept(memory._open("dv", tenant))[0]}
+    assert {"g1024", "v768", "mosaic4"} <= set(placed)
+    for name, page in placed.items():
+        tier = memory.ladder[name]
+        unit = f"m{page // 4}" if tier.per_canvas > 1 else str(page)
+        cached = memory.store.cached_tokens(k, unit, name, memory.backend.revision)
+        assert cached is not None, f"{name}: no tokens cached by the worker"
+        if tier.per_canvas > 1:
+            view = PageView(canvas(memory.store.pngs(k, range(page // 4 * 4, page // 4 * 4 + 4)), tier), tier)
+        else:
+            view = memory.reader.view(k, page, tier)
+        by_pil_view = memory.backend.encode([view])[0]
+        assert torch.equal(VisualTokens.from_bytes(cached).tensor, by_pil_view.tensor), name
 
 
 def test_a_corrupted_token_entry_is_recomputed_not_served(api, memory, tenant):
