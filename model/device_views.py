@@ -28,6 +28,7 @@ from optimem.model.tiers import Tier
 PRECISION_BITS = 22          # PIL's fixed point for 8-bit resampling: 32 - 8 - 2
 LANCZOS_SUPPORT = 3.0
 WHITE = 255                  # an empty mosaic cell (renderer.mosaic's canvas)
+CHUNK = 64                   # pages shrunk at once: 64 x 1024 x 1024 float64 is 0.5 GiB
 
 
 def decoded(png: bytes) -> np.ndarray:
@@ -80,9 +81,12 @@ def shrink(pages: torch.Tensor, px: int) -> torch.Tensor:
         return pages
     # float64 keeps PIL's integer arithmetic exact; devices without it (MPS) do this on the CPU.
     device = pages.device if pages.device.type in ("cpu", "cuda") else torch.device("cpu")
-    rows = _pass(pages.to(device, torch.float64), w, px)                     # [N, H, px]
-    cols = _pass(rows.transpose(1, 2), h, px).transpose(1, 2)                # [N, px, px]
-    return cols.to(torch.uint8).to(pages.device)
+    out = torch.empty((n, px, px), dtype=torch.uint8, device=pages.device)
+    for at in range(0, n, CHUNK):           # a mosaic16 batch is hundreds of pages: bound the float64 copies
+        part = pages[at:at + CHUNK].to(device, torch.float64)
+        rows = _pass(part, w, px)                                              # [n, H, px]
+        out[at:at + CHUNK] = _pass(rows.transpose(1, 2), h, px).transpose(1, 2).to(torch.uint8).to(pages.device)
+    return out
 
 
 def views(stacks: list[list[np.ndarray]], tier: Tier, device: torch.device) -> torch.Tensor:

@@ -563,13 +563,16 @@ def typeset_pages(n: int) -> list[bytes]:
 
 
 @pytest.mark.parametrize("tier", ["crops", "g1024", "v768", "mosaic4", "mosaic16"])
-def test_views_made_on_the_device_are_the_renderers_pixels_bit_for_bit(tier):
+def test_views_made_on_the_device_are_the_renderers_pixels_bit_for_bit(tier, monkeypatch):
     """model/device_views.py: PIL's Lanczos in its own fixed-point arithmetic, and the mosaic canvas
-    (a group not yet full too), equal to renderer.view / renderer.mosaic on typeset pages."""
+    (a group not yet full too), equal to renderer.view / renderer.mosaic on typeset pages (shrunk
+    two pages at a time, so the chunking is crossed too)."""
     import numpy as np
 
     from optimem import renderer
     from optimem.model import device_views
+
+    monkeypatch.setattr(device_views, "CHUNK", 2)
 
     t = LADDER[tier]
     pngs = typeset_pages(5)
