@@ -32,9 +32,12 @@ CHUNK = 64                   # pages shrunk at once: 64 x 1024 x 1024 float64 is
 
 
 def decoded(png: bytes) -> np.ndarray:
-    """A stored page as a uint8 ``[H, W]`` grayscale array (pages are typeset in "L")."""
+    """A stored page as a uint8 ``[H, W]`` array. Pages are typeset in grayscale ("L"); any other
+    mode is refused rather than converted (its PIL view would keep its colours)."""
     image = Image.open(io.BytesIO(png))
-    return np.asarray(image if image.mode == "L" else image.convert("L"))
+    if image.mode != "L":
+        raise ValueError(f"device views take grayscale pages, this one is {image.mode!r}")
+    return np.asarray(image)
 
 
 def _lanczos(x: float) -> float:
