@@ -40,6 +40,7 @@ from typing import TypeGuard
 from PIL import Image
 
 from optimem import renderer
+from optimem.errors import NotFound
 from optimem.memory.concurrency import COMPUTE, HEAP, Threads
 from optimem.memory.store import SessionKeys, Store
 from optimem.model.base import Backend, Decoded, LineBox, PageStack, PageView, TokenReader, shrinks_pages
@@ -168,7 +169,17 @@ class Reader:
         from optimem.model.visual_tokens import CorruptTokens, VisualTokens  # GPU backends only
 
         unit, revision = token_unit(page, tier), self.backend.revision
-        raw = self.store.cached_tokens(k, unit, tier.name, revision)
+        cache_as, members = revision, range(0)
+        if tier.per_canvas > 1:
+            # A canvas is cached per pages drawn on it: a group encoded before its last pages were
+            # sealed (a time curve, a curve fading at once) is encoded again when they join it.
+            group = group_members(page // tier.per_canvas, tier)
+            generation = self.store.canvas_generation(k, group)
+            members = range(group.start, group.start + int(generation.rsplit("-", 1)[1])) if generation else range(0)
+            if page not in members:
+                raise NotFound(f"session {k.session!r} has no page {page}")
+            cache_as = f"{revision}:{generation}"
+        raw = self.store.cached_tokens(k, unit, tier.name, cache_as)
         if raw is not None:
             try:
                 cached = VisualTokens.from_bytes(raw)
@@ -176,15 +187,14 @@ class Reader:
                     return cached
             except CorruptTokens:
                 pass
-            self.store.drop_tokens(k, unit, tier.name, revision)
-        pngs = self.store.pngs(k, group_members(page // tier.per_canvas, tier)) if tier.per_canvas > 1 \
-            else [self.store.png(k, page)]
+            self.store.drop_tokens(k, unit, tier.name, cache_as)
+        pngs = self.store.pngs(k, members) if tier.per_canvas > 1 else [self.store.png(k, page)]
         if shrinks_pages(self.backend):     # the view is made on the model's device, from the pages
             tokens = self.backend.encode_pages([PageStack(pngs, tier)])[0]
         else:
             view = PageView(canvas(pngs, tier), tier) if tier.per_canvas > 1 else self.view(k, page, tier)
             tokens = self.backend.encode([view])[0]
-        self.store.cache_tokens(k, unit, tier.name, revision, tokens.to_bytes(), self.ttl_s)
+        self.store.cache_tokens(k, unit, tier.name, cache_as, tokens.to_bytes(), self.ttl_s)
         return tokens
 
     visual_tokens = encoded   # the old name (context.embeddings calls it), until it calls ``encoded``

@@ -112,7 +112,7 @@ def test_the_worker_makes_views_on_the_device_with_the_tokens_of_pil_views(memor
     """Encode jobs hand the backend the stored pages (encode_pages): the view of each tier, a mosaic
     canvas too, is made on the model's device, and the cached tokens are those of the view
     renderer.view / renderer.mosaic make with PIL (encode), exactly."""
-    from optimem.memory.reading import canvas
+    from optimem.memory.reading import canvas, token_unit
     from optimem.model.base import PageView
 
     curve = {"kind": "step", "steps": [[0, "g1024"], [100, "v768"], [200, "mosaic4"]]}
@@ -128,8 +128,10 @@ def test_the_worker_makes_views_on_the_device_with_the_tokens_of_pil_views(memor
     assert {"g1024", "v768", "mosaic4"} <= set(placed)
     for name, page in placed.items():
         tier = memory.ladder[name]
-        unit = f"m{page // 4}" if tier.per_canvas > 1 else str(page)
-        cached = memory.store.cached_tokens(k, unit, name, memory.backend.revision)
+        cache_as = memory.backend.revision
+        if tier.per_canvas > 1:
+            cache_as += ":" + memory.store.canvas_generation(k, range(page // 4 * 4, page // 4 * 4 + 4))
+        cached = memory.store.cached_tokens(k, token_unit(page, tier), name, cache_as)
         assert cached is not None, f"{name}: no tokens cached by the worker"
         if tier.per_canvas > 1:
             view = PageView(canvas(memory.store.pngs(k, range(page // 4 * 4, page // 4 * 4 + 4)), tier), tier)
@@ -177,3 +179,28 @@ def test_embeddings_need_the_gpu_backend(redis_server, reader, tmp_path):
         c.post("/v1/sessions", json={"id": "cpu"})
         r = c.get("/v1/sessions/cpu/context", params={"format": "embeddings"})
         assert r.status_code == 422 and "OPTIMEM_BACKEND=deepseek-ocr2" in r.json()["detail"]
+
+
+def test_a_mosaic_canvas_that_gains_a_page_is_encoded_again(memory, tenant):
+    """A mosaic group's canvas tokens are cached per pages drawn on it: a group encoded while it
+    had one page is encoded again once more pages join it (never served with the new pages missing)."""
+    from optimem.memory.reading import canvas
+    from optimem.model.base import PageView
+
+    curve = {"kind": "step", "steps": [[0, "mosaic4"]]}
+    memory.create_session("grow", curve=curve, tenant=tenant)
+    chat = longest()[1]
+    k = SessionKeys(tenant, "grow")
+    memory.append("grow", chat[:100], tenant=tenant)
+    assert memory.store.seal_state(k)[1] == 1           # one page sealed: group 0 holds one page
+    first = memory.reader.encoded(k, 0, memory.ladder["mosaic4"])
+    memory.append("grow", chat[100:300], tenant=tenant)
+    assert memory.store.seal_state(k)[1] >= 4
+    drain(memory)
+    tier = memory.ladder["mosaic4"]
+    now = memory.reader.encoded(k, 0, tier)
+    full = memory.backend.encode([PageView(canvas(memory.store.pngs(k, range(4)), tier), tier)])[0]
+    assert torch.equal(now.tensor, full.tensor) and not torch.equal(first.tensor, full.tensor)
+    ctx = memory.context("grow", format="embeddings", tenant=tenant)       # what a model is sent
+    served = next(image for image in ctx.images if image.unit == "m0")
+    assert torch.equal(VisualTokens.from_bytes(base64.b64decode(served.safetensors_base64)).tensor, full.tensor)
