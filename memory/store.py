@@ -45,6 +45,7 @@ only ever written alone or in non-transactional pipelines.
                                              kept; their records say ``forgotten``)           erasure.py)
     om:{t:s}:vt:{unit}:{tier}:{rev}  STRING  visual tokens, safetensors bytes (cache, TTL);  model worker, context
                                              unit = page, or m<group> for a mosaic canvas
+                                             (its rev then ends ":<generation>", as below)
                                              (SessionKeys.token_cache)
     om:{t:s}:canvas:{tier}:{group}:{generation}                                                PageImages (context,
                                      STRING  a mosaic canvas's PNG (cache, TTL); generation =   mosaic image route)
