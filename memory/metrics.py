@@ -75,8 +75,8 @@ class MeteredStore(Store):
         CACHE.labels("tokens", "miss" if hit is None else "hit").inc()
         return hit
 
-    def enqueue(self, k, jobs):
-        shed = super().enqueue(k, jobs)
+    def enqueue(self, k, jobs, noted=None):
+        shed = super().enqueue(k, jobs, noted)
         JOBS_SENT.inc(len(jobs))
         return shed
 

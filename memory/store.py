@@ -680,9 +680,11 @@ class Store:
             return {}
         return {page: _s(tier) for page, tier in zip(pages, self.r.hmget(k.queued, pages)) if tier is not None}
 
-    def enqueue(self, k: SessionKeys, jobs: list[tuple[str, int, str]]) -> int:
-        """Send (kind, page, tier) jobs to the model workers and note each page's tier as queued,
-        in one round trip; the note goes after the XADDs, so a crash between them re-sends.
+    def enqueue(self, k: SessionKeys, jobs: list[tuple[str, int, str]],
+                noted: list[tuple[int, str]] | None = None) -> int:
+        """Send (kind, page, tier) jobs to the model workers and note each page's tier as queued
+        (``noted``: these (page, tier) instead, e.g. every page of a mosaic canvas that one job
+        encodes), in one round trip; the note goes after the XADDs, so a crash between them re-sends.
 
         Backpressure: the stream holds at most ``jobs_max`` entries (``OPTIMEM_JOBS_MAX``; 0: no
         cap); past it the oldest are trimmed (shed) and counted in ``om:jobs:shed``. Jobs are only
@@ -697,7 +699,7 @@ class Store:
                                  "tier": tier})
             if cap > 0:
                 pipe.xtrim(JOBS, maxlen=cap, approximate=False)
-            for _, page, tier in jobs:
+            for page, tier in (noted if noted is not None else [(page, tier) for _, page, tier in jobs]):
                 pipe.hset(k.queued, page, tier)
             done = pipe.execute()
         shed = int(done[len(jobs)]) if cap > 0 else 0

@@ -204,3 +204,30 @@ def test_a_mosaic_canvas_that_gains_a_page_is_encoded_again(memory, tenant):
     ctx = memory.context("grow", format="embeddings", tenant=tenant)       # what a model is sent
     served = next(image for image in ctx.images if image.unit == "m0")
     assert torch.equal(VisualTokens.from_bytes(base64.b64decode(served.safetensors_base64)).tensor, full.tensor)
+
+
+def test_a_mosaic_canvas_is_one_encode_job_not_one_per_page(memory, tenant):
+    """Retiering sends one encode job per mosaic canvas (its pages noted as queued all the same,
+    so the next append sends none for them again), and one per page at the other tiers."""
+    r = memory.store.r
+    drain(memory)                                    # what earlier tests left
+    curve = {"kind": "step", "steps": [[0, "g1024"], [120, "mosaic4"]]}
+    memory.create_session("onejob", curve=curve, tenant=tenant)
+    memory.append("onejob", longest()[1][:600], tenant=tenant)
+    k = SessionKeys(tenant, "onejob")
+    entries = [{key.decode(): value.decode() for key, value in fields.items()}
+               for _, fields in r.xrange(JOBS) if fields[b"session"] == b"onejob"]
+    placed = memory._kept(memory._open("onejob", tenant))[0]
+    mosaic = [p.record.page for p in placed if p.tier.name == "mosaic4"]
+    groups = {page // 4 for page in mosaic}
+    assert len(mosaic) > len(groups) >= 2
+    sent = [(e["tier"], int(e["page"])) for e in entries if e["kind"] == "encode"]
+    assert sorted(page // 4 for tier, page in sent if tier == "mosaic4") == sorted(groups)
+    assert sorted(page for tier, page in sent if tier == "g1024") == \
+        sorted(p.record.page for p in placed if p.tier.name == "g1024")
+    assert {int(page): tier.decode() for page, tier in r.hgetall(k.queued).items()} == \
+        {p.record.page: p.tier.name for p in placed}
+    drain(memory)
+    for group in groups:                             # every canvas encoded, once
+        assert memory.store.cached_tokens(k, f"m{group}", "mosaic4", memory.backend.revision + ":" +
+                                          memory.store.canvas_generation(k, range(group * 4, group * 4 + 4)))
