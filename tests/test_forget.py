@@ -71,7 +71,8 @@ def test_a_forgotten_turn_leaves_every_key_the_pixels_recall_context_and_the_dis
     # Visual tokens as a GPU backend caches them (the CPU reader makes none): the page's own, its
     # mosaic canvases', and another page's, which stays
     own = [k.token_cache(str(page), "g1024", "rev1"), k.token_cache(f"m{page // 4}", "mosaic4", "rev0"),
-           k.token_cache(f"m{page // 16}", "mosaic16", "rev1")]
+           k.token_cache(f"m{page // 16}", "mosaic16", "rev1"),
+           k.token_cache(f"m{page // 4}", "mosaic4", "rev1:1733350000.5-4")]     # as Reader.encoded keys a canvas
     other = k.token_cache(str(page + 5), "g1024", "rev1")
     for key in own:
         r.set(key, b"tokens of a page that reads " + PLANTED.encode())
