@@ -327,6 +327,23 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
                                      "v768_from_1024_mean_abs_diff": float((ours768 - shrunk).abs().mean())})
     except Exception as e:  # noqa: BLE001
         bench.note("pixels_vs_pil", f"error: {type(e).__name__}: {e}")
+    try:   # views made on this device against renderer.view / renderer.mosaic (PIL): equal, pixel for pixel
+        import numpy as np
+
+        from optimem import renderer
+        from optimem.model import device_views
+
+        pngs, differing = stored_pages(4), {}
+        for name in ("v768", "mosaic4", "mosaic16"):
+            tier = DEEPSEEK_OCR2[name]
+            stack = pngs if tier.per_canvas > 1 else pngs[:1]
+            pil = renderer.mosaic([renderer.view(p, tier.px) for p in stack], tier.per_canvas, tier.canvas_px) \
+                if tier.per_canvas > 1 else renderer.view(stack[0], tier.px)
+            ours = device_views.views([[device_views.decoded(p) for p in stack]], tier, device)[0, 0].cpu().numpy()
+            differing[name] = int((ours != np.asarray(pil)).sum())
+        bench.note("device_views_pixels_differing_from_pil", differing)
+    except Exception as e:  # noqa: BLE001
+        bench.note("device_views_pixels_differing_from_pil", f"error: {type(e).__name__}: {e}")
 
     def turn_beside_page() -> None:
         """Lanes: one turn read while a whole page is being read (a long decode must not hold it up)."""
