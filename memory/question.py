@@ -1,7 +1,7 @@
 """What a recall question says besides its words: who it is about and when.
 
 People ask weeks later in their own terms: "What is Leo afraid of?", "what did I say about...",
-"a month ago", "the first time we talked", "in April". Names and pronouns map to the session's
+"a month ago", "the first time we talked", "in April", "before the trip". Names and pronouns map to the session's
 roles (a role's own name; "I/my" -> ``user``, "you/your" -> ``assistant`` where the session has
 those roles); time words become a window relative to the session's own latest turn (a bulk import
 carries old times: never the wall clock). Both only weigh the ranking (``memory/ranking.py``);
@@ -13,6 +13,7 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable
 
 DAY = 86_400.0
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -32,6 +33,10 @@ FIRST = re.compile(r"\b(?:(?:the |our |my |your )?(?:very )?first (?:time|chat|c
 LATEST = re.compile(r"\b(?:last time|the other day|(?:most )?recent(?:ly)?|lately|latest|our last "
                     r"(?:chat|conversation|talk)|the last (?:chat|conversation|talk)|yesterday|today|this week|"
                     r"just now)\b")
+# "before the trip", "after I moved", "after mental health": a window up to, or from, the time of the
+# turn the index finds first for the event's words (``when``'s ``locate``).
+EVENT = re.compile(r"\b(before|after) (?:(?:the|my|our|your|his|her|their|that|this|we|i|you|he|she|they) )?"
+                   r"([a-z][\w'-]*(?: [a-z][\w'-]*){0,3})")
 ZH_FIRST = re.compile("一开始|刚开始|第一次|最早|最初|开头")
 ZH_LATEST = re.compile("最后|最近|上次|刚才|前几天")
 
@@ -83,11 +88,15 @@ def _month_window(month: int, latest: datetime, words: str) -> Window:
     return Window(start.timestamp(), end.timestamp() - 1, words)
 
 
-def when(query: str, first: float, latest: float) -> Window | None:
+def when(query: str, first: float, latest: float,
+         locate: Callable[[str], float | None] | None = None) -> Window | None:
     """The window the question's time words point at, relative to the session's first and latest
     turn times; None when it names no time. "N units ago" is centred N units before the latest
     turn, half a unit (at least a day) either side; "the first time" and "recently" are the first
-    and last tenth of the session (at least a day)."""
+    and last tenth of the session (at least a day). "before / after <event>" (with no other time
+    words) runs from the session's first turn to the event, or from the event to its latest turn,
+    the event's time being ``locate(<event words>)``: the time of the turn the index ranks first
+    for them (None: no such turn, no window)."""
     text = query.lower()
     span = max(latest - first, 0.0)
     edge = max(DAY, span / 10)
@@ -105,5 +114,7 @@ def when(query: str, first: float, latest: float) -> Window | None:
         return Window(first, first + edge, m.group(0))
     if m := LATEST.search(text) or ZH_LATEST.search(query):
         return Window(latest - edge, latest, m.group(0))
+    if locate is not None and (m := EVENT.search(text)) and (at := locate(m.group(2))) is not None:
+        return Window(first, at, m.group(0)) if m.group(1) == "before" else Window(at, latest, m.group(0))
     return None
 

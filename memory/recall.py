@@ -221,7 +221,23 @@ def understood(text: str, found: list[tuple[str, float, float]], turns: Turns, s
     stamps = [times.parse(s.time) for s in known.values()] + [times.parse(t.time) for t in newest]
     first = times.parse(known[0].time) if 0 in known else min(stamps, default=0.0)
     latest = times.parse(newest[-1].time) if newest else max(stamps, default=0.0)
-    return ranking.rerank(found, ix.doc_turn, known.get, question.who(text, roles), question.when(text, first, latest))
+
+    def locate(words: str) -> float | None:
+        """When the session spoke of an event: the time of the turn the index ranks first for its words."""
+        hits = store.search(k, words, limit=1, expand=False)
+        if not hits:
+            return None
+        turn = ix.doc_turn(hits[0][0])[0]
+        if turn not in known:
+            if keep_source:
+                got = store.sources(k, [turn]).get(turn)
+                return times.parse(got["time"]) if got else None
+            rt = turns.role_time(turn)
+            return times.parse(rt[1]) if rt else None
+        return times.parse(known[turn].time)
+
+    return ranking.rerank(found, ix.doc_turn, known.get, question.who(text, roles),
+                          question.when(text, first, latest, locate))
 
 
 def _around(turn: int) -> tuple[int, ...]:

@@ -47,6 +47,25 @@ def test_time_words_become_a_window_relative_to_the_sessions_latest_turn(words, 
     assert got == [start, end]
 
 
+def test_before_or_after_an_event_is_a_window_up_to_or_from_when_it_was_said():
+    said = {"trip": stamp("2024-04-10T12:00:00Z"), "mental health": stamp("2024-03-20T12:00:00Z")}
+    asked = []
+
+    def locate(words: str) -> float | None:
+        asked.append(words)
+        return next((at for event, at in said.items() if event in words), None)
+
+    before = question.when("What did Maya cook before the trip?", FIRST, LATEST, locate)
+    assert before is not None and before.label() == "before the trip: 2024-03-05..2024-04-10"
+    after = question.when("What health topic did Tom bring up after mental health?", FIRST, LATEST, locate)
+    assert after is not None and after.label() == "after mental health: 2024-03-20..2024-05-04"
+    assert question.when("What did I do after the concert?", FIRST, LATEST, locate) is None   # never spoken of
+    assert question.when("What job did Sam do before?", FIRST, LATEST, locate) is None         # no event named
+    asked.clear()
+    assert question.when("Before the trip, a month ago, what did I say?", FIRST, LATEST, locate).words == "a month ago"
+    assert asked == []                                  # other time words win; no search for the event
+
+
 def test_a_question_without_time_words_has_no_window():
     assert question.when("What is Leo afraid of?", FIRST, LATEST) is None
     assert question.when("What did Maya say about May's party?", FIRST, LATEST) is None   # a name, not a month
@@ -100,6 +119,20 @@ def test_time_words_weigh_their_window_and_hits_say_which_time_they_matched(api)
     # Explicit since/until win over the time words.
     hits = recall(api, "when", query="guitar in April", since="2024-05-01T00:00:00Z", limit=5)
     assert [h["turn"] for h in hits] and all(h["time"] >= "2024-05-01" for h in hits)
+
+
+def test_a_turn_before_or_after_an_event_the_session_spoke_of_ranks_first(api):
+    turns = [
+        {"role": "Maya", "content": "I cooked a big pot of lentil soup tonight.", "time": "2024-03-05T19:00:00Z"},
+        {"role": "Leo", "content": "We are flying to Lisbon for our trip next week!", "time": "2024-03-20T19:00:00Z"},
+        {"role": "Maya", "content": "I cooked lentil curry with rice today.", "time": "2024-04-20T19:00:00Z"},
+        {"role": "Leo", "content": "Sounds tasty.", "time": "2024-04-20T19:01:00Z"},
+    ]
+    make(api, "event", turns)
+    before = recall(api, "event", query="What did Maya cook before the trip?", limit=2)
+    assert before[0]["turn"] == 0 and before[0]["time_match"] == "before the trip: 2024-03-05..2024-03-20"
+    after = recall(api, "event", query="What did Maya cook after the trip?", limit=2)
+    assert after[0]["turn"] == 2 and after[0]["time_match"].startswith("after the trip: 2024-03-20..")
 
 
 def test_the_answer_after_a_matched_question_is_found(api):
