@@ -25,14 +25,16 @@ NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5
            "eight": 8, "nine": 9, "ten": 10, "few": 3, "couple": 2, "several": 3}
 UNITS = {"day": 1, "week": 7, "month": 30, "year": 365}
 _N = "|".join(sorted(NUMBERS, key=len, reverse=True))
-AGO = re.compile(rf"\b(\d+|{_N})(?: of)? (day|week|month|year)s? ago\b")
+AGO = re.compile(rf"\b(?:(\d+|{_N})(?: of)? (day|week|month|year)s?|(day|week|month|year)s) (?:ago|back)\b")
 LAST = re.compile(r"\b(?:last|past|previous) (day|week|month|year)\b")
 MONTH = re.compile(r"\b(?:in|during|back in|early|late|mid|of|since|around) (" + "|".join(MONTHS) + r")\b")
 FIRST = re.compile(r"\b(?:(?:the |our |my |your )?(?:very )?first (?:time|chat|conversation|talk|day|week|"
                    r"few chats)|at the (?:start|beginning)|when we (?:first )?met|early on|back at the start)\b")
 LATEST = re.compile(r"\b(?:last time|the other day|(?:most )?recent(?:ly)?|lately|latest|our last "
                     r"(?:chat|conversation|talk)|the last (?:chat|conversation|talk)|yesterday|today|this week|"
-                    r"just now)\b")
+                    r"just now|last night|tonight|this morning|earlier today)\b")
+WEEKDAYS = {name.lower(): i for i, name in enumerate(calendar.day_name)}
+WEEKDAY = re.compile(r"\b(?:on|last|this past|that) (" + "|".join(WEEKDAYS) + r")\b")
 # "before the trip", "after I moved", "after mental health": a window up to, or from, the time of the
 # turn the index finds first for the event's words (``when``'s ``locate``).
 EVENT = re.compile(r"\b(before|after) (?:(?:the|my|our|your|his|her|their|that|this|we|i|you|he|she|they) )?"
@@ -100,9 +102,9 @@ def when(query: str, first: float, latest: float,
     text = query.lower()
     span = max(latest - first, 0.0)
     edge = max(DAY, span / 10)
-    if m := AGO.search(text):
-        n = int(m.group(1)) if m.group(1).isdigit() else NUMBERS[m.group(1)]
-        unit = UNITS[m.group(2)] * DAY
+    if m := AGO.search(text):       # "two weeks ago", "3 months back"; "weeks ago": a few
+        n = int(m.group(1)) if m.group(1) and m.group(1).isdigit() else NUMBERS[m.group(1) or "few"]
+        unit = UNITS[m.group(2) or m.group(3)] * DAY
         centre = latest - n * unit
         return Window(centre - max(DAY, unit / 2), centre + max(DAY, unit / 2), m.group(0))
     if m := LAST.search(text):
@@ -110,6 +112,11 @@ def when(query: str, first: float, latest: float,
         return Window(latest - 2 * unit, latest, m.group(0))
     if m := MONTH.search(text):
         return _month_window(MONTHS[m.group(1)], datetime.fromtimestamp(latest, timezone.utc), m.group(0))
+    if m := WEEKDAY.search(text):   # "on Friday", "last Tuesday": the last such day up to the latest turn's
+        day = datetime.fromtimestamp(latest, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        back = (day.weekday() - WEEKDAYS[m.group(1)]) % 7
+        start = day.timestamp() - back * DAY
+        return Window(start, start + DAY - 1, m.group(0))
     if m := FIRST.search(text) or ZH_FIRST.search(query):
         return Window(first, first + edge, m.group(0))
     if m := LATEST.search(text) or ZH_LATEST.search(query):

@@ -39,6 +39,11 @@ FIRST = stamp("2024-03-05T19:00:00Z")
     ("the first time we talked, what did you do", "2024-03-05", "2024-03-11"),
     ("what did you say recently", "2024-04-28", "2024-05-04"),
     ("最后你提醒我什么", "2024-04-28", "2024-05-04"),
+    ("weeks ago you told me something", "2024-04-10", "2024-04-17"),   # no number: a few
+    ("what did I say 3 months back", "2024-01-20", "2024-02-19"),
+    ("what did you say last night", "2024-04-28", "2024-05-04"),
+    ("what did I tell you on Friday", "2024-05-03", "2024-05-03"),       # the latest turn is a Saturday
+    ("last Saturday, what was it", "2024-05-04", "2024-05-04"),
 ])
 def test_time_words_become_a_window_relative_to_the_sessions_latest_turn(words, start, end):
     window = question.when(words, FIRST, LATEST)
