@@ -31,6 +31,7 @@ from optimem.memory.service import Memory  # noqa: E402
 router = APIRouter(tags=["inspector"])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 PAGES_SHOWN = 100     # newest pages on one screen; older ones are summarised
+TURNS_SHOWN = 300     # newest text turns on one screen (a bulk import's backlog is thousands until sealed)
 RECALL_LIMIT = 8
 
 
@@ -67,7 +68,8 @@ def session_view(memory: Memory, t: str, session: str, base_url: str) -> dict[st
     for page in shown:
         page["source"] = page_sources(page, sources) if info["keep_source"] else None
     accounting = ctx["accounting"]
-    return {"view": "session", "info": info, "turns": ctx["turns"], "pages": shown,
+    return {"view": "session", "info": info, "turns": ctx["turns"][-TURNS_SHOWN:],
+            "hidden_turns": max(0, len(ctx["turns"]) - TURNS_SHOWN), "pages": shown,
             "hidden_pages": len(pages) - len(shown), "accounting": accounting,
             "full_text_tokens": accounting["text_tokens_replaced"] + accounting["recent_text_tokens"]
             + sum(p["text_tokens"] for p in pages if p["tier"] == "gone"),

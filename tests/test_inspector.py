@@ -126,6 +126,23 @@ def test_a_session_that_keeps_no_source_shows_only_the_pages(client, memory, ten
     assert all(f'{p["image_url"]}"' in html.text.replace("&amp;", "&") for p in pages)  # each at its tier now
 
 
+def test_a_long_stretch_of_text_turns_shows_the_newest_and_says_how_many_are_not_shown(client, memory, tenant,
+                                                                                     chat, monkeypatch):
+    """A bulk import's backlog is thousands of text turns until the sealer catches up: the page
+    shows the newest ``TURNS_SHOWN`` and says how many older ones it leaves out."""
+    from optimem.api import inspector
+
+    memory.create_session("backlog", tenant=tenant)
+    memory.append("backlog", chat, tenant=tenant)
+    text = memory.context("backlog", tenant=tenant).turns
+    monkeypatch.setattr(inspector, "TURNS_SHOWN", 5)
+    assert len(text) > 5
+    html = client.get("/inspect/backlog").text
+    shown = re.findall(r'id="turn-(\d+)"', html.split('<section id="recent">')[1])
+    assert shown == [str(t.index) for t in text[-5:]]
+    assert f"{len(text) - 5} older turns kept as text" in html and f"({len(text)})" in html
+
+
 def test_an_unknown_session_is_a_404_page(client):
     r = client.get("/inspect/nobody")
     assert r.status_code == 404 and "text/html" in r.headers["content-type"]
