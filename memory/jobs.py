@@ -130,19 +130,17 @@ def retier(store: Store, k: SessionKeys, meta: SessionMeta, curve: Curve, ladder
         queued = store.queued_tiers(k, [r.page for r in records])
     placed = context.place(records, curve, ladder, turns)
     changed = [p for p in placed if queued.get(p.record.page) != p.tier.name]
-    sent, canvases = [], set()
+    # A mosaic canvas is one encode for all of its pages: one job per canvas, not one per page (4
+    # or 16 jobs at once would each encode the same canvas, or read its cache). It goes out for the
+    # canvas's newest changed page: the last of them to fade further, which would drop the job.
+    newest: dict[tuple[str, int], int] = {}
     for p in changed:
-        if p.tier.gone:
-            continue
-        for kind in kinds:
-            # A mosaic canvas is one encode for all of its pages: one job per canvas, not one per
-            # page (4 or 16 jobs at once would each encode the same canvas, or read its cache).
-            if kind == "encode" and p.tier.per_canvas > 1:
-                canvas = (p.tier.name, p.record.page // p.tier.per_canvas)
-                if canvas in canvases:
-                    continue
-                canvases.add(canvas)
-            sent.append((kind, p.record.page, p.tier.name))
+        if p.tier.per_canvas > 1:
+            canvas = (p.tier.name, p.record.page // p.tier.per_canvas)
+            newest[canvas] = max(newest.get(canvas, -1), p.record.page)
+    sent = [(kind, p.record.page, p.tier.name) for p in changed if not p.tier.gone for kind in kinds
+            if kind != "encode" or p.tier.per_canvas == 1
+            or newest[(p.tier.name, p.record.page // p.tier.per_canvas)] == p.record.page]
     store.enqueue(k, sent, noted=[(p.record.page, p.tier.name) for p in changed if not p.tier.gone])
     store.set_retier_mark(k, turns, pages, curve_json)
     return changed
