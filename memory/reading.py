@@ -135,6 +135,7 @@ class Reader:
         self._lock = threading.Lock()                # guards the dicts below, never held across I/O
         self._pool: Threads | None = None
         self._inflight: dict[tuple[str, int, str], Future] = {}    # (session tag, page, cache key)
+        self._encoding: dict[tuple[str, str, str, str], Future] = {}   # (tag, unit, tier, cache_as): an encode here
         # Reads claimed by another process, resolved by the watcher: (keys, page, tier, future, turn).
         self._watched: dict[tuple[str, int, str], tuple[SessionKeys, int, Tier, Future, int | None]] = {}
         self._watcher: threading.Thread | None = None
@@ -188,14 +189,32 @@ class Reader:
             except CorruptTokens:
                 pass
             self.store.drop_tokens(k, unit, tier.name, cache_as)
-        pngs = self.store.pngs(k, members) if tier.per_canvas > 1 else [self.store.png(k, page)]
-        if shrinks_pages(self.backend):     # the view is made on the model's device, from the pages
-            tokens = self.backend.encode_pages([PageStack(pngs, tier)])[0]
-        else:
-            view = PageView(canvas(pngs, tier), tier) if tier.per_canvas > 1 else self.view(k, page, tier)
-            tokens = self.backend.encode([view])[0]
-        self.store.cache_tokens(k, unit, tier.name, cache_as, tokens.to_bytes(), self.ttl_s)
-        return tokens
+        # One encode of a unit at a time in this process: a context call and a worker job (or two
+        # contexts) asking together share it instead of each running the encoder.
+        key = (k.tag, unit, tier.name, cache_as)
+        mine: Future = Future()
+        with self._lock:
+            running = self._encoding.get(key)
+            if running is None:
+                self._encoding[key] = mine
+        if running is not None:
+            return self.wait(running, None)
+        try:
+            pngs = self.store.pngs(k, members) if tier.per_canvas > 1 else [self.store.png(k, page)]
+            if shrinks_pages(self.backend):     # the view is made on the model's device, from the pages
+                tokens = self.backend.encode_pages([PageStack(pngs, tier)])[0]
+            else:
+                view = PageView(canvas(pngs, tier), tier) if tier.per_canvas > 1 else self.view(k, page, tier)
+                tokens = self.backend.encode([view])[0]
+            self.store.cache_tokens(k, unit, tier.name, cache_as, tokens.to_bytes(), self.ttl_s)
+            mine.set_result(tokens)
+            return tokens
+        except BaseException as e:
+            mine.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                del self._encoding[key]
 
     visual_tokens = encoded   # the old name (context.embeddings calls it), until it calls ``encoded``
 

@@ -232,3 +232,30 @@ def test_a_mosaic_canvas_is_one_encode_job_not_one_per_page(memory, tenant):
     for group in groups:                             # every canvas encoded, once
         assert memory.store.cached_tokens(k, f"m{group}", "mosaic4", memory.backend.revision + ":" +
                                           memory.store.canvas_generation(k, range(group * 4, group * 4 + 4)))
+
+
+def test_callers_asking_for_the_same_unencoded_page_together_share_one_encode(memory, tenant, monkeypatch):
+    """A context call and a worker job (here: four threads) asking for a page's visual tokens at
+    once run the encoder once in this process; all get the same tokens."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    memory.create_session("shared", curve="keep", tenant=tenant)
+    memory.append("shared", longest()[1][:120], tenant=tenant)
+    k = SessionKeys(tenant, "shared")
+    crops = memory.ladder["crops"]
+    real, calls, lock = memory.backend.encode_pages, [], threading.Lock()
+
+    def slow(stacks):
+        with lock:
+            calls.append(len(stacks))
+        time.sleep(0.5)                 # the others arrive while this one runs
+        return real(stacks)
+
+    monkeypatch.setattr(memory.backend, "encode_pages", slow)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: memory.reader.encoded(k, 0, crops), range(4)))
+    assert calls == [1]
+    assert all(torch.equal(g.tensor, got[0].tensor) for g in got)
+    assert memory.reader._encoding == {}
