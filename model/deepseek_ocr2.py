@@ -232,18 +232,7 @@ class DeepseekOcr2Backend:
         Views of one tier from callers on other threads within a few ms go in the same batch."""
         for v in views:
             self._tier_of(v)
-        if not self.batching:
-            return self._encode_now(views)
-        lane = self._lanes["encode"]
-        lane.max_batch = self.batch_size
-        out: list[VisualTokens | None] = [None] * len(views)
-        by_tier: dict[str, list[int]] = {}
-        for i, v in enumerate(views):
-            by_tier.setdefault(v.tier.name, []).append(i)
-        for name, idx in by_tier.items():
-            for i, tokens in zip(idx, lane.call(name, [views[i] for i in idx])):
-                out[i] = tokens
-        return _filled(out)
+        return self._through("encode", views, lambda v: v.tier.name, self._encode_now)
 
     @property
     def shrinks_pages(self) -> bool:
@@ -263,18 +252,8 @@ class DeepseekOcr2Backend:
                 raise ValueError("a view needs a tier that is not gone and at least one page")
             pages = [device_views.decoded(png) for png in stack.pngs]
             items.append((tier, pages))
-        if not self.batching:
-            return self._encode_pages_now(items)
-        lane = self._lanes["encode"]
-        lane.max_batch = self.batch_size
-        out: list[VisualTokens | None] = [None] * len(items)
-        groups: dict[tuple, list[int]] = {}
-        for i, (tier, pages) in enumerate(items):
-            groups.setdefault(("pages", tier.name, pages[0].shape), []).append(i)
-        for key, idx in groups.items():
-            for i, tokens in zip(idx, lane.call(key, [items[i] for i in idx])):
-                out[i] = tokens
-        return _filled(out)
+        return self._through("encode", items, lambda item: ("pages", item[0].name, item[1][0].shape),
+                             self._encode_pages_now)
 
     def _encode_run(self, key, items: list) -> list[VisualTokens]:
         """The encode lane's batch: stored pages (``encode_pages``) or views (``encode``)."""
@@ -293,18 +272,21 @@ class DeepseekOcr2Backend:
                     batch = device_views.views([items[i][1] for i in chunk], tier, self.device)
                     features = self._encode_batch(batch, device_pixels.Shown(tier.canvas_px or tier.px, tier.crops),
                                                   int(tier.canvas_tokens), tier.name)
-                on_host = torch.stack(features).to("cpu")
-                for i, feats in zip(chunk, on_host.unbind(0)):
-                    out[i] = VisualTokens(feats.clone(), tier.name, self.revision)
+                for i, tokens in zip(chunk, self._on_host(features, tier)):
+                    out[i] = tokens
         return _filled(out)
+
+    def _on_host(self, features: list[torch.Tensor], tier: Tier) -> list[VisualTokens]:
+        """A batch's features as visual tokens on the CPU: one copy to the host for the batch (views
+        of one tier have one size), then one tensor each."""
+        return [VisualTokens(feats.clone(), tier.name, self.revision)
+                for feats in torch.stack(features).to("cpu").unbind(0)]
 
     def _encode_now(self, views: list[PageView]) -> list[VisualTokens]:
         out: list[VisualTokens | None] = [None] * len(views)
         for tier, chunk in self._batches(views, self.batch_size):
-            # One copy to the host for the batch (views of one tier have one size), then one tensor each.
-            on_host = torch.stack(self._features([views[i] for i in chunk], tier)).to("cpu")
-            for i, feats in zip(chunk, on_host.unbind(0)):
-                out[i] = VisualTokens(feats.clone(), tier.name, self.revision)
+            for i, tokens in zip(chunk, self._on_host(self._features([views[i] for i in chunk], tier), tier)):
+                out[i] = tokens
         return _filled(out)
 
     def _features(self, views: list[PageView], tier: Tier) -> list[torch.Tensor]:
@@ -425,7 +407,7 @@ class DeepseekOcr2Backend:
         if not self.batching or not items:
             return run(items)
         lane = self._lanes[lane_name]
-        lane.max_batch = self.decode_batch_size
+        lane.max_batch = self.batch_size if lane_name == "encode" else self.decode_batch_size
         out: list = [None] * len(items)
         groups: dict = {}
         for i, item in enumerate(items):
