@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from optimem import renderer  # noqa: E402
 from optimem.memory.lab import corpus  # noqa: E402
 from optimem.memory.lab.common import machine  # noqa: E402
-from optimem.memory.lab.identifiers import layout, read_turns  # noqa: E402
+from optimem.memory.lab.identifiers import layout, plant, read_turns  # noqa: E402
 from optimem.memory.recall import char_error, squash  # noqa: E402
 from optimem.model.tiers import DEEPSEEK_OCR2  # noqa: E402
 from optimem.renderer.faces import IDENT_DEFAULT  # noqa: E402
@@ -256,26 +256,12 @@ def generate(part: str, seed: int, per_kind: int, hosts: list[dict]) -> list[Pla
     return out
 
 
-def plant(turns: list[dict], planted: list[Planted], every: int, rng: random.Random) -> list[dict]:
-    """Real turns with each planted one among them (every ``every`` turns, as a user turn)."""
-    out: list[dict] = []
-    source = iter(turns)
-    for item in planted:
-        for _ in range(every + rng.randint(-2, 2)):
-            turn = next(source, None)
-            if turn is not None:
-                out.append(turn)
-        item.index = len(out)
-        out.append({"role": "user", "content": item.text, "time": (out[-1] if out else {}).get("time")})
-    return out
-
-
 def run(part: str, seed: int, *, per_kind: int, tiers: list[str], ident: str, prose_pages: int,
         backend) -> dict[str, Any]:
     turns = chats(part)
     half = len(turns) // 2      # utterances to splice into from the first half, the chat around them from the second
     planted = generate(part, seed, per_kind, turns[:half])
-    conversation = plant(turns[half:], planted, 7, random.Random(seed))
+    conversation = plant(turns[half:], planted, 7, jitter=random.Random(seed))
     lay = layout(ident)
     texts = [renderer.TurnText(i, t["role"], t["content"], t.get("time")) for i, t in enumerate(conversation)]
     pages = renderer.typeset(texts, lay)

@@ -130,13 +130,14 @@ def generate(seed: int = 14, per_kind: int = 12, cjk_every: int = 4) -> list[Pla
     return out
 
 
-def plant(turns: list[dict], planted: list[Planted], every: int = 6) -> list[dict]:
+def plant(turns: list[dict], planted: list[Planted], every: int = 6, jitter: random.Random | None = None) -> list[dict]:
     """The conversation with a planted user turn after every ``every`` real turns (its time copied
-    from the turn before), as many real turns as that needs; sets each ``Planted.index``."""
+    from the turn before; ``jitter``: every +- 2 at random), as many real turns as that needs; sets
+    each ``Planted.index`` (any object with ``text`` and ``index``)."""
     out: list[dict] = []
     source = iter(turns)
     for item in planted:
-        for _ in range(every):
+        for _ in range(every + (jitter.randint(-2, 2) if jitter else 0)):
             turn = next(source, None)
             if turn is not None:
                 out.append(turn)
