@@ -325,7 +325,10 @@ class Store:
         """The newest turns kept as text, oldest first, until they hold more than ``tokens`` text
         tokens, and how many older text turns were left unread: what a context of a budget can
         show, without reading a bulk import's whole backlog (HMGET in batches from the newest)."""
-        unsealed_from, next_turn = self.r.hget(k.seal, "unsealed_from"), self.r.hget(k.meta, "next_turn")
+        with self.r.pipeline(transaction=False) as p:     # one round trip (one hash tag: cluster-safe)
+            p.hget(k.seal, "unsealed_from")
+            p.hget(k.meta, "next_turn")
+            unsealed_from, next_turn = p.execute()
         first, end = int(unsealed_from or 0), int(next_turn or 0)
         got: list[TurnRecord] = []
         spent, at = 0, end
