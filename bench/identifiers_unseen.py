@@ -18,8 +18,11 @@ drawn from conversations the other benchmark never uses. Two parts that share no
   brackets early in the sentence), conversations 6000-6199: made after ``held`` and ``held2`` were
   read and their misses looked at;
 - ``held4``: seeds 401-402, family D (shapes and phrasings none of A-C has, the phrase after the
-  first clause), conversations 6400-6599: made after held3's misses were looked at
-  (bench/RESULTS.md says what each part measured).
+  first clause), conversations 6400-6599: made after held3's misses were looked at;
+- ``held5``: seeds 501-502, family E (a PNR, MAC addresses, API keys, bit.ly and pull-request
+  links, 22-digit tracking numbers; the phrase after a colon at the end or as the opening
+  sentence), conversations 6600-6799: written before the fifth fix, which was made looking at the
+  misses of all of tune and held-held4 (bench/RESULTS.md says what each part measured).
 
 Fixes are made looking at ``tune`` only; ``held`` is read once at the end. Each part is typeset
 with the service's layout (12 px, 1.15 line spacing, the identifier face) and every planted turn's
@@ -60,7 +63,10 @@ PARTS = {"tune": {"seeds": (101, 102), "family": "A", "conversations": (1000, 12
          # after held and held2 were read and their misses looked at: new templates, read once
          "held3": {"seeds": (301, 302), "family": "C", "conversations": (6000, 6200)},
          # after held3's misses were looked at: new templates again, read once
-         "held4": {"seeds": (401, 402), "family": "D", "conversations": (6400, 6600)}}
+         "held4": {"seeds": (401, 402), "family": "D", "conversations": (6400, 6600)},
+         # after held4's misses (and all of A-D's) were looked at: family E, written before those
+         # fixes were made, read once
+         "held5": {"seeds": (501, 502), "family": "E", "conversations": (6600, 6800)}}
 UP, LOW, DIG = string.ascii_uppercase, string.ascii_lowercase, string.digits
 Gen = Callable[[random.Random], str]
 
@@ -138,7 +144,23 @@ FAMILY: dict[str, dict[str, list[Gen]]] = {
         "hash": [lambda r: "0x" + _hexy(r, 8), lambda r: "AKIA" + _p(r, UP + DIG, 16)],
         "tracking": [lambda r: f"{_p(r, DIG, 4)} {_p(r, DIG, 4)} {_p(r, DIG, 4)}", lambda r: f"CP{_p(r, DIG, 9)}DE"],
     },
+    "E": {
+        "order": [lambda r: _mixed(r, UP + DIG, 6), lambda r: f"{_p(r, DIG, 3)}-{_p(r, DIG, 3)}-{_p(r, UP, 3)}"],   # a PNR; 482-193-KQZ
+        "confusable": [lambda r: _confusable(r, "O0Il1", UP + LOW + DIG, 12),
+                       lambda r: "-".join(_confusable(r, "0OIl1", LOW + DIG, 4) for _ in range(2))],
+        "email": [lambda r: f"{r.choice(_FIRST_E)}{r.choice(_LAST_E)}{_p(r, DIG, 2)}@{r.choice(_MAIL_E)}",
+                  lambda r: f"{r.choice(_FIRST_E)}.{r.choice(_LAST_E)}@{r.choice(_MAIL_E)}"],
+        "url": [lambda r: f"https://bit.ly/{_p(r, UP + LOW + DIG, 7)}",
+                lambda r: f"https://github.com/{r.choice(_FIRST_E)}/{r.choice(_REPO_E)}/pull/{_p(r, DIG, 4)}"],
+        "phone": [lambda r: f"+44 7{_p(r, DIG, 3)} {_p(r, DIG, 6)}", lambda r: f"{r.randint(201, 989)}.{r.randint(200, 989)}.{_p(r, DIG, 4)}"],
+        "hash": [lambda r: ":".join(_hexy(r, 2) for _ in range(6)), lambda r: "sk_live_" + _mixed(r, UP + LOW + DIG, 20)],   # a MAC address; an API key
+        "tracking": [lambda r: _p(r, DIG, 22), lambda r: f"RR{_p(r, DIG, 9)}US"],
+    },
 }
+_FIRST_E = "nia omar pia raj suki tom una".split()
+_LAST_E = "fischer haddad ivanova okafor wu".split()
+_MAIL_E = "mail.com pm.me btinternet.com ymail.com".split()
+_REPO_E = "dotfiles blog api".split()
 _FIRST_D = "abe bea cyd dot eve fay gil hal".split()
 _LAST_D = "jansen kovacs lopez mensah".split()
 _MAIL_D = "zoho.com aol.com live.co.uk fastmail.fm".split()
@@ -156,6 +178,14 @@ _LAST_B = "lindberg adeyemi horvat sato dubois".split()
 _MAIL_B = "posteo.de web.de company.co gmx.net".split()
 _HOST_B = "intranet.acme.local shop.example.com photos.example.net".split()
 _PATH_B = "share album invite".split()
+
+
+def _mixed(rng: random.Random, alphabet: str, n: int) -> str:
+    """``n`` characters of ``alphabet`` with at least one letter and one digit."""
+    while True:
+        value = _p(rng, alphabet, n)
+        if any(c.isdigit() for c in value) and any(c.isalpha() for c in value):
+            return value
 
 
 def _hexy(rng: random.Random, n: int) -> str:
@@ -195,6 +225,13 @@ PHRASES = {
           "phone": ["cell {v}", "dial {v}"],
           "hash": ["token {v}", "key id {v}"],
           "tracking": ["shipment {v}", "waybill {v}"]},
+    "E": {"order": ["booking {v}", "my confirmation code: {v}"],
+          "confusable": ["network key {v}", "the passphrase was {v}"],
+          "email": ["send it to {v}", "my work email {v}"],
+          "url": ["look {v}", "the PR is {v}"],
+          "phone": ["mobile {v}", "number's {v}"],
+          "hash": ["device {v}", "api key {v}"],
+          "tracking": ["the tracking is {v}", "parcel no. {v}"]},
 }
 
 
@@ -214,6 +251,8 @@ def _splice(rng: random.Random, family: str, utterance: str, phrase: str, value:
     lead = phrase if phrase.startswith(value) else phrase[0].upper() + phrase[1:]   # a sentence's start
     if family == "A":
         return f"{utterance.rstrip('.!?')}, {phrase}" if rng.random() < 0.5 else f"{utterance} {lead}."
+    if family == "E":      # after a colon at the end, or as the opening sentence
+        return f"{utterance.rstrip('.!?')}: {phrase}!" if rng.random() < 0.6 else f"{lead}. {utterance}"
     if family == "D":      # after the first comma or full stop, as a clause of its own
         cut = min((i for i in (utterance.find(", "), utterance.find(". ")) if i > 0), default=-1)
         if cut < 0:
