@@ -22,7 +22,11 @@ drawn from conversations the other benchmark never uses. Two parts that share no
 - ``held5``: seeds 501-502, family E (a PNR, MAC addresses, API keys, bit.ly and pull-request
   links, 22-digit tracking numbers; the phrase after a colon at the end or as the opening
   sentence), conversations 6600-6799: written before the fifth fix, which was made looking at the
-  misses of all of tune and held-held4 (bench/RESULTS.md says what each part measured).
+  misses of all of tune and held-held4;
+- ``held6``: seeds 601-602, family F (eBay-style order ids, letters-only confusables, IP
+  addresses, wallets, spreadsheet links; quoted at the end or an opening clause), conversations
+  6800-6999: written after held5's one read and before the sixth fix, which looked at held5's
+  misses (bench/RESULTS.md says what each part measured).
 
 Fixes are made looking at ``tune`` only; ``held`` is read once at the end. Each part is typeset
 with the service's layout (12 px, 1.15 line spacing, the identifier face) and every planted turn's
@@ -66,7 +70,9 @@ PARTS = {"tune": {"seeds": (101, 102), "family": "A", "conversations": (1000, 12
          "held4": {"seeds": (401, 402), "family": "D", "conversations": (6400, 6600)},
          # after held4's misses (and all of A-D's) were looked at: family E, written before those
          # fixes were made, read once
-         "held5": {"seeds": (501, 502), "family": "E", "conversations": (6600, 6800)}}
+         "held5": {"seeds": (501, 502), "family": "E", "conversations": (6600, 6800)},
+         # written after held5's one read, before the sixth fix, which looked at held5's misses
+         "held6": {"seeds": (601, 602), "family": "F", "conversations": (6800, 7000)}}
 UP, LOW, DIG = string.ascii_uppercase, string.ascii_lowercase, string.digits
 Gen = Callable[[random.Random], str]
 
@@ -156,7 +162,21 @@ FAMILY: dict[str, dict[str, list[Gen]]] = {
         "hash": [lambda r: ":".join(_hexy(r, 2) for _ in range(6)), lambda r: "sk_live_" + _mixed(r, UP + LOW + DIG, 20)],   # a MAC address; an API key
         "tracking": [lambda r: _p(r, DIG, 22), lambda r: f"RR{_p(r, DIG, 9)}US"],
     },
+    "F": {
+        "order": [lambda r: f"{_p(r, DIG, 2)}-{_p(r, DIG, 5)}-{_p(r, DIG, 5)}", lambda r: "X" + _mixed(r, UP + DIG, 9)],
+        "confusable": [lambda r: _confusable(r, "1lI0O", UP + LOW, 8), lambda r: _confusable(r, "Oo0", DIG + LOW, 10)],
+        "email": [lambda r: f"{r.choice(_FIRST_F)}_{r.choice(_LAST_F)}@{r.choice(_MAIL_F)}",
+                  lambda r: f"{r.choice(_FIRST_F)[0]}.{r.choice(_LAST_F)}{_p(r, DIG, 1)}@{r.choice(_MAIL_F)}"],
+        "url": [lambda r: f"https://docs.google.com/spreadsheets/d/{_p(r, UP + LOW + DIG + '-_', 16)}/edit",
+                lambda r: f"https://www.ebay.com/itm/{_p(r, DIG, 12)}"],
+        "phone": [lambda r: f"+34 6{_p(r, DIG, 2)} {_p(r, DIG, 3)} {_p(r, DIG, 3)}", lambda r: f"0{_p(r, DIG, 2)}-{_p(r, DIG, 4)}-{_p(r, DIG, 4)}"],
+        "hash": [lambda r: f"10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}", lambda r: "bc1q" + _p(r, LOW + DIG, 20)],   # an IP address; a wallet
+        "tracking": [lambda r: f"{_p(r, DIG, 4)}-{_p(r, DIG, 4)}-{_p(r, DIG, 4)}-{_p(r, DIG, 2)}", lambda r: f"DHL{_p(r, DIG, 10)}"],
+    },
 }
+_FIRST_F = "ada bo cruz dina emil fumi".split()
+_LAST_F = "novak reyes schulz tanaka".split()
+_MAIL_F = "gmail.com outlook.de yandex.ru seznam.cz".split()
 _FIRST_E = "nia omar pia raj suki tom una".split()
 _LAST_E = "fischer haddad ivanova okafor wu".split()
 _MAIL_E = "mail.com pm.me btinternet.com ymail.com".split()
@@ -232,6 +252,13 @@ PHRASES = {
           "phone": ["mobile {v}", "number's {v}"],
           "hash": ["device {v}", "api key {v}"],
           "tracking": ["the tracking is {v}", "parcel no. {v}"]},
+    "F": {"order": ["order id {v}", "it was {v} on the receipt"],
+          "confusable": ["login code {v}", "the gate code is {v}"],
+          "email": ["mail {v}", "drop a line to {v}"],
+          "url": ["the sheet: {v}", "bought it here {v}"],
+          "phone": ["whatsapp {v}", "my cell is {v}"],
+          "hash": ["server {v}", "wallet {v}"],
+          "tracking": ["ref {v} at the depot", "consignment {v}"]},
 }
 
 
@@ -251,6 +278,8 @@ def _splice(rng: random.Random, family: str, utterance: str, phrase: str, value:
     lead = phrase if phrase.startswith(value) else phrase[0].upper() + phrase[1:]   # a sentence's start
     if family == "A":
         return f"{utterance.rstrip('.!?')}, {phrase}" if rng.random() < 0.5 else f"{utterance} {lead}."
+    if family == "F":      # quoted at the end, or as an opening clause before a comma
+        return f'{utterance} - "{phrase}"' if rng.random() < 0.5 else f"{lead}, {utterance[0].lower()}{utterance[1:]}"
     if family == "E":      # after a colon at the end, or as the opening sentence
         return f"{utterance.rstrip('.!?')}: {phrase}!" if rng.random() < 0.6 else f"{lead}. {utterance}"
     if family == "D":      # after the first comma or full stop, as a clause of its own
