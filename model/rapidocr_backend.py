@@ -108,7 +108,7 @@ class RapidOcrBackend:
                          f"{'+'.join(p.stem for p in self._models)}/{mode}"
                          f"{'+headers' if headers and mode == 'lines' else ''}"
                          f"{'' if engine == 'onnxruntime' else '+' + engine}"
-                         f"+ids1{'+zeros' if self.zeros else ''}")
+                         f"+ids2{'+zeros' if self.zeros else ''}")
 
     @property
     def reads_line_subsets(self) -> bool:

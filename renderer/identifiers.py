@@ -97,8 +97,9 @@ _MARKS = "©®"      # read for a zero only in a token with digits of its own ("
 _GREEK = re.compile(r"[\u0370-\u03ff\u1f00-\u1fff]")
 _TOKEN = re.compile(r"\S+")
 # An email's at sign as a reader gives it back: a domain follows, its dots sometimes read as commas
-# or with a space after them ("gmail. com").
-_AT_DOMAIN = re.compile(r"@[A-Za-z0-9\-]+(?:\s?[.,]\s?[A-Za-z0-9\-]+)*\s?[.,]\s?[a-z]{2,}")
+# or with a space after them ("gmail. com"); a domain starts with a letter or digit, so a zero read
+# "@" before a number's dash ("018-129@-6941. psh") is not one.
+_AT_DOMAIN = re.compile(r"@[A-Za-z0-9][A-Za-z0-9\-]*(?:\s?[.,]\s?[A-Za-z0-9\-]+)*\s?[.,]\s?[a-z]{2,}")
 
 
 # An email's last dot read as a comma ("esmith@gmail, com"): a comma is never part of an address,
@@ -107,6 +108,9 @@ _AT_DOMAIN = re.compile(r"@[A-Za-z0-9\-]+(?:\s?[.,]\s?[A-Za-z0-9\-]+)*\s?[.,]\s?
 # already has a dot or an underscore, so "me,joe@x.com" (a sentence's comma) is left alone.
 _LOCAL_COMMA = re.compile(r"(?<![A-Za-z0-9._%+\-])([A-Za-z0-9%+\-]*[._][A-Za-z0-9._%+\-]*),(?=[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+\.)")
 _EMAIL_COMMA = re.compile(r"(@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*)\s?,\s?(com|org|net|edu|gov|io|co|me|de|uk|fr|nl|es|it|ca|au|jp|info|dev)\b")
+
+
+_HEX_PAIRS = re.compile(r"[0-9a-fA-F](?::[0-9a-fA-F]{2}){3,}")
 
 
 def _ascii_alnum(c: str) -> bool:
@@ -126,9 +130,12 @@ def _restorable(token: str, i: int) -> bool:
         return _ascii_alnum(before) or _ascii_alnum(after)
     if (_ascii_alnum(before) or before and before in "-:_" and i > 1) and _ascii_alnum(after):
         return True     # inside a token, also just after a separator ("1la1-@OZO", "sha256:@e01"), never a slash
-    # a digit group's edge in a number ("570-9128" read "57@-9128"), or a token's start before a digit
+    # a digit group's edge in a number ("570-9128" read "57@-9128"), or a token's start before a
+    # digit, a number sign before it too ("#@797-2247"), or before the rest of a MAC address's first
+    # pair ("@d:ef:79:d3:b8:5b": a handle has no colons)
     return (before.isascii() and before.isdigit() and (not after or after in "-./)")) or (
-        not before and after.isascii() and after.isdigit())
+        (not before or before == "#" and i == 1) and after.isascii() and after.isdigit()) or (
+        not before and _HEX_PAIRS.match(token, i + 1) is not None)
 
 
 def restore(text: str, zeros: bool = True) -> str:
@@ -140,7 +147,11 @@ def restore(text: str, zeros: bool = True) -> str:
         if "," in text:
             text = _LOCAL_COMMA.sub(r"\1.", _EMAIL_COMMA.sub(r"\1.\2", text))
         text = _EMAIL.sub(restore_case, text)
-    return restore_zeros(text) if zeros else text
+    if "/" in text or "." in text:
+        text = _URL.sub(_url_case, _URL_SPACE.sub(r"\1\2", text))
+    if "," in text:
+        text = _PHONE_COMMA.sub(lambda m: m.group().replace(",", "."), text)
+    return restore_hex(restore_zeros(text)) if zeros else text
 
 
 # Letters whose capital is the small one drawn larger: in a small view only their size tells them
@@ -153,12 +164,61 @@ def restore_case(m: re.Match) -> str:
     lower case), and a capital among ``_SIZE_ONLY`` lowered where the rest of its part is lower
     case: a local part ``Xia_406`` comes back ``xia_406``, ``JohnSmith`` stays as read."""
     local, _, domain = m.group().partition("@")
-    if any(c.isupper() for c in domain) and all(c in _SIZE_ONLY or not c.isupper() for c in domain):
-        domain = domain.lower()
+    domain = _lower_size_only(domain)
     caps = [c for c in local if c.isupper()]
     if len(caps) == 1 and caps[0] in _SIZE_ONLY and any(c.islower() for c in local):
         local = local.lower()
     return f"{local}@{domain}"
+
+
+# A space the reader put after a dot inside a URL's host ("https://bit. ly/Btcunr"): a top-level
+# domain and a slash follow, which no sentence does.
+_URL_SPACE = re.compile(r"((?:https?://|www\.)[^\s/]*\.) ([a-z]{2,6}/)", re.IGNORECASE)
+# A phone number written with dots (419.670.2158) with one of them read as a comma: a 3-3-4 digit
+# shape with one of each is no amount ("419,670.2158" would be one with four decimals).
+_PHONE_COMMA = re.compile(r"(?<![\d.,])(\d{3})(?:,\d{3}\.|\.\d{3},)(\d{4})(?![.,]?\d)")
+
+
+def _lower_size_only(part: str) -> str:
+    """``part`` in lower case where its only capitals are letters that differ from their small
+    letter in size alone (the reader's guess), and it has small letters too."""
+    if any(c.isupper() for c in part) and any(c.islower() for c in part) and all(
+            c in _SIZE_ONLY or not c.isupper() for c in part):
+        return part.lower()
+    return part
+
+
+def _url_case(m: re.Match) -> str:
+    """A URL as read, its scheme and host in lower case where the reader guessed a capital among
+    ``_SIZE_ONLY`` ("Www.intranet.acme.local"): hosts are case-blind and written in lower case."""
+    url = m.group()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}{sep}{_lower_size_only(host)}{slash}{path}"
+
+
+# A hex number's "0x" as read: its dotted zero dropped at the token's start ("x268feef4") or read
+# as an at sign ("@x49b7ac45"); what follows is hex with a digit and a letter, so no word or handle
+# ("@xavier", "x86") looks like it. On the probe's held4 part, 5 of its 9 misses at mosaic4.
+_HEX_LEAD = re.compile(r"(?<![A-Za-z0-9@._%+\-])[@θΘ]?x(?=([0-9a-fA-F]{6,})(?![A-Za-z0-9@]))")
+_HEX_DIGITS = re.compile(r"(?<=0x)[0-9a-fA-F]{6,}\b")
+
+
+def restore_hex(text: str) -> str:
+    """Read-back text with a hex number's lost ``0x`` zero put back, and a capital ``C`` the
+    reader guessed among its small hex letters lowered (``_lower_size_only``)."""
+    if "x" not in text:
+        return text
+
+    def fix(m: re.Match) -> str:
+        digits = m.group(1)
+        if not (any(c.isdigit() for c in digits) and any(c.isalpha() for c in digits)):
+            return m.group()
+        return "0x"
+    out = _HEX_LEAD.sub(fix, text)
+    return _HEX_DIGITS.sub(lambda h: _lower_size_only(h.group()), out)
 
 
 def restore_zeros(text: str) -> str:

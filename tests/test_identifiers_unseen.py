@@ -72,6 +72,13 @@ def test_recall_at_mosaic4_gives_back_identifiers_whose_dotted_zero_was_misread(
     ("Call me at (658) 57@-9128.", "Call me at (658) 570-9128."),
     ("promo 1la1-@OZO and sha256:@e01e67de", "promo 1la1-0OZO and sha256:0e01e67de"),
     ("the key is dl 10xi® and SO-888673-©6", "the key is dl 10xi0 and SO-888673-06"),
+    ("got #@797-2247 in the confirmation", "got #0797-2247 in the confirmation"),
+    # a hex number's 0x with its zero dropped or read as an at sign, a guessed capital C lowered
+    ("btw token x268feef4", "btw token 0x268feef4"),
+    ("btw token @x49b7ac45;", "btw token 0x49b7ac45;"),
+    ("key id x9c87ed0C: sometimes", "key id 0x9c87ed0c: sometimes"),
+    ("Api key @d:ef:79:d3:b8:5b. I would", "Api key 0d:ef:79:d3:b8:5b. I would"),    # a MAC address
+    ("Whatsapp 018-129@-6941. psh", "Whatsapp 018-1290-6941. psh"),      # not an email's at sign before ". psh"
 ])
 def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want):
     assert restore(read) == want
@@ -85,6 +92,10 @@ def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want
     ("contact: uma_276@gmX.net", "contact: uma_276@gmx.net"),
     ("mail JohnSmith@Gmail.com or Sven@GMX.NET", "mail JohnSmith@Gmail.com or sven@GMX.NET"),
     ("(rosa.e,eriksen@mail.ru is my new email)", "(rosa.e.eriksen@mail.ru is my new email)"),
+    ("see Www.intranet.acme.local/invite?ref=mysoa8 -", "see www.intranet.acme.local/invite?ref=mysoa8 -"),
+    ("HTTPS://wwW.amazon.com/watch?v=HnyN8yO8ikL", "https://www.amazon.com/watch?v=HnyN8yO8ikL"),   # the path keeps its case
+    ("The PR is https://bit. ly/Btcunr. I", "The PR is https://bit.ly/Btcunr. I"),
+    ("mobile 419,670.2158! and 522.390,3386:", "mobile 419.670.2158! and 522.390.3386:"),   # a dotted phone number
 ])
 def test_an_emails_dot_read_as_a_comma_and_its_size_only_capitals_go_back(read, want):
     assert restore(read) == restore(read, zeros=False) == want
@@ -98,6 +109,9 @@ def test_an_emails_dot_read_as_a_comma_and_its_size_only_capitals_go_back(read, 
     "meet @ 5 at https://medium.com/@user",               # a spaced @, and one after a slash
     "I met joe@work, comedy followed, then 5@.",         # a comma after an address, not before a domain
     "email me,joe@x.com about Apple® or Nike©",           # a sentence's comma; marks in words without digits
+    "x86 and x64, @xavier, x100000 and 0xDEADBEEF",       # no hex after the x, or a number already whole
+    "https://GitHub.com/Owner and https://WWW.BBC.CO.UK",  # capitals a reader does not guess: as written
+    "it cost 1,234.5678, then 419,670,2158; see https://x. Then @ab:cd:ef:01",   # amounts; a sentence's dot
 ])
 def test_greek_emails_and_handles_are_left_as_read(read):
     assert restore(read) == read
