@@ -26,7 +26,11 @@ drawn from conversations the other benchmark never uses. Two parts that share no
 - ``held6``: seeds 601-602, family F (eBay-style order ids, letters-only confusables, IP
   addresses, wallets, spreadsheet links; quoted at the end or an opening clause), conversations
   6800-6999: written after held5's one read and before the sixth fix, which looked at held5's
-  misses (bench/RESULTS.md says what each part measured).
+  misses;
+- ``held7``: seeds 701-702, family G (SSCC and UPS codes, IPv6 addresses, map and image links,
+  Indian and bracketed phone numbers; in brackets at the very end), conversations 7000-7167:
+  written before the recogniser's zero-like characters were gathered (``model.ctc_zeros``),
+  which was tuned on every other part (bench/RESULTS.md says what each part measured).
 
 Fixes are made looking at ``tune`` only; ``held`` is read once at the end. Each part is typeset
 with the service's layout (12 px, 1.15 line spacing, the identifier face) and every planted turn's
@@ -72,7 +76,9 @@ PARTS = {"tune": {"seeds": (101, 102), "family": "A", "conversations": (1000, 12
          # fixes were made, read once
          "held5": {"seeds": (501, 502), "family": "E", "conversations": (6600, 6800)},
          # written after held5's one read, before the sixth fix, which looked at held5's misses
-         "held6": {"seeds": (601, 602), "family": "F", "conversations": (6800, 7000)}}
+         "held6": {"seeds": (601, 602), "family": "F", "conversations": (6800, 7000)},
+         # written before the dotted zero's probability was gathered in the decode (model.ctc_zeros)
+         "held7": {"seeds": (701, 702), "family": "G", "conversations": (7000, 7168)}}
 UP, LOW, DIG = string.ascii_uppercase, string.ascii_lowercase, string.digits
 Gen = Callable[[random.Random], str]
 
@@ -173,7 +179,21 @@ FAMILY: dict[str, dict[str, list[Gen]]] = {
         "hash": [lambda r: f"10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}", lambda r: "bc1q" + _p(r, LOW + DIG, 20)],   # an IP address; a wallet
         "tracking": [lambda r: f"{_p(r, DIG, 4)}-{_p(r, DIG, 4)}-{_p(r, DIG, 4)}-{_p(r, DIG, 2)}", lambda r: f"DHL{_p(r, DIG, 10)}"],
     },
+    "G": {
+        "order": [lambda r: f"{_p(r, UP, 1)}{_p(r, DIG, 3)}-{_p(r, DIG, 3)}-{_p(r, DIG, 3)}", lambda r: f"OD{_p(r, DIG, 15)}"],
+        "confusable": [lambda r: _confusable(r, "0O1lI", UP + DIG, 7),
+                       lambda r: "-".join(_confusable(r, "O0o", UP + LOW + DIG, 3) for _ in range(3))],
+        "email": [lambda r: f"{r.choice(_FIRST_G)}{_p(r, DIG, 3)}_{r.choice(_LAST_G)}@{r.choice(_MAIL_G)}",
+                  lambda r: f"{r.choice(_LAST_G)}.{r.choice(_FIRST_G)[0]}@{r.choice(_MAIL_G)}"],
+        "url": [lambda r: f"https://maps.app.goo.gl/{_p(r, UP + LOW + DIG, 17)}", lambda r: f"https://imgur.com/a/{_p(r, UP + LOW + DIG, 7)}"],
+        "phone": [lambda r: f"+91 9{_p(r, DIG, 4)} {_p(r, DIG, 5)}", lambda r: f"(0{_p(r, DIG, 2)}) {_p(r, DIG, 4)} {_p(r, DIG, 4)}"],
+        "hash": [lambda r: _hexy(r, 12), lambda r: "fe80::" + ":".join(_hexy(r, 4) for _ in range(3))],   # an IPv6 address
+        "tracking": [lambda r: f"00{_p(r, DIG, 18)}", lambda r: f"1Z{_p(r, DIG, 3)}{_p(r, UP, 3)}{_p(r, DIG, 10)}"],
+    },
 }
+_FIRST_G = "ali bea chen dara eko fin".split()
+_LAST_G = "moreau silva kowalski ito".split()
+_MAIL_G = "gmail.com hey.com libero.it web.de".split()
 _FIRST_F = "ada bo cruz dina emil fumi".split()
 _LAST_F = "novak reyes schulz tanaka".split()
 _MAIL_F = "gmail.com outlook.de yandex.ru seznam.cz".split()
@@ -259,6 +279,13 @@ PHRASES = {
           "phone": ["whatsapp {v}", "my cell is {v}"],
           "hash": ["server {v}", "wallet {v}"],
           "tracking": ["ref {v} at the depot", "consignment {v}"]},
+    "G": {"order": ["the order was {v}", "reference {v} from the shop"],
+          "confusable": ["locker combo {v}", "the code they sent: {v}"],
+          "email": ["my email's {v}", "cc {v}"],
+          "url": ["pin {v}", "photos at {v}"],
+          "phone": ["text me on {v}", "home phone {v}"],
+          "hash": ["the id is {v}", "address {v}"],
+          "tracking": ["tracking {v}", "label {v}"]},
 }
 
 
@@ -278,6 +305,8 @@ def _splice(rng: random.Random, family: str, utterance: str, phrase: str, value:
     lead = phrase if phrase.startswith(value) else phrase[0].upper() + phrase[1:]   # a sentence's start
     if family == "A":
         return f"{utterance.rstrip('.!?')}, {phrase}" if rng.random() < 0.5 else f"{utterance} {lead}."
+    if family == "G":      # in brackets at the very end
+        return f"{utterance} ({phrase})"
     if family == "F":      # quoted at the end, or as an opening clause before a comma
         return f'{utterance} - "{phrase}"' if rng.random() < 0.5 else f"{lead}, {utterance[0].lower()}{utterance[1:]}"
     if family == "E":      # after a colon at the end, or as the opening sentence
