@@ -38,6 +38,7 @@ from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, 
 from optimem.model.tiers import DEEPSEEK_OCR2, Ladder
 from optimem.model.visual_tokens import VisualTokens
 from optimem.renderer.faces import IDENT_DEFAULT, dotted_zero
+from optimem.model.ctc_zeros import ZeroAwareDecode
 from optimem.renderer.identifiers import restore
 
 Mode = Literal["lines", "page"]
@@ -74,7 +75,9 @@ class RapidOcrBackend:
     or "openvino" (same bundled model; 10-35% faster here, but not a dependency: opt in).
     ``ident``: the identifier face the pages were typeset with (``renderer.faces.IDENT_FACES``);
     when it draws a dotted zero, what the recogniser reads as a theta or an at sign inside an
-    identifier goes back to ``0``; an email's dot read as a comma goes back in any face
+    identifier goes back to ``0`` (and the recogniser's probability for it, spread over those
+    characters, is gathered before its decode: ``model.ctc_zeros``); an email's dot read as a
+    comma goes back in any face
     (``renderer.identifiers.restore``: narrow, never in Greek words, an email's at sign or a handle).
 
     The engine loads on first use, once per instance; reads are serialised per instance, since
@@ -108,7 +111,7 @@ class RapidOcrBackend:
                          f"{'+'.join(p.stem for p in self._models)}/{mode}"
                          f"{'+headers' if headers and mode == 'lines' else ''}"
                          f"{'' if engine == 'onnxruntime' else '+' + engine}"
-                         f"+ids2{'+zeros' if self.zeros else ''}")
+                         f"+ids3{'+zeros' if self.zeros else ''}")
 
     @property
     def reads_line_subsets(self) -> bool:
@@ -255,6 +258,8 @@ class RapidOcrBackend:
             # Load both models now, so a broken install fails here and not mid-read.
             recognizer = engine._load_rec_model()
             engine._load_det_model()
+            if self.zeros:      # the dotted zero's probability, gathered before the decode
+                recognizer.postprocess_op = ZeroAwareDecode(recognizer.postprocess_op)
             if self.engine == "onnxruntime":
                 _reuse_memory(recognizer.session, self._models[1])
         except Exception as exc:  # noqa: BLE001

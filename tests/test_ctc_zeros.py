@@ -1,0 +1,41 @@
+"""The dotted zero's probability gathered before the CTC decode (``model.ctc_zeros``): a frame the
+zero-like characters win together goes to their best one; a frame one character clearly wins, or
+that a zero-like character wins already, is left alone."""
+from __future__ import annotations
+
+import numpy as np
+
+from optimem.model.ctc_zeros import ZeroAwareDecode, gather_zeros
+from optimem.model.rapidocr_backend import RapidOcrBackend
+
+CHARS = ["blank", "0", "@", "θ", "O", "1"]
+ZEROS = np.array([1, 2, 3])
+
+
+def frames(*rows: dict[str, float]) -> np.ndarray:
+    out = np.zeros((1, len(rows), len(CHARS)), dtype=np.float32)
+    for f, row in enumerate(rows):
+        for c, p in row.items():
+            out[0, f, CHARS.index(c)] = p
+    return out
+
+
+def test_a_frame_the_zero_like_characters_win_together_goes_to_their_best():
+    preds = frames({"blank": 0.34, "@": 0.32, "0": 0.18, "1": 0.16},    # a dropped zero ("1lVO1bz")
+                   {"O": 0.41, "@": 0.29, "θ": 0.2, "1": 0.1})           # a zero read O
+    got = gather_zeros(preds, ZEROS)
+    assert [CHARS[i] for i in got.argmax(-1)[0]] == ["@", "@"]
+    assert [CHARS[i] for i in preds.argmax(-1)[0]] == ["blank", "O"]      # the input is not changed
+
+
+def test_frames_one_character_wins_clearly_are_left_alone():
+    preds = frames({"O": 0.98, "0": 0.01, "@": 0.01}, {"@": 0.6, "0": 0.3, "blank": 0.1},
+                   {"blank": 0.9, "0": 0.05, "θ": 0.05}, {"1": 0.7, "0": 0.3})     # 0.3, twice, is not 0.7
+    assert gather_zeros(preds, ZEROS) is preds
+
+
+def test_the_reader_gathers_zeros_only_for_a_face_with_the_dotted_zero():
+    on, off = RapidOcrBackend(), RapidOcrBackend(ident="off")
+    assert isinstance(on._load()._load_rec_model().postprocess_op, ZeroAwareDecode)
+    assert not isinstance(off._load()._load_rec_model().postprocess_op, ZeroAwareDecode)
+    assert on.revision != off.revision
