@@ -8,7 +8,7 @@ those characters count as one class: where their summed probability, weighed at 
 the frame's best character, the frame goes to the most probable of them. What it then
 reads as (an ``@`` between letters, say) goes back to ``0`` only inside identifiers, by
 ``renderer.identifiers.restore``, as before. Frames where one character is clearly best are
-untouched, so prose reads as it did.
+untouched, so prose reads as it did, and so are lines with Greek in them, where a theta is a letter.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from optimem.renderer.identifiers import ZERO_MISREADS
+from optimem.renderer.identifiers import GREEK, ZERO_MISREADS
 
 ZERO_LIKE = "0" + ZERO_MISREADS
 # The class's summed probability is weighed at twice its value against the frame's best
@@ -27,14 +27,18 @@ ZERO_LIKE = "0" + ZERO_MISREADS
 MARGIN = 2.0
 
 
-def gather_zeros(preds: np.ndarray, zero_ids: np.ndarray, margin: float = MARGIN) -> np.ndarray:
+def gather_zeros(preds: np.ndarray, zero_ids: np.ndarray, margin: float = MARGIN,
+                 skip_ids: np.ndarray | None = None) -> np.ndarray:
     """``preds`` (batch, frames, characters) with frames won by the zero-like class given to its
-    best member. Returns ``preds`` itself when no frame changes."""
+    best member, except in lines whose plain decode has any of ``skip_ids`` (Greek letters: there
+    a theta is a letter). Returns ``preds`` itself when no frame changes."""
     zeros = preds[..., zero_ids]
     mass = zeros.sum(-1)
     best = preds.max(-1)
-    won_by_zero = np.isin(preds.argmax(-1), zero_ids)
-    take = (mass * margin > best) & ~won_by_zero
+    won = preds.argmax(-1)
+    take = (mass * margin > best) & ~np.isin(won, zero_ids)
+    if skip_ids is not None and skip_ids.size:
+        take &= ~np.isin(won, skip_ids).any(-1, keepdims=True)
     if not take.any():
         return preds
     out = np.array(preds, dtype=np.float32, copy=True)
@@ -52,9 +56,13 @@ class ZeroAwareDecode:
         self.margin = margin
         chars = list(decoder.character)
         self.zero_ids = np.array([chars.index(c) for c in ZERO_LIKE if c in chars], dtype=np.int64)
+        # Greek letters but the thetas (``identifiers.restore_zeros`` leaves Greek lines alone too)
+        self.greek_ids = np.array([i for i, c in enumerate(chars) if GREEK.match(c) and c not in "θΘ"],
+                                  dtype=np.int64)
 
     def __call__(self, preds: np.ndarray, *args: Any, **kwargs: Any) -> Any:
-        return self.decoder(gather_zeros(np.asarray(preds), self.zero_ids, self.margin), *args, **kwargs)
+        gathered = gather_zeros(np.asarray(preds), self.zero_ids, self.margin, self.greek_ids)
+        return self.decoder(gathered, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.decoder, name)

@@ -94,7 +94,7 @@ def _numbered(text: str, a: int, b: int) -> tuple[int, int]:
 # (``bench/identifiers_unseen.py``) 7 of 11 misses at mosaic4, 2 of held3's 8.
 ZERO_MISREADS = "θΘ@©®"
 _MARKS = "©®"      # read for a zero only in a token with digits of its own ("Apple®" keeps its mark)
-_GREEK = re.compile(r"[\u0370-\u03ff\u1f00-\u1fff]")
+GREEK = re.compile(r"[\u0370-\u03ff\u1f00-\u1fff]")
 _TOKEN = re.compile(r"\S+")
 # An email's at sign as a reader gives it back: a domain follows, its dots sometimes read as commas
 # or with a space after them ("gmail. com"); a domain starts with a letter or digit, so a zero read
@@ -229,7 +229,7 @@ def restore_zeros(text: str) -> str:
     its theta), never an email's at sign (one a domain follows), and only where the token, with the
     zero back, is an identifier ``find`` would set in the identifier face (so it was drawn with the
     dotted zero, not as prose)."""
-    if not any(c in text for c in ZERO_MISREADS) or _GREEK.search(text.replace("θ", "").replace("Θ", "")):
+    if not any(c in text for c in ZERO_MISREADS) or GREEK.search(text.replace("θ", "").replace("Θ", "")):
         return text     # a line with Greek in it: the reader spells Greek words half in Latin ("pθn")
     out = []
     last = 0

@@ -39,3 +39,14 @@ def test_the_reader_gathers_zeros_only_for_a_face_with_the_dotted_zero():
     assert isinstance(on._load()._load_rec_model().postprocess_op, ZeroAwareDecode)
     assert not isinstance(off._load()._load_rec_model().postprocess_op, ZeroAwareDecode)
     assert on.revision != off.revision
+
+
+def test_a_line_with_greek_letters_is_decoded_as_it_was():
+    chars = CHARS + ["α"]
+    preds = np.zeros((2, 2, len(chars)), dtype=np.float32)
+    preds[:, 0, chars.index("O")], preds[:, 0, chars.index("θ")], preds[:, 0, chars.index("0")] = 0.4, 0.35, 0.25
+    preds[0, 1, chars.index("α")] = 1.0       # a Greek line: its Θ read as O stays as read
+    preds[1, 1, chars.index("1")] = 1.0
+    got = gather_zeros(preds, ZEROS, skip_ids=np.array([chars.index("α")]))
+    assert [chars[i] for i in got[0].argmax(-1)] == ["O", "α"]
+    assert [chars[i] for i in got[1].argmax(-1)] == ["θ", "1"]
