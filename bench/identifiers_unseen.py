@@ -30,7 +30,11 @@ drawn from conversations the other benchmark never uses. Two parts that share no
 - ``held7``: seeds 701-702, family G (SSCC and UPS codes, IPv6 addresses, map and image links,
   Indian and bracketed phone numbers; in brackets at the very end), conversations 7000-7167:
   written before the recogniser's zero-like characters were gathered (``model.ctc_zeros``),
-  which was tuned on every other part (bench/RESULTS.md says what each part measured).
+  which was tuned on every other part;
+- ``held8``: seeds 801-802, family H (release tags with a hash, GitHub tokens, Spotify and form
+  links, Australian and spaced phone numbers, digits-and-O codes; before "so"/"and"/"but" or after
+  a dash), conversations 2000-2199: written after held7's one read and before the fixes made looking at its misses (bench/RESULTS.md says
+  what each part measured).
 
 Fixes are made looking at ``tune`` only; ``held`` is read once at the end. Each part is typeset
 with the service's layout (12 px, 1.15 line spacing, the identifier face) and every planted turn's
@@ -78,7 +82,9 @@ PARTS = {"tune": {"seeds": (101, 102), "family": "A", "conversations": (1000, 12
          # written after held5's one read, before the sixth fix, which looked at held5's misses
          "held6": {"seeds": (601, 602), "family": "F", "conversations": (6800, 7000)},
          # written before the dotted zero's probability was gathered in the decode (model.ctc_zeros)
-         "held7": {"seeds": (701, 702), "family": "G", "conversations": (7000, 7168)}}
+         "held7": {"seeds": (701, 702), "family": "G", "conversations": (7000, 7168)},
+         # written after held7's one read, before the fixes that looked at its misses
+         "held8": {"seeds": (801, 802), "family": "H", "conversations": (2000, 2200)}}
 UP, LOW, DIG = string.ascii_uppercase, string.ascii_lowercase, string.digits
 Gen = Callable[[random.Random], str]
 
@@ -190,7 +196,20 @@ FAMILY: dict[str, dict[str, list[Gen]]] = {
         "hash": [lambda r: _hexy(r, 12), lambda r: "fe80::" + ":".join(_hexy(r, 4) for _ in range(3))],   # an IPv6 address
         "tracking": [lambda r: f"00{_p(r, DIG, 18)}", lambda r: f"1Z{_p(r, DIG, 3)}{_p(r, UP, 3)}{_p(r, DIG, 10)}"],
     },
+    "H": {
+        "order": [lambda r: f"{_p(r, UP, 2)}-{_p(r, DIG, 4)}-{_p(r, UP + DIG, 4)}", lambda r: f"N{_p(r, DIG, 2)}{_p(r, UP, 1)}{_p(r, DIG, 5)}"],
+        "confusable": [lambda r: _confusable(r, "0OoIl1", LOW + UP + DIG, 9), lambda r: _confusable(r, "O0", DIG, 8)],
+        "email": [lambda r: f"{r.choice(_FIRST_H)}.{_p(r, DIG, 4)}@{r.choice(_MAIL_H)}",
+                  lambda r: f"{r.choice(_FIRST_H)}{r.choice(_LAST_H)}@{r.choice(_MAIL_H)}"],
+        "url": [lambda r: f"https://open.spotify.com/track/{_p(r, UP + LOW + DIG, 22)}", lambda r: f"https://forms.gle/{_p(r, UP + LOW + DIG, 9)}"],
+        "phone": [lambda r: f"+61 (0){_p(r, DIG, 1)} {_p(r, DIG, 4)} {_p(r, DIG, 4)}", lambda r: f"{r.randint(201, 989)} {r.randint(200, 989)} {_p(r, DIG, 4)}"],
+        "hash": [lambda r: f"v{r.randint(0, 9)}.{r.randint(0, 40)}.{r.randint(0, 99)}-{_hexy(r, 7)}", lambda r: "ghp_" + _mixed(r, UP + LOW + DIG, 16)],
+        "tracking": [lambda r: f"{_p(r, DIG, 3)}-{_p(r, DIG, 8)}", lambda r: f"CZ{_p(r, DIG, 9)}{_p(r, UP, 2)}"],
+    },
 }
+_FIRST_H = "ines jonas kira liam mei nils".split()
+_LAST_H = "berger costa park weiss".split()
+_MAIL_H = "gmx.de icloud.com tutanota.com orange.fr".split()
 _FIRST_G = "ali bea chen dara eko fin".split()
 _LAST_G = "moreau silva kowalski ito".split()
 _MAIL_G = "gmail.com hey.com libero.it web.de".split()
@@ -286,6 +305,13 @@ PHRASES = {
           "phone": ["text me on {v}", "home phone {v}"],
           "hash": ["the id is {v}", "address {v}"],
           "tracking": ["tracking {v}", "label {v}"]},
+    "H": {"order": ["purchase {v}", "my booking number, {v}"],
+          "confusable": ["the otp was {v}", "recovery code {v}"],
+          "email": ["email address {v}", "reply to {v}"],
+          "url": ["listen {v}", "sign up here {v}"],
+          "phone": ["the clinic is {v}", "reach me at {v}"],
+          "hash": ["build {v}", "my token {v}"],
+          "tracking": ["the airway bill is {v}", "the parcel id is {v}"]},
 }
 
 
@@ -305,6 +331,10 @@ def _splice(rng: random.Random, family: str, utterance: str, phrase: str, value:
     lead = phrase if phrase.startswith(value) else phrase[0].upper() + phrase[1:]   # a sentence's start
     if family == "A":
         return f"{utterance.rstrip('.!?')}, {phrase}" if rng.random() < 0.5 else f"{utterance} {lead}."
+    if family == "H":      # after "so" or "and" in the middle, or at the end after a dash
+        words = utterance.split(" ")
+        at = next((i for i, w in enumerate(words) if i and w.lower() in ("so", "and", "but")), 0)
+        return " ".join(words[:at] + [phrase + ","] + words[at:]) if at else f"{utterance} - {phrase}"
     if family == "G":      # in brackets at the very end
         return f"{utterance} ({phrase})"
     if family == "F":      # quoted at the end, or as an opening clause before a comma
