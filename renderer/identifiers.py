@@ -12,6 +12,7 @@ What counts (spans in the text as drawn, never across a line break of the source
 - URLs: ``http(s)://`` or ``www.`` up to a space, quote or wide (CJK) character, trailing
   sentence punctuation left out;
 - emails: ``local@domain.tld``;
+- IPv6 addresses (``fe80::7703:99ec:502d``);
 - numbers with separators (``+1 415-555-0132``, ``2018-05-02``, ``(212) 555-0187``) with at least
   5 digits (6 when a space joins the groups), and runs of 5 or more digits;
 - tokens that mix letters and digits (``QX-4817-A2B``, ``9f3a0c7be21d``, ``O0Il1rnmB8S5``), but not
@@ -27,6 +28,7 @@ nothing else can have been drawn.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 
 _WIDE = "\u1100-\u115f\u2e80-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef"
@@ -43,6 +45,18 @@ _PROSE = re.compile(
     r"|\d+(?:st|nd|rd|th|s|am|pm|a|p|k|m|b|x|ish|yr|yrs|yo|hr|hrs|h|min|mins|sec|secs|lb|lbs|kg|g|mg|km|"
     r"mi|mph|kph|ft|in|cm|mm|ml|l|oz|gb|mb|tb|kb|hz|ghz|mhz|p|d|w|v|c|f|th)"
     r"|(?:mp|ps|xbox|iphone|covid|y|h|f|r|b|w|a|v|s|g|n|t|tv|cd|dvd|u|x|k|e|m|c)\d{1,2}", re.IGNORECASE)
+
+
+# IPv6 addresses ("fe80::7703:99ec:502d"): hex groups joined by colons, checked by ``ipaddress``
+# (a time such as 19:38:00 is not one); a single colon between groups is the mixed-token rule's.
+_IPV6 = re.compile(r"(?<![0-9A-Za-z:])[0-9A-Fa-f]{0,4}(?::{1,2}[0-9A-Fa-f]{0,4}){2,8}(?![0-9A-Za-z:])")
+
+
+def _is_ipv6(token: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(token), ipaddress.IPv6Address) and any(c.isdigit() for c in token)
+    except ValueError:
+        return False
 
 
 def _digits(text: str) -> int:
@@ -67,6 +81,10 @@ def find(text: str) -> list[tuple[int, int]]:
             add(a, b)
     for m in _EMAIL.finditer(text):
         add(*m.span())
+    if "::" in text or text.count(":") >= 7:
+        for m in _IPV6.finditer(text):
+            if _is_ipv6(m.group()):
+                add(*m.span())
     for m in _NUMBER.finditer(text):
         token = m.group()
         need = 6 if " " in token else 5
@@ -130,10 +148,13 @@ def _restorable(token: str, i: int) -> bool:
         return _ascii_alnum(before) or _ascii_alnum(after)
     if (_ascii_alnum(before) or before and before in "-:_" and i > 1) and _ascii_alnum(after):
         return True     # inside a token, also just after a separator ("1la1-@OZO", "sha256:@e01"), never a slash
-    # a digit group's edge in a number ("570-9128" read "57@-9128"), or a token's start before a
-    # digit, a number sign before it too ("#@797-2247"), or before the rest of a MAC address's first
-    # pair ("@d:ef:79:d3:b8:5b": a handle has no colons)
-    return (before.isascii() and before.isdigit() and (not after or after in "-./)")) or (
+    # a group's end in a code or a number ("oo@-M0O", "570-9128" read "57@-9128", "fe8@::77": an
+    # email's at sign has its domain after it, never a dash), or a token's start before a digit, a
+    # number sign before it too ("#@797-2247"), or before the rest of a MAC address's first pair
+    # ("@d:ef:79:d3:b8:5b": a handle has no colons)
+    if _ascii_alnum(before) and after == "-":
+        return True
+    return (before.isascii() and before.isdigit() and (not after or after in "-./):")) or (
         (not before or before == "#" and i == 1) and after.isascii() and after.isdigit()) or (
         not before and _HEX_PAIRS.match(token, i + 1) is not None)
 

@@ -79,6 +79,8 @@ def test_recall_at_mosaic4_gives_back_identifiers_whose_dotted_zero_was_misread(
     ("key id x9c87ed0C: sometimes", "key id 0x9c87ed0c: sometimes"),
     ("Api key @d:ef:79:d3:b8:5b. I would", "Api key 0d:ef:79:d3:b8:5b. I would"),    # a MAC address
     ("Whatsapp 018-129@-6941. psh", "Whatsapp 018-1290-6941. psh"),      # not an email's at sign before ". psh"
+    ("(locker combo oo@-M0O-07e)", "(locker combo oo0-M0O-07e)"),       # a group's end: no domain follows
+    ("(the id is fe8@::7703:99ec:502d)", "(the id is fe80::7703:99ec:502d)"),
 ])
 def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want):
     assert restore(read) == want
@@ -122,6 +124,11 @@ def test_only_a_reader_of_dotted_zero_pages_puts_zeros_back():
     on, off = RapidOcrBackend(), RapidOcrBackend(ident="off")
     assert on.zeros and not off.zeros
     assert on.revision != off.revision      # cached reads made before are not served as if restored
+
+
+def test_ipv6_addresses_are_identifiers_and_times_stay_numbers():
+    text = "the id is fe80::7703:99ec:502d, at 10:30 we met; 2001:db8:0:0:1:0:0:1 and a::b"
+    assert [text[a:b] for a, b in find(text)] == ["fe80::7703:99ec:502d", "2001:db8:0:0:1:0:0:1"]
 
 
 def test_a_number_sign_goes_with_the_identifier_it_precedes():
