@@ -54,6 +54,7 @@ class ZeroAwareDecode:
     def __init__(self, decoder: Any, margin: float = MARGIN) -> None:
         self.decoder = decoder
         self.margin = margin
+        self.active = True      # the reader turns it off for views large enough to show the dot
         chars = list(decoder.character)
         self.zero_ids = np.array([chars.index(c) for c in ZERO_LIKE if c in chars], dtype=np.int64)
         # Greek letters but the thetas (``identifiers.restore_zeros`` leaves Greek lines alone too)
@@ -61,8 +62,9 @@ class ZeroAwareDecode:
                                   dtype=np.int64)
 
     def __call__(self, preds: np.ndarray, *args: Any, **kwargs: Any) -> Any:
-        gathered = gather_zeros(np.asarray(preds), self.zero_ids, self.margin, self.greek_ids)
-        return self.decoder(gathered, *args, **kwargs)
+        if self.active:
+            preds = gather_zeros(np.asarray(preds), self.zero_ids, self.margin, self.greek_ids)
+        return self.decoder(preds, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.decoder, name)

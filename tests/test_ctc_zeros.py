@@ -50,3 +50,18 @@ def test_a_line_with_greek_letters_is_decoded_as_it_was():
     got = gather_zeros(preds, ZEROS, skip_ids=np.array([chars.index("α")]))
     assert [chars[i] for i in got[0].argmax(-1)] == ["O", "α"]
     assert [chars[i] for i in got[1].argmax(-1)] == ["θ", "1"]
+
+
+def test_only_views_as_small_as_a_mosaic_cell_are_decoded_with_zeros_gathered():
+    from optimem.memory import reading
+    from optimem.model.tiers import DEEPSEEK_OCR2
+    from optimem.renderer import Layout, TurnText, typeset
+
+    page = typeset([TurnText(0, "user", "the code is 2O04057O and 0Ov1flbbt", "2018-05-02T19:38:00Z")],
+                   Layout(page_px=1024, font_px=12, line_spacing=1.15))[0]
+    reader = RapidOcrBackend()
+    decoder = reader._load()._load_rec_model().postprocess_op
+    for name, gathered in (("g1024", False), ("v768", False), ("mosaic4", True), ("g1024", False)):
+        tier = DEEPSEEK_OCR2[name]
+        reader.decode([reading.page_view(page.png, page.lines, tier, 1024)])
+        assert decoder.active is gathered, name
