@@ -146,6 +146,8 @@ def _restorable(token: str, i: int) -> bool:
         return False
     if token[i] != "@":
         return _ascii_alnum(before) or _ascii_alnum(after)
+    if before == "@" or after == "@":
+        return True     # zeros side by side ("@@@@@O2O"): no address or handle has two at signs together
     if (_ascii_alnum(before) or before and before in "-:_" and i > 1) and _ascii_alnum(after):
         return True     # inside a token, also just after a separator ("1la1-@OZO", "sha256:@e01"), never a slash
     # a group's end in a code or a number ("oo@-M0O", "570-9128" read "57@-9128", "fe8@::77": an
@@ -164,15 +166,16 @@ def restore(text: str, zeros: bool = True) -> str:
     an email's dot read as a comma (in its domain, or in a local part with a dot already), its letters whose case the reader cannot see
     (``restore_case``), and (``zeros``: the page's identifier face draws a dotted zero) the dotted
     zero read as a theta or an at sign (``restore_zeros``)."""
-    if "@" in text:
-        if "," in text:
-            text = _LOCAL_COMMA.sub(r"\1.", _EMAIL_COMMA.sub(r"\1.\2", text))
-        text = _EMAIL.sub(restore_case, text)
+    if "@" in text and "," in text:
+        text = _LOCAL_COMMA.sub(r"\1.", _EMAIL_COMMA.sub(r"\1.\2", text))
     if "/" in text or "." in text:
         text = _URL.sub(_url_case, _URL_SPACE.sub(r"\1\2", text))
     if "," in text:
         text = _PHONE_COMMA.sub(lambda m: m.group().replace(",", "."), text)
-    return restore_hex(restore_zeros(text)) if zeros else text
+    if zeros:
+        text = restore_hex(restore_zeros(text))
+    # after the zeros: an address whose local part ended in a zero read "@" ("Xia_49@@gmx.net")
+    return _EMAIL.sub(restore_case, text) if "@" in text else text
 
 
 # Letters whose capital is the small one drawn larger: in a small view only their size tells them
@@ -259,9 +262,11 @@ def restore_zeros(text: str) -> str:
         token = m.group()
         if not any(c in token for c in ZERO_MISREADS) or sum(_ascii_alnum(c) for c in token) < 3:
             continue    # with the zero back, at least four letters and digits (the reader may split a token)
+        # an email's at sign has a local part before it: not only misreads ("@@@@@O2O, and")
         at = [i for i, c in enumerate(token) if c in ZERO_MISREADS and _restorable(token, i)
-              and not (c == "@" and (_AT_DOMAIN.match(text, m.start() + i)
-                                     or any(a <= m.start() + i < b for a, b in emails)))]
+              and not (c == "@" and token[:i].strip(ZERO_MISREADS)
+                       and (_AT_DOMAIN.match(text, m.start() + i)
+                            or any(a <= m.start() + i < b for a, b in emails)))]
         if not at:
             continue
         fixed = "".join("0" if i in at else c for i, c in enumerate(token))

@@ -81,6 +81,8 @@ def test_recall_at_mosaic4_gives_back_identifiers_whose_dotted_zero_was_misread(
     ("Whatsapp 018-129@-6941. psh", "Whatsapp 018-1290-6941. psh"),      # not an email's at sign before ". psh"
     ("(locker combo oo@-M0O-07e)", "(locker combo oo0-M0O-07e)"),       # a group's end: no domain follows
     ("(the id is fe8@::7703:99ec:502d)", "(the id is fe80::7703:99ec:502d)"),
+    ("recovery code @@@@@O2O, and", "recovery code 00000O2O, and"),       # zeros side by side
+    ("write to Xia_49@@gmx.net if", "write to xia_490@gmx.net if"),       # ... the last one an email's
 ])
 def test_the_dotted_zeros_misreads_go_back_to_zero_inside_identifiers(read, want):
     assert restore(read) == want
