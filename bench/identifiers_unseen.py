@@ -84,7 +84,9 @@ PARTS = {"tune": {"seeds": (101, 102), "family": "A", "conversations": (1000, 12
          # written before the dotted zero's probability was gathered in the decode (model.ctc_zeros)
          "held7": {"seeds": (701, 702), "family": "G", "conversations": (7000, 7168)},
          # written after held7's one read, before the fixes that looked at its misses
-         "held8": {"seeds": (801, 802), "family": "H", "conversations": (2000, 2200)}}
+         "held8": {"seeds": (801, 802), "family": "H", "conversations": (2000, 2200)},
+         # written after held8's one read, before the full-size O-among-digits decode
+         "held9": {"seeds": (901, 902), "family": "I", "conversations": (2400, 2600)}}
 UP, LOW, DIG = string.ascii_uppercase, string.ascii_lowercase, string.digits
 Gen = Callable[[random.Random], str]
 
@@ -206,7 +208,20 @@ FAMILY: dict[str, dict[str, list[Gen]]] = {
         "hash": [lambda r: f"v{r.randint(0, 9)}.{r.randint(0, 40)}.{r.randint(0, 99)}-{_hexy(r, 7)}", lambda r: "ghp_" + _mixed(r, UP + LOW + DIG, 16)],
         "tracking": [lambda r: f"{_p(r, DIG, 3)}-{_p(r, DIG, 8)}", lambda r: f"CZ{_p(r, DIG, 9)}{_p(r, UP, 2)}"],
     },
+    "I": {
+        "order": [lambda r: f"{_p(r, DIG, 2)}{_p(r, UP, 2)}{_p(r, DIG, 6)}", lambda r: f"R-{_p(r, DIG, 3)}-{_p(r, UP + DIG, 5)}"],
+        "confusable": [lambda r: _confusable(r, "O0lI1", UP + DIG, 10), lambda r: _confusable(r, "0Oo", LOW + DIG, 7)],
+        "email": [lambda r: f"{r.choice(_FIRST_I)}{_p(r, DIG, 2)}.{r.choice(_LAST_I)}@{r.choice(_MAIL_I)}",
+                  lambda r: f"{r.choice(_LAST_I)}_{r.choice(_FIRST_I)}@{r.choice(_MAIL_I)}"],
+        "url": [lambda r: f"https://www.dropbox.com/s/{_p(r, LOW + DIG, 15)}/notes.pdf", lambda r: f"https://youtu.be/{_p(r, UP + LOW + DIG + '_-', 11)}"],
+        "phone": [lambda r: f"+353 8{_p(r, DIG, 1)} {_p(r, DIG, 3)} {_p(r, DIG, 4)}", lambda r: f"1 ({r.randint(201, 989)}) {_p(r, DIG, 3)}-{_p(r, DIG, 4)}"],
+        "hash": [lambda r: f"{_hexy(r, 8)}{_hexy(r, 8)}", lambda r: f"SHA1 {_hexy(r, 12)}"],
+        "tracking": [lambda r: f"EE{_p(r, DIG, 9)}NL", lambda r: f"{_p(r, DIG, 2)} {_p(r, DIG, 4)} {_p(r, DIG, 4)} {_p(r, DIG, 4)}"],
+    },
 }
+_FIRST_I = "amir bruna cato dana elin femi".split()
+_LAST_I = "olsen rossi nakamura adler".split()
+_MAIL_I = "eircom.net gmail.com posteo.net mail.de".split()
 _FIRST_H = "ines jonas kira liam mei nils".split()
 _LAST_H = "berger costa park weiss".split()
 _MAIL_H = "gmx.de icloud.com tutanota.com orange.fr".split()
@@ -312,6 +327,13 @@ PHRASES = {
           "phone": ["the clinic is {v}", "reach me at {v}"],
           "hash": ["build {v}", "my token {v}"],
           "tracking": ["the airway bill is {v}", "the parcel id is {v}"]},
+    "I": {"order": ["my receipt says {v}", "return {v}"],
+          "confusable": ["the door code: {v}", "serial {v}"],
+          "email": ["you can email {v}", "personal email {v}"],
+          "url": ["notes {v}", "watch {v}"],
+          "phone": ["phone me {v}", "office {v}"],
+          "hash": ["file hash {v}", "checksum is {v}"],
+          "tracking": ["the shipment code {v}", "track {v}"]},
 }
 
 
@@ -331,6 +353,9 @@ def _splice(rng: random.Random, family: str, utterance: str, phrase: str, value:
     lead = phrase if phrase.startswith(value) else phrase[0].upper() + phrase[1:]   # a sentence's start
     if family == "A":
         return f"{utterance.rstrip('.!?')}, {phrase}" if rng.random() < 0.5 else f"{utterance} {lead}."
+    if family == "I":      # as a second sentence after the first, or in quotes after "said"
+        first, dot, rest = utterance.partition(". ")
+        return f"{first}. {lead}.{' ' + rest if rest else ''}" if dot else f'{utterance}, I said "{phrase}"'
     if family == "H":      # after "so" or "and" in the middle, or at the end after a dash
         words = utterance.split(" ")
         at = next((i for i, w in enumerate(words) if i and w.lower() in ("so", "and", "but")), 0)
