@@ -65,3 +65,28 @@ def test_only_views_as_small_as_a_mosaic_cell_are_decoded_with_zeros_gathered():
         tier = DEEPSEEK_OCR2[name]
         reader.decode([reading.page_view(page.png, page.lines, tier, 1024)])
         assert decoder.active is gathered, name
+
+
+def test_recall_at_mosaic4_gives_back_zeros_the_recogniser_all_but_lost(memory, redis_server, tmp_path, tenant):
+    """Through Memory.recall, as a user asks for an old turn: without gathering, the reader took
+    both zeros of this code (from the probe's held8 part) for round O's."""
+    from optimem.memory.lab.corpus import longest
+    from optimem.memory.service import Memory
+
+    from .conftest import settings_for
+
+    turns = [dict(t) for t in longest()[1][:300]]
+    turns[138] = {"role": "user", "content": "Be the cool kid in town - recovery code OUK0g0Ueo", "time": turns[138]["time"]}
+    plain = RapidOcrBackend()
+    plain._load()._load_rec_model().postprocess_op.margin = 0.0     # the decode as rapidocr makes it
+    without = Memory(settings_for(redis_server, tmp_path / "plain"), backend=plain).open()
+    try:
+        for m, t in ((memory, tenant), (without, tenant + "p")):
+            m.create_session("m4", curve={"kind": "step", "steps": [[0, "mosaic4"]]}, tenant=t)
+            m.append("m4", turns, tenant=t)
+        got = memory.recall("m4", turn=138, tenant=tenant).hits[0]
+        before = without.recall("m4", turn=138, tenant=tenant + "p").hits[0]
+        assert got.tier == before.tier == "mosaic4"
+        assert "OUK0g0Ueo" in got.text and "OUK0g0Ueo" not in before.text, (got.text, before.text)
+    finally:
+        without.close()
