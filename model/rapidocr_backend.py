@@ -35,10 +35,10 @@ from typing import Any, Literal
 import numpy as np
 
 from optimem.model.base import Decoded, DecodedLine, LineBox, ModelUnavailable, PageView
+from optimem.model.ctc_zeros import ZeroAwareDecode
 from optimem.model.tiers import DEEPSEEK_OCR2, Ladder
 from optimem.model.visual_tokens import VisualTokens
 from optimem.renderer.faces import IDENT_DEFAULT, dotted_zero
-from optimem.model.ctc_zeros import ZeroAwareDecode
 from optimem.renderer.identifiers import restore
 
 Mode = Literal["lines", "page"]
