@@ -53,7 +53,9 @@ class Settings:
     max_turn_chars: int = 100_000
     max_body_bytes: int = 0        # the largest request body read; 0: just above the largest valid append (body_limit)
     recall_read_s: int = 60        # a recall reads unread pages itself for at most this long
-    embed_model: str = ""          # recall's meaning model beside words: "", "minilm", "wordllama" or a local folder
+    # recall's meaning model beside words: "stems" (shipped, numpy), "minilm", "wordllama", a local
+    # folder, or "words" / "" for words alone
+    embed_model: str = "stems"
     read_threads: int = 1          # page reads at once per process (a dedicated pool, off the request threads)
     recall_concurrency: int = 64   # recalls at once per process, on their own threads (not FastAPI's pool); past it 503
     recall_compute: int = 2        # of those, computing at once (the rest wait for reads or a turn): about the cores

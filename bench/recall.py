@@ -1,6 +1,6 @@
 """Recall by content: retrieval quality on questions people ask, and time per recall. One command:
 
-    python bench/recall.py [--e2e 30] [--sizes 1000,10000] [--models minilm,wordllama] [--read-threads 1]
+    python bench/recall.py [--e2e 30] [--sizes 1000,10000] [--models stems,minilm,wordllama] [--read-threads 1]
                            [--expand "8,0.7,0.4,0.5;off"] [--split tune] [--out bench/recall.json]
 
 - quality: the question set (``bench/data/recall_questions.jsonl``, 322 questions written by
@@ -10,8 +10,9 @@
   question right after; recall@5 and @10 (the share of a question's evidence turns among the
   first 5 or 10 turns recall finds, the same ranking ``Memory.recall`` reads) per kind and split,
   against a plain BM25 over the exact source turns (bm25s, English stop words, no stemming;
-  characters and pairs of them for Chinese) in the same run. Ranked with words alone (the
-  default) and with each ``--models`` value as ``OPTIMEM_EMBED_MODEL`` (meaning beside words).
+  characters and pairs of them for Chinese) in the same run. Ranked with words alone
+  (``words``) and with each ``--models`` value as ``OPTIMEM_EMBED_MODEL`` (meaning beside words;
+  ``stems``, the shipped static model, is the default).
   ``--expand`` sweeps the query expansion by trained word vectors (``memory/expansion.py``):
   each ``neighbours,weight,floor[,known share]`` setting (or ``off``) ranks every question
   again, each model with each setting (a sentence model turns expansion off itself);
@@ -144,7 +145,7 @@ def import_session(memory: Memory, session: str, turns: list[dict]) -> None:
 
 
 def quality(memory: Memory, model: str) -> dict:
-    """Every question of the set, ranked with ``OPTIMEM_EMBED_MODEL=model`` ("": words alone)."""
+    """Every question of the set, ranked with ``OPTIMEM_EMBED_MODEL=model`` ("words": words alone)."""
     memory.settings.embed_model = model
     vectors.embedder(model)          # load the model before timing anything
     rows, first = [], {}
@@ -300,7 +301,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--e2e", type=int, default=30, help="questions also asked end to end on the 700-turn session")
     ap.add_argument("--sizes", default="1000,10000")
-    ap.add_argument("--models", default="minilm,wordllama", help="OPTIMEM_EMBED_MODEL values ranked with too, beside words alone")
+    ap.add_argument("--models", default="stems,minilm,wordllama",
+                    help="OPTIMEM_EMBED_MODEL values ranked with too, beside words alone ('words')")
     ap.add_argument("--read-threads", type=int, default=1, help="OPTIMEM_READ_THREADS: page reads at once")
     ap.add_argument("--expand", default="", help="expansion settings to sweep, ';'-separated: "
                     "'neighbours,weight,floor[,known share]' or 'off' (default: the shipped setting only)")
@@ -319,14 +321,14 @@ def main() -> None:
                                 read_threads=args.read_threads)
             with Memory(settings) as memory:
                 memory.backend.decode([])     # load the reader's models before timing anything
-                models = [""] + [m for m in args.models.split(",") if m]
+                models = ["words"] + [m for m in args.models.split(",") if m and m != "words"]
                 q = {}
                 for e in settings_swept:
                     _expand(e)
-                    q.update({(m or "words") + ("" if e == shipped else f" expand={e}"): quality(memory, m)
+                    q.update({m + ("" if e == shipped else f" expand={e}"): quality(memory, m)
                               for m in models})
                 _expand(shipped)
-                memory.settings.embed_model = ""       # the default for the timings
+                memory.settings.embed_model = Settings.embed_model    # the default (the class attribute), for the timings
                 c = cold(memory, args.e2e) if args.e2e else {}
                 sizes = [scale(memory, int(s), rng) for s in args.sizes.split(",") if s]
         finally:

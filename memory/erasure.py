@@ -15,7 +15,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from optimem.errors import NotFound
-from optimem.memory import index as ix
+from optimem.memory import index as ix, vectors
 
 log = logging.getLogger("optimem.erasure")
 
@@ -122,6 +122,7 @@ def forget_turns(store, k, turns: list[int], keep_source: bool, caches) -> list[
             p.hdel(k.queued, page)
         if cached:
             p.delete(*cached)
+        vectors.forget(p, k)           # recall's turn vectors were made from the old text
         p.sadd(k.forgotten, *wanted)
         p.hincrby(k.seal, "forgets", 1)      # a seal typeset from the old text now conflicts
         return [page for page, *_ in changed]

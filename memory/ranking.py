@@ -57,8 +57,8 @@ class Candidate:
 
 def mix(found: list[tuple[str, float, float]], dense: dict[int, float], weight: float) -> list[tuple[str, float, float]]:
     """BM25 and a dense similarity (turn -> cosine, every source turn) mixed as z-scores, the
-    similarity's at ``weight`` (the model's: ``vectors.Embedder.weight``), over the index's hits and the DENSE_TOP turns nearest in meaning; shifted so the
-    lowest is 0. Mixing by rank (reciprocal rank fusion) was measured and lost to this."""
+    similarity's at ``weight`` (the model's: ``vectors.Embedder.weight``), over the index's hits
+    and the DENSE_TOP turns nearest in meaning; shifted so the lowest is 0. Mixing by rank (reciprocal rank fusion) was measured and lost to this."""
     if not dense:
         return found
     import numpy as np
@@ -76,6 +76,8 @@ def mix(found: list[tuple[str, float, float]], dense: dict[int, float], weight: 
     for doc, (s, c) in rows.items():
         turn = int(doc[1:]) if doc.startswith("t") else int(doc.split(":")[1])
         mixed.append((doc, (s - mean) / std + weight * zd.get(turn, 0.0), c))
+    if not mixed:
+        return []
     low = min(m for _, m, _ in mixed)
     return sorted(((d, m - low + 1e-6, c) for d, m, c in mixed), key=lambda r: -r[1])
 

@@ -263,11 +263,14 @@ def find(q: Query, k: SessionKeys, meta: SessionMeta, turns: Turns, reader: Call
     expand = dense is None or vectors.expands(embed_model)
     found_docs = store.search(k, q.text, limit=CANDIDATES, expand=expand)
     ranked = understood(q.text, found_docs, turns, store, k, meta.keep_source, dense, vectors.weight(embed_model))
+    floor = vectors.floor(embed_model)
     for n, c in enumerate(ranked):
         if n % (2 * q.limit) == 0:   # locate the next few hits' pages in one go
             turns.where({r.turn for r in ranked[n:n + 2 * q.limit]})
         if c.turn in found.match or (only is not None and c.turn not in only) or not turns.allowed(q, c.turn):
             continue
+        if dense is not None and not c.coverage and dense.get(c.turn, 0.0) < floor:
+            continue              # found by meaning alone, and not near enough to answer
         if c.page is not None and not any(p.record.page == c.page and not p.tier.gone
                                           for p, _ in turns.where([c.turn])[c.turn]):
             continue              # a page that faded out since it was indexed holds nothing now

@@ -151,6 +151,7 @@ class SessionKeys:
         self.decoded, self.queued = f"{tag}:decoded", f"{tag}:queued"
         self.by_turn, self.page_info, self.retiered = f"{tag}:pages:by_turn", f"{tag}:pages:info", f"{tag}:retiered"
         self.forgotten = f"{tag}:forgotten"
+        self.vectors = f"{tag}:vec"      # recall's turn vectors (memory/vectors.py)
         self.tag = tag
         self.sessions = f"om:sessions:{{{tenant}}}"     # the tenant's session ids (not the text index)
 
@@ -169,7 +170,7 @@ class SessionKeys:
 
     def all(self) -> list[str]:
         return [self.meta, self.seal, self.turns, self.source, self.pages, self.png, self.lines,
-                self.decoded, self.queued, self.by_turn, self.page_info, self.retiered, self.forgotten]
+                self.decoded, self.queued, self.by_turn, self.page_info, self.retiered, self.forgotten, self.vectors]
 
 
 def page_entry(record: PageRecord) -> str:

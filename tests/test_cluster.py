@@ -168,6 +168,9 @@ def test_the_whole_loop_on_a_cluster(memory, tenant):
     needle = chat[3]["content"].split()[:6]
     found = memory.recall(sids[1], query=" ".join(needle), tenant=tenant)
     assert found.hits
+    # recall's turn vectors (the default meaning model) were made and stored on the session's slot
+    vec = SessionKeys(tenant, sids[1]).vectors
+    assert r.keyslot(vec) == r.keyslot(SessionKeys(tenant, sids[1]).meta) and r.hlen(vec) >= 1
 
     # delete: every key of the session goes, cached visual tokens and canvases (found in its slot) too
     gone = SessionKeys(tenant, sids[1])

@@ -48,8 +48,9 @@ def test_a_question_in_other_words_finds_the_turn_by_its_trained_neighbour(api, 
     assert hits[0]["turn"] == 0 and 0 < hits[0]["match"] < 1   # found by "work", which weighs less
     films = recall(api, "jobs", query="Which movie did we see?", limit=1)
     assert films[0]["turn"] == 1                                # "film" for "movie"
-    # Without the neighbours the same question finds nothing: no turn has "job".
+    # Without the neighbours (and words alone) the same question finds nothing: no turn has "job".
     monkeypatch.setattr(expansion, "NEIGHBOURS", 0)
+    monkeypatch.setattr(memory.settings, "embed_model", "words")
     assert recall(api, "jobs", query="What is my job?", limit=1) == []
     assert vectors.expands("")                                  # words alone: on by default
     k = SessionKeys(tenant, "jobs")

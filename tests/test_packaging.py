@@ -83,7 +83,7 @@ def test_wheel_holds_only_the_optimem_package_and_all_of_it(wheel):
             for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert {"optimem/renderer/templates/transcript.j2", "optimem/api/templates/inspector.html"} <= set(data)
     assert any(p.startswith("optimem/renderer/fonts/") and p.endswith(".ttf") for p in data)
-    assert "optimem/memory/data/word_vectors.npz" in data
+    assert {"optimem/memory/data/word_vectors.npz", "optimem/memory/data/turn_meaning.npz"} <= set(data)
     assert not [p for p in data if p not in shipped], "data files left out of the wheel"
 
 

@@ -140,7 +140,8 @@ def test_a_turn_before_or_after_an_event_the_session_spoke_of_ranks_first(api):
     assert after[0]["turn"] == 2 and after[0]["time_match"].startswith("after the trip: 2024-03-20..")
 
 
-def test_the_answer_after_a_matched_question_is_found(api):
+def test_the_answer_after_a_matched_question_is_found(api, memory, monkeypatch):
+    monkeypatch.setattr(memory.settings, "embed_model", "words")     # the rule by itself, words alone
     make(api, "answer", TALK)
     hits = [h["turn"] for h in recall(api, "answer", query="How long has Leo played the cello?", limit=2)]
     assert hits == [5, 4]     # "Since fifth grade, ...": no word of the question, it answers turn 4
@@ -153,11 +154,12 @@ def wordllama(memory, monkeypatch):
     return vectors.embedder("wordllama")
 
 
-def test_by_default_recall_ranks_by_words_and_keeps_no_vectors(api, memory, tenant, monkeypatch):
-    assert memory.settings.embed_model == ""
+def test_words_alone_keep_no_vectors(api, memory, tenant, monkeypatch):
+    monkeypatch.setattr(memory.settings, "embed_model", "words")      # OPTIMEM_EMBED_MODEL=words
     make(api, "plain", TALK)
     assert recall(api, "plain", query="spicy ramen", limit=1)
-    assert vectors.embedder("") is None and not memory.store.r.exists(vectors.key(SessionKeys(tenant, "plain")))
+    assert vectors.embedder("words") is None and vectors.embedder("") is None
+    assert not memory.store.r.exists(vectors.key(SessionKeys(tenant, "plain")))
 
 
 def test_meaning_beside_words_and_vectors_kept_per_session_under_its_hash_tag(api, memory, tenant, wordllama):
