@@ -57,10 +57,11 @@ def test_by_default_recall_finds_a_turn_by_meaning_where_words_find_another(api,
     assert [h["turn"] for h in recall(api, "married", query=QUESTION, limit=2)][:1] != [0]
 
 
-def test_a_question_with_no_known_word_or_far_from_every_turn_finds_nothing_by_meaning(api):
+def test_a_question_with_no_known_word_or_far_from_every_turn_finds_nothing_by_meaning(api, memory, tenant):
     make(api, "far", MARRIED)
     assert recall(api, "far", query="qwxz zzkq", limit=3) == []        # a zero vector: words alone
     assert recall(api, "far", query="她结婚了吗", limit=3) == []          # a language the model does not know
+    assert not memory.store.r.exists(vectors.key(SessionKeys(tenant, "far")))    # so nothing was embedded
     # Known words, but no turn within the floor's cosine and none sharing a word: nothing.
     assert recall(api, "far", query="tax deductions for freelance accountants", limit=3) == []
 
