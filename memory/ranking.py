@@ -58,7 +58,8 @@ class Candidate:
 def mix(found: list[tuple[str, float, float]], dense: dict[int, float], weight: float) -> list[tuple[str, float, float]]:
     """BM25 and a dense similarity (turn -> cosine, every source turn) mixed as z-scores, the
     similarity's at ``weight`` (the model's: ``vectors.Embedder.weight``), over the index's hits
-    and the DENSE_TOP turns nearest in meaning; shifted so the lowest is 0. Mixing by rank (reciprocal rank fusion) was measured and lost to this."""
+    and the DENSE_TOP turns nearest in meaning; shifted so the lowest is 0. Mixing by rank
+    (reciprocal rank fusion) was measured and lost to this."""
     if not dense:
         return found
     import numpy as np

@@ -27,8 +27,8 @@ the session's hash tag, so every API process and cluster slot sees them:
   after it was last written; deleted with the session.
 
 and in this process for the session's latest turn count and generation, so a warm question costs
-one round trip and one matrix product. Only sessions that keep source (every turn's exact text is there to embed) and have at
-most MAX_TURNS turns are embedded; others rank by words alone.
+one round trip and one matrix product. Only sessions that keep source (every turn's exact text is
+there to embed) and have at most MAX_TURNS turns are embedded; others rank by words alone.
 """
 from __future__ import annotations
 
@@ -220,17 +220,17 @@ def similarities(store: Store, k: SessionKeys, turns: int, keep_source: bool, te
 
 def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.ndarray:
     """The session's first ``turns`` vectors: this process's copy while the session's vectors are of
-    the same generation, else Redis's blocks, the turns missing from them embedded and stored. Under
-    WATCH of the vectors key: a forget meanwhile (memory/erasure.py) drops what this made, and it
-    is made again from the emptied text."""
-    stored: dict[str, Any] = {}
+    the same generation (one HGET), else Redis's blocks, the turns missing from them embedded and
+    stored. Built under WATCH of the vectors key: a forget meanwhile (memory/erasure.py) drops what
+    this made, and it is made again from the emptied text."""
+    generation = store.r.hget(k.vectors, GENERATION)
+    with _lock:
+        hit = _cache.get((k.tag, model.name))
+    if hit is not None and hit[:2] == (turns, generation):
+        return hit[2]
 
-    def build(p: Any) -> np.ndarray:
+    def build(p: Any) -> tuple[bytes | None, np.ndarray]:
         generation = p.hget(k.vectors, GENERATION)
-        with _lock:
-            hit = _cache.get((k.tag, model.name))
-        if hit is not None and hit[:2] == (turns, generation):
-            return hit[2]
         blocks = _load(p, k, model.name)
         rows, changed = [], {}
         for b in range((turns + BLOCK - 1) // BLOCK):
@@ -244,15 +244,13 @@ def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.nda
             p.hset(k.vectors, f"{model.name}:{block_rows.shape[1]}:{b}", block_rows.tobytes())
         if changed:
             p.expire(k.vectors, VEC_TTL_S)
-        stored["generation"] = generation
-        return np.concatenate(rows).astype(np.float32)
+        return generation, np.concatenate(rows).astype(np.float32)
 
-    matrix = store._transaction(build, k.vectors)
-    if "generation" in stored:      # made (not this process's copy): keep it for the next question
-        with _lock:
-            if len(_cache) > 64:
-                _cache.clear()
-            _cache[(k.tag, model.name)] = (turns, stored["generation"], matrix)
+    generation, matrix = store._transaction(build, k.vectors)
+    with _lock:
+        if len(_cache) > 64:
+            _cache.clear()
+        _cache[(k.tag, model.name)] = (turns, generation, matrix)
     return matrix
 
 

@@ -7,23 +7,13 @@ import numpy as np
 
 from optimem.memory import expansion, index as ix, vectors
 from optimem.memory.store import SessionKeys
+from tests.test_recall_question import make, recall
 
 WORK = [
     {"role": "user", "content": "I work nights at the hospital as a nurse.", "time": "2024-03-05T19:00:00Z"},
     {"role": "assistant", "content": "We watched a film about sharks last night.", "time": "2024-03-05T19:01:00Z"},
     {"role": "user", "content": "The weather was lovely for a walk.", "time": "2024-03-05T19:02:00Z"},
 ]
-
-
-def recall(api, sid: str, **body) -> list[dict]:
-    got = api.post(f"/v1/sessions/{sid}/recall", json=body)
-    assert got.status_code == 200, got.text
-    return got.json()["hits"]
-
-
-def make(api, sid: str, turns: list[dict]) -> None:
-    assert api.post("/v1/sessions", json={"id": sid}).status_code == 201
-    assert api.post(f"/v1/sessions/{sid}/turns", json={"turns": turns}).status_code == 200
 
 
 def test_the_shipped_word_vectors_load_with_the_shape_they_were_trained_to():

@@ -8,6 +8,7 @@ import numpy as np
 from optimem.memory import index as ix, vectors
 from optimem.memory.store import SessionKeys
 from optimem.settings import Settings
+from tests.test_recall_question import make, recall
 
 MARRIED = [
     {"role": "Priya", "content": "I've talked it over a lot with my spouse too.", "time": "2024-03-05T19:00:00Z"},
@@ -16,17 +17,6 @@ MARRIED = [
     {"role": "Tom", "content": "My laptop keeps crashing when I open spreadsheets.", "time": "2024-03-05T19:03:00Z"},
 ]
 QUESTION = "Is Priya married?"
-
-
-def recall(api, sid: str, **body) -> list[dict]:
-    got = api.post(f"/v1/sessions/{sid}/recall", json=body)
-    assert got.status_code == 200, got.text
-    return got.json()["hits"]
-
-
-def make(api, sid: str, turns: list[dict]) -> None:
-    assert api.post("/v1/sessions", json={"id": sid}).status_code == 201
-    assert api.post(f"/v1/sessions/{sid}/turns", json={"turns": turns}).status_code == 200
 
 
 def test_the_shipped_model_is_small_numpy_and_speaks_in_index_stems():
