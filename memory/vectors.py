@@ -23,11 +23,13 @@ the session's hash tag, so every API process and cluster slot sees them:
 
 - ``vec`` HASH  "<model>:<dims>:<block>" -> float16 rows of turns block*256 .. block*256+255 (unit
   length); a block short of 256 rows is the session's newest and is grown as turns come; and
-  "forgets" -> a generation a forget sets when it drops the rows (``forget``). Expires VEC_TTL_S
+  "forgets" -> a generation the first build sets and a forget moves when it drops the rows
+  (``forget``), so a process's copy is known stale by one HGET. Expires VEC_TTL_S
   after it was last written; deleted with the session.
 
-and in this process for the session's latest turn count and generation, so a warm question costs
-one round trip and one matrix product. Only sessions that keep source (every turn's exact text is
+and in this process for the session's latest turn count and generation (CACHE_BYTES in all, the
+least recently asked session dropped first), so a warm question costs one round trip and one matrix
+product. Only sessions that keep source (every turn's exact text is
 there to embed) and have at most MAX_TURNS turns are embedded; others rank by words alone.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ import importlib.util
 import logging
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,10 @@ log = logging.getLogger("optimem.recall")
 BLOCK = 256
 MAX_TURNS = 20_000
 VEC_TTL_S = 7 * 86_400
-# (session tag, model) -> (turns, generation, rows): this process's copy of a session's vectors
-_cache: dict[tuple[str, str], tuple[int, bytes | None, np.ndarray]] = {}
+# (session tag, model) -> (turns, generation, rows): this process's copies of sessions' vectors, the
+# least recently asked dropped first past CACHE_BYTES (a 20,000-turn session's rows are 10 MB)
+_cache: OrderedDict[tuple[str, str], tuple[int, bytes, np.ndarray]] = OrderedDict()
+CACHE_BYTES = 128 << 20
 GENERATION = "forgets"      # the vectors key's field a forget moves (``forget``)
 _lock = threading.Lock()
 
@@ -226,12 +230,19 @@ def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.nda
     generation = store.r.hget(k.vectors, GENERATION)
     with _lock:
         hit = _cache.get((k.tag, model.name))
+        if hit is not None:
+            _cache.move_to_end((k.tag, model.name))
     if hit is not None and hit[:2] == (turns, generation):
         return hit[2]
 
-    def build(p: Any) -> tuple[bytes | None, np.ndarray]:
+    def build(p: Any) -> tuple[bytes, np.ndarray]:
         generation = p.hget(k.vectors, GENERATION)
-        blocks = _load(p, k, model.name)
+        # A key with no generation (never built, deleted with its session, expired) gets a new one,
+        # so no process's copy of rows made before (another session of the same name) matches it.
+        fresh = generation is None
+        if fresh:
+            generation = uuid.uuid4().hex.encode()
+        blocks = {} if fresh else _load(p, k, model.name)
         rows, changed = [], {}
         for b in range((turns + BLOCK - 1) // BLOCK):
             want = min(BLOCK, turns - b * BLOCK)
@@ -240,17 +251,20 @@ def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.nda
                 have = changed[b] = _embed_block(store, k, model, b, have, want)
             rows.append(have[:want])
         p.multi()
+        if fresh:
+            p.hset(k.vectors, GENERATION, generation)
         for b, block_rows in changed.items():
             p.hset(k.vectors, f"{model.name}:{block_rows.shape[1]}:{b}", block_rows.tobytes())
-        if changed:
+        if changed or fresh:
             p.expire(k.vectors, VEC_TTL_S)
         return generation, np.concatenate(rows).astype(np.float32)
 
     generation, matrix = store._transaction(build, k.vectors)
     with _lock:
-        if len(_cache) > 64:
-            _cache.clear()
         _cache[(k.tag, model.name)] = (turns, generation, matrix)
+        _cache.move_to_end((k.tag, model.name))
+        while len(_cache) > 1 and sum(rows.nbytes for _, _, rows in _cache.values()) > CACHE_BYTES:
+            _cache.popitem(last=False)
     return matrix
 
 

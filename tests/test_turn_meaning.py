@@ -41,7 +41,8 @@ def test_by_default_recall_finds_a_turn_by_meaning_where_words_find_another(api,
     assert hits[0]["turn"] == 0 and hits[0]["match"] == 0.0      # found by meaning: no word of the question
     k = SessionKeys(tenant, "married")
     fields = [f.decode() for f in memory.store.r.hkeys(vectors.key(k))]
-    assert fields == ["stems:128:0"] and vectors.key(k).startswith(k.tag)     # one cluster slot
+    assert sorted(fields) == sorted([vectors.GENERATION, "stems:128:0"])    # the rows and their generation
+    assert vectors.key(k).startswith(k.tag)                                   # one cluster slot
     # Words alone (OPTIMEM_EMBED_MODEL=words) do not find it first.
     monkeypatch.setattr(memory.settings, "embed_model", "words")
     assert [h["turn"] for h in recall(api, "married", query=QUESTION, limit=2)][:1] != [0]
@@ -85,6 +86,18 @@ def test_a_session_made_again_after_delete_has_no_old_vectors(api, memory, tenan
     assert recall(api, "again", query=QUESTION, limit=3) == []           # nothing of the old text answers
 
 
+def test_a_session_made_again_with_as_many_turns_is_not_served_from_an_old_copy(api, memory, tenant):
+    """This process's copy of a deleted session's vectors must not answer for a new session of the
+    same name and turn count: the copy is keyed by a generation every build sets, not by turns alone."""
+    make(api, "same", MARRIED)
+    assert recall(api, "same", query=QUESTION, limit=1)[0]["turn"] == 0
+    assert api.delete("/v1/sessions/same").status_code in (200, 204)
+    make(api, "same", [{**t, "content": "Spreadsheets again."} for t in MARRIED])
+    assert recall(api, "same", query=QUESTION, limit=3) == []
+    generation = memory.store.r.hget(vectors.key(SessionKeys(tenant, "same")), vectors.GENERATION)
+    assert generation                                                   # set by the build itself
+
+
 def test_appended_turns_are_embedded_when_next_asked(api, memory, tenant):
     make(api, "grows", MARRIED[:2])
     recall(api, "grows", query=QUESTION, limit=1)
@@ -93,3 +106,22 @@ def test_appended_turns_are_embedded_when_next_asked(api, memory, tenant):
     api.post("/v1/sessions/grows/turns", json={"turns": MARRIED[2:]})
     recall(api, "grows", query="what about the laptop crashing", limit=1)
     assert len(memory.store.r.hget(vectors.key(k), "stems:128:0")) == 4 * 128 * 2
+
+
+def test_this_process_keeps_vectors_within_its_byte_budget_least_recently_asked_first(api, tenant, monkeypatch):
+    """A tenant asking many big sessions must not grow an API process without bound: the copies
+    stay within CACHE_BYTES, the least recently asked dropped first."""
+    row_bytes = 4 * 128 * len(MARRIED)                  # one session's float32 rows here
+    monkeypatch.setattr(vectors, "CACHE_BYTES", 2 * row_bytes)
+    names = ["lru-a", "lru-b", "lru-c"]
+    for name in names:
+        make(api, name, MARRIED)
+    recall(api, "lru-a", query=QUESTION, limit=1)
+    recall(api, "lru-b", query=QUESTION, limit=1)
+    recall(api, "lru-a", query=QUESTION, limit=1)      # a asked again: b is now the least recent
+    recall(api, "lru-c", query=QUESTION, limit=1)
+    kept = {tag for tag, _ in vectors._cache}
+    assert SessionKeys(tenant, "lru-a").tag in kept and SessionKeys(tenant, "lru-c").tag in kept
+    assert SessionKeys(tenant, "lru-b").tag not in kept
+    assert sum(rows.nbytes for _, _, rows in vectors._cache.values()) <= 2 * row_bytes
+    assert recall(api, "lru-b", query=QUESTION, limit=1)[0]["turn"] == 0     # dropped copies are rebuilt
