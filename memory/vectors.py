@@ -55,7 +55,7 @@ VEC_TTL_S = 7 * 86_400
 # least recently asked dropped first past CACHE_BYTES (a 20,000-turn session's rows are 10 MB)
 _cache: OrderedDict[tuple[str, str], tuple[int, bytes, np.ndarray]] = OrderedDict()
 CACHE_BYTES = 128 << 20
-GENERATION = "forgets"      # the vectors key's field a forget moves (``forget``)
+GENERATION = "forgets"      # the vectors key's field the first build sets and a forget moves (``forget``)
 _lock = threading.Lock()
 
 
