@@ -43,6 +43,9 @@ only ever written alone or in non-transactional pipelines.
                                              that crossed a tier boundary since (or are new)
     om:{t:s}:forgotten               SET     turns forgotten on request (text gone, number    forget (memory/
                                              kept; their records say ``forgotten``)           erasure.py)
+    om:{t:s}:vec                     HASH    "<model>:<dims>:<block>" -> float16 turn         recall's first
+                                             vectors, "forgets" -> their generation (TTL 7   question (memory/
+                                             days; memory/vectors.py)                        vectors.py); forget
     om:{t:s}:vt:{unit}:{tier}:{rev}  STRING  visual tokens, safetensors bytes (cache, TTL);  model worker, context
                                              unit = page, or m<group> for a mosaic canvas
                                              (its rev then ends ":<generation>", as below)
