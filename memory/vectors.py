@@ -196,10 +196,6 @@ def expands(name: str) -> bool:
     return model is None or model.expand
 
 
-def key(k: SessionKeys) -> str:
-    return k.vectors
-
-
 def forget(p: Any, k: SessionKeys) -> None:
     """In a forget's transaction: drop the session's vectors (they were made from the forgotten
     text) and move their generation, so no process keeps or stores vectors made before it."""
@@ -243,13 +239,9 @@ def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.nda
         if fresh:
             generation = uuid.uuid4().hex.encode()
         blocks = {} if fresh else _load(p, k, model.name)
-        rows, changed = [], {}
-        for b in range((turns + BLOCK - 1) // BLOCK):
-            want = min(BLOCK, turns - b * BLOCK)
-            have = blocks.get(b)
-            if have is None or len(have) < want:
-                have = changed[b] = _embed_block(store, k, model, b, have, want)
-            rows.append(have[:want])
+        changed = _embed_missing(store, k, model, blocks, turns)
+        blocks.update(changed)
+        rows = [blocks[b][:min(BLOCK, turns - b * BLOCK)] for b in range((turns + BLOCK - 1) // BLOCK)]
         p.multi()
         if fresh:
             p.hset(k.vectors, GENERATION, generation)
@@ -280,12 +272,23 @@ def _load(r: Any, k: SessionKeys, name: str) -> dict[int, np.ndarray]:
     return out
 
 
-def _embed_block(store: Store, k: SessionKeys, model: Embedder, block: int, have: np.ndarray | None,
-                 want: int) -> np.ndarray:
-    """The block's rows: those it has, and its turns not embedded yet (their source text)."""
-    start = block * BLOCK + (0 if have is None else len(have))
-    end = block * BLOCK + want
-    sources = store.sources(k, range(start, end))
-    texts = [sources.get(t, {}).get("content", "") or " " for t in range(start, end)]
-    new = model(texts).astype(np.float16)
-    return new if have is None else np.concatenate([have, new])
+def _embed_missing(store: Store, k: SessionKeys, model: Embedder, blocks: dict[int, np.ndarray],
+                   turns: int) -> dict[int, np.ndarray]:
+    """block -> its rows grown to cover the session's first ``turns`` turns, for the blocks short of
+    them: the missing turns' source text read in one round trip and embedded in one call."""
+    short = {}
+    for b in range((turns + BLOCK - 1) // BLOCK):
+        have = len(blocks[b]) if b in blocks else 0
+        if have < min(BLOCK, turns - b * BLOCK):
+            short[b] = range(b * BLOCK + have, min((b + 1) * BLOCK, turns))
+    if not short:
+        return {}
+    missing = [t for span in short.values() for t in span]
+    sources = store.sources(k, missing)
+    new = model([sources.get(t, {}).get("content", "") or " " for t in missing]).astype(np.float16)
+    out, at = {}, 0
+    for b, span in short.items():
+        rows = new[at:at + len(span)]
+        at += len(span)
+        out[b] = rows if b not in blocks else np.concatenate([blocks[b], rows])
+    return out

@@ -159,7 +159,7 @@ def test_words_alone_keep_no_vectors(api, memory, tenant, monkeypatch):
     make(api, "plain", TALK)
     assert recall(api, "plain", query="spicy ramen", limit=1)
     assert vectors.embedder("words") is None and vectors.embedder("") is None
-    assert not memory.store.r.exists(vectors.key(SessionKeys(tenant, "plain")))
+    assert not memory.store.r.exists(SessionKeys(tenant, "plain").vectors)
 
 
 def test_meaning_beside_words_and_vectors_kept_per_session_under_its_hash_tag(api, memory, tenant, wordllama):
@@ -171,7 +171,7 @@ def test_meaning_beside_words_and_vectors_kept_per_session_under_its_hash_tag(ap
     make(api, "meaning", turns)
     assert recall(api, "meaning", query="What am I most afraid of?", limit=1)[0]["turn"] == 0   # no word shared
     k = SessionKeys(tenant, "meaning")
-    key = vectors.key(k)
+    key = k.vectors
     assert key.startswith(k.tag) and "{" in key            # one cluster slot with the session's other keys
     fields = [f for f in memory.store.r.hkeys(key) if f.decode() != vectors.GENERATION]
     assert len(fields) == 1 and fields[0].decode().startswith(f"{wordllama.name}:")
@@ -186,7 +186,7 @@ def test_meaning_beside_words_and_vectors_kept_per_session_under_its_hash_tag(ap
     # A forget-for-real session keeps no source to embed: words alone, no vectors.
     make(api, "forgets", turns, keep_source=False)
     recall(api, "forgets", query="What am I most afraid of?", limit=1)
-    assert not memory.store.r.exists(vectors.key(SessionKeys(tenant, "forgets")))
+    assert not memory.store.r.exists(SessionKeys(tenant, "forgets").vectors)
 
 
 def test_a_local_sentence_transformers_model_plumbs_through(api, memory, tenant, tmp_path, monkeypatch):
@@ -204,7 +204,7 @@ def test_a_local_sentence_transformers_model_plumbs_through(api, memory, tenant,
     try:
         make(api, "tiny", TALK)
         assert recall(api, "tiny", query="spicy ramen", limit=2)
-        fields = [f.decode() for f in memory.store.r.hkeys(vectors.key(SessionKeys(tenant, "tiny")))]
+        fields = [f.decode() for f in memory.store.r.hkeys(SessionKeys(tenant, "tiny").vectors)]
         assert sorted(fields) == [vectors.GENERATION, "st-tiny-model:32:0"]
         # Beside a sentence model the question's words are not widened by word vectors (did not pay).
         assert not vectors.expands(str(folder)) and vectors.expands("")
@@ -235,7 +235,7 @@ def test_minilm_is_the_sentence_model_packaged_in_its_wheel_and_finds_by_meaning
         assert vectors.embedder("minilm").name == "st-minilm" and vectors.weight("minilm") == vectors.SENTENCE_WEIGHT
         make(api, "fears", FEARS)
         assert recall(api, "fears", query="What am I most afraid of?", limit=1)[0]["turn"] == 2
-        fields = [f.decode() for f in memory.store.r.hkeys(vectors.key(SessionKeys(tenant, "fears")))]
+        fields = [f.decode() for f in memory.store.r.hkeys(SessionKeys(tenant, "fears").vectors)]
         assert sorted(fields) == [vectors.GENERATION, "st-minilm:384:0"]
     finally:
         vectors.embedder.cache_clear()

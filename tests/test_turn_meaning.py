@@ -40,9 +40,9 @@ def test_by_default_recall_finds_a_turn_by_meaning_where_words_find_another(api,
     hits = recall(api, "married", query=QUESTION, limit=2)
     assert hits[0]["turn"] == 0 and hits[0]["match"] == 0.0      # found by meaning: no word of the question
     k = SessionKeys(tenant, "married")
-    fields = [f.decode() for f in memory.store.r.hkeys(vectors.key(k))]
+    fields = [f.decode() for f in memory.store.r.hkeys(k.vectors)]
     assert sorted(fields) == sorted([vectors.GENERATION, "stems:128:0"])    # the rows and their generation
-    assert vectors.key(k).startswith(k.tag)                                   # one cluster slot
+    assert k.vectors.startswith(k.tag)                                   # one cluster slot
     # Words alone (OPTIMEM_EMBED_MODEL=words) do not find it first.
     monkeypatch.setattr(memory.settings, "embed_model", "words")
     assert [h["turn"] for h in recall(api, "married", query=QUESTION, limit=2)][:1] != [0]
@@ -52,7 +52,7 @@ def test_a_question_with_no_known_word_or_far_from_every_turn_finds_nothing_by_m
     make(api, "far", MARRIED)
     assert recall(api, "far", query="qwxz zzkq", limit=3) == []        # a zero vector: words alone
     assert recall(api, "far", query="她结婚了吗", limit=3) == []          # a language the model does not know
-    assert not memory.store.r.exists(vectors.key(SessionKeys(tenant, "far")))    # so nothing was embedded
+    assert not memory.store.r.exists(SessionKeys(tenant, "far").vectors)    # so nothing was embedded
     # Known words, but no turn within the floor's cosine and none sharing a word: nothing.
     assert recall(api, "far", query="tax deductions for freelance accountants", limit=3) == []
 
@@ -62,15 +62,15 @@ def test_a_forgotten_turn_leaves_the_vectors_and_is_no_longer_found_by_meaning(a
     assert recall(api, "forget", query=QUESTION, limit=1)[0]["turn"] == 0
     k = SessionKeys(tenant, "forget")
     r = memory.store.r
-    before = r.hget(vectors.key(k), "stems:128:0")
+    before = r.hget(k.vectors, "stems:128:0")
     assert np.frombuffer(before, dtype=np.float16).reshape(-1, 128)[0].any()
     assert api.delete("/v1/sessions/forget/turns/0").status_code == 200
     # The forget dropped every row and moved the generation: no process serves its old copy.
-    assert [f.decode() for f in r.hkeys(vectors.key(k))] == [vectors.GENERATION]
-    assert 0 < r.ttl(vectors.key(k)) <= vectors.VEC_TTL_S
+    assert [f.decode() for f in r.hkeys(k.vectors)] == [vectors.GENERATION]
+    assert 0 < r.ttl(k.vectors) <= vectors.VEC_TTL_S
     hits = recall(api, "forget", query=QUESTION, limit=3)
     assert 0 not in [h["turn"] for h in hits]
-    after = np.frombuffer(r.hget(vectors.key(k), "stems:128:0"), dtype=np.float16).reshape(-1, 128)
+    after = np.frombuffer(r.hget(k.vectors, "stems:128:0"), dtype=np.float16).reshape(-1, 128)
     assert len(after) == 4 and not after[0].any() and after[1:].any()     # made again from the emptied text
 
 
@@ -78,9 +78,9 @@ def test_a_session_made_again_after_delete_has_no_old_vectors(api, memory, tenan
     make(api, "again", MARRIED)
     recall(api, "again", query=QUESTION, limit=1)
     k = SessionKeys(tenant, "again")
-    assert memory.store.r.exists(vectors.key(k))
+    assert memory.store.r.exists(k.vectors)
     assert api.delete("/v1/sessions/again").status_code in (200, 204)
-    assert not memory.store.r.exists(vectors.key(k))
+    assert not memory.store.r.exists(k.vectors)
     other = [{**t, "content": "Spreadsheets again."} for t in MARRIED[:2]]
     make(api, "again", other)
     assert recall(api, "again", query=QUESTION, limit=3) == []           # nothing of the old text answers
@@ -94,7 +94,7 @@ def test_a_session_made_again_with_as_many_turns_is_not_served_from_an_old_copy(
     assert api.delete("/v1/sessions/same").status_code in (200, 204)
     make(api, "same", [{**t, "content": "Spreadsheets again."} for t in MARRIED])
     assert recall(api, "same", query=QUESTION, limit=3) == []
-    generation = memory.store.r.hget(vectors.key(SessionKeys(tenant, "same")), vectors.GENERATION)
+    generation = memory.store.r.hget(SessionKeys(tenant, "same").vectors, vectors.GENERATION)
     assert generation                                                   # set by the build itself
 
 
@@ -102,10 +102,10 @@ def test_appended_turns_are_embedded_when_next_asked(api, memory, tenant):
     make(api, "grows", MARRIED[:2])
     recall(api, "grows", query=QUESTION, limit=1)
     k = SessionKeys(tenant, "grows")
-    assert len(memory.store.r.hget(vectors.key(k), "stems:128:0")) == 2 * 128 * 2
+    assert len(memory.store.r.hget(k.vectors, "stems:128:0")) == 2 * 128 * 2
     api.post("/v1/sessions/grows/turns", json={"turns": MARRIED[2:]})
     recall(api, "grows", query="what about the laptop crashing", limit=1)
-    assert len(memory.store.r.hget(vectors.key(k), "stems:128:0")) == 4 * 128 * 2
+    assert len(memory.store.r.hget(k.vectors, "stems:128:0")) == 4 * 128 * 2
 
 
 def test_this_process_keeps_vectors_within_its_byte_budget_least_recently_asked_first(api, tenant, monkeypatch):
