@@ -139,16 +139,35 @@ def doc_turn(doc: str) -> tuple[int, int | None]:
 # -- writes (queued on a pipeline, inside the caller's MULTI) -----------------------------------
 def add(p, tag: str, doc: str, text: str) -> None:
     """Queue the writes that index ``text`` as ``doc`` (which must not be indexed already)."""
-    counts = Counter(tokens(text))
-    length = sum(counts.values())
-    if not counts:
+    add_many(p, tag, [(doc, text)])
+
+
+def add_many(p, tag: str, docs: Iterable[tuple[str, str]]) -> None:
+    """Queue the writes that index each (doc, text), none indexed already: one ZADD per term and
+    one vocabulary count per term for them all, so a 1,000-turn append queues a few thousand
+    commands, not two per term of every turn."""
+    postings: dict[str, dict[str, int]] = {}
+    vocab: Counter = Counter()
+    entries: dict[str, str] = {}
+    tokens_in = 0
+    for doc, text in docs:
+        counts = Counter(tokens(text))
+        if not counts:
+            continue
+        length = sum(counts.values())
+        for term, tf in counts.items():
+            postings.setdefault(term, {})[doc] = tf * TF_SHIFT + min(length, TF_SHIFT - 1)
+        vocab.update(counts.keys())
+        entries[doc] = f"{length} " + " ".join(counts)
+        tokens_in += length
+    if not entries:
         return
-    for term, tf in counts.items():
-        p.zadd(post_key(tag, term), {doc: tf * TF_SHIFT + min(length, TF_SHIFT - 1)})
-        p.zincrby(vocab_key(tag), 1, term)
-    p.hset(docs_key(tag), doc, f"{length} " + " ".join(counts))
-    p.hincrby(stats_key(tag), "docs", 1)
-    p.hincrby(stats_key(tag), "tokens", length)
+    for term, scored in postings.items():
+        p.zadd(post_key(tag, term), scored)
+        p.zincrby(vocab_key(tag), vocab[term], term)
+    p.hset(docs_key(tag), mapping=entries)
+    p.hincrby(stats_key(tag), "docs", len(entries))
+    p.hincrby(stats_key(tag), "tokens", tokens_in)
 
 
 def remove(p, tag: str, entries: dict[str, str | bytes | None]) -> None:

@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
 
 from redis.client import Pipeline
@@ -300,8 +300,9 @@ class Store:
             p.multi()
             for offset, turn in enumerate(turns):
                 turn.index = first + offset
-                p.hset(k.turns, turn.index, json.dumps(asdict(turn)))
-                ix.add(p, k.tag, ix.source_doc(turn.index), turn.content)
+            if turns:
+                p.hset(k.turns, mapping={turn.index: json.dumps(vars(turn)) for turn in turns})
+            ix.add_many(p, k.tag, ((ix.source_doc(turn.index), turn.content) for turn in turns))
             p.hset(k.meta, mapping={"next_turn": first + len(turns),
                                     "text_tokens": int(counted) + sum(t.tokens for t in turns)})
             return first
@@ -379,7 +380,7 @@ class Store:
             p.multi()
             ix.remove(p, k.tag, unindex)
             for record, png, lines in pages:
-                p.hset(k.pages, record.page, json.dumps(asdict(record)))
+                p.hset(k.pages, record.page, json.dumps(vars(record)))
                 p.zadd(k.by_turn, {record.page: record.last_turn})
                 p.hset(k.page_info, record.page, page_entry(record))
                 p.hset(k.png, record.page, png)
@@ -387,7 +388,7 @@ class Store:
             for index in range(expect[0], last.last_turn + 1):
                 turn = turns[index]
                 if index == last.last_turn and last.end_offset < len(turn.content):
-                    p.hset(k.turns, index, json.dumps(asdict(turn)))  # caller moved start/tokens
+                    p.hset(k.turns, index, json.dumps(vars(turn)))  # caller moved start/tokens
                     continue
                 if keep_source:
                     p.hset(k.source, index, json.dumps(
@@ -583,8 +584,7 @@ class Store:
             old = self._page_docs(p, k, page)
             p.multi()
             ix.remove(p, k.tag, old)
-            for turn, text in texts.items():
-                ix.add(p, k.tag, ix.page_doc(page, turn), text)
+            ix.add_many(p, k.tag, ((ix.page_doc(page, turn), text) for turn, text in texts.items()))
             p.hset(ix.pages_key(k.tag), page, tier)
             return True
 
