@@ -74,16 +74,31 @@ class Sealer(Generic[Job]):
         with self._cond:
             return tag in self._pending or tag in self._running
 
+    def asked(self, tag: str) -> int:
+        """The number of the latest seal asked for ``tag`` and not done yet (0: none owed)."""
+        with self._cond:
+            return self._last.get(tag, 0)
+
     def wait_owed(self, tag: str, timeout_s: float | None = None) -> bool:
         """For a read: wait for the seals of ``tag`` asked for before now (not those asked later),
         done on the sealer thread, at most ``timeout_s``. The caller's compute turn goes to another
         thread meanwhile. False if it stopped waiting (the read then serves the turns as text)."""
-        deadline = time.monotonic() + (READ_WAIT_S if timeout_s is None else timeout_s)
-        with COMPUTE.aside(), self._cond:
+        with self._cond:
             owed = self._last.get(tag)
+        return self._wait(tag, owed, time.monotonic() + (READ_WAIT_S if timeout_s is None else timeout_s))
+
+    def wait_asked(self, tag: str, asked: int) -> None:
+        """Wait, as long as it takes, for the seals of ``tag`` asked up to number ``asked`` (taken
+        from ``asked()`` earlier), done on the sealer thread: later ones may still be running. A
+        bulk writer appends its next chunk while the last one is typeset, and waits here for the
+        one before, so the backlog stays one chunk deep."""
+        self._wait(tag, asked or None, None)
+
+    def _wait(self, tag: str, owed: int | None, deadline: float | None) -> bool:
+        with COMPUTE.aside(), self._cond:
             while owed is not None and self._first.get(tag, owed + 1) <= owed:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     return False
                 self._cond.wait(left)
             return True

@@ -265,12 +265,23 @@ class Memory:
                 searchable.drop_gone(self.store, k, changed)
         return sealed
 
-    def settle(self, session: str, *, tenant: str = DEFAULT_TENANT) -> None:
+    def settle(self, session: str, *, tenant: str = DEFAULT_TENANT, asked: int | None = None) -> None:
         """Wait until the pages this process owes the session are sealed (background sealing),
         however long that takes (a read of the session waits at most ``sealer.READ_WAIT_S`` and
-        serves the turns not yet on a page as text)."""
-        if self._sealer is not None:
-            self._sealer.settle(self.keys(session, tenant).tag, timeout_s=None)
+        serves the turns not yet on a page as text). ``asked``: only those owed when
+        ``seals_asked`` gave that number; seals asked since may still run (a bulk writer's next
+        chunk appended while the last one is typeset)."""
+        if self._sealer is None:
+            return
+        tag = self.keys(session, tenant).tag
+        if asked is None:
+            self._sealer.settle(tag, timeout_s=None)
+        else:
+            self._sealer.wait_asked(tag, asked)
+
+    def seals_asked(self, session: str, *, tenant: str = DEFAULT_TENANT) -> int:
+        """The number of the session's latest seal asked for and not done (0: none), for ``settle``."""
+        return 0 if self._sealer is None else self._sealer.asked(self.keys(session, tenant).tag)
 
     def add(self, session: str, content: str, role: str = "user", *, time: str | None = None,
             tenant: str = DEFAULT_TENANT) -> Appended:

@@ -296,6 +296,7 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
         memory.store.import_alive(k, time.time())
         chunk: list[dict[str, Any]] = []
         forgotten: list[int] = []
+        owed = 0            # the seal the last chunk asked for
         for raw in checked.spool:
             obj = json.loads(raw)
             if "turn" not in obj:
@@ -305,8 +306,10 @@ def replay(memory, checked: Checked, session: str | None = None, *, tenant: str,
             chunk.append(_appended(obj))
             if len(chunk) == CHUNK:
                 memory.append(sid, chunk, tenant=tenant)
-                # Pages sealed before the next chunk: a seal backlog would typeset (and hold) them all at once.
-                memory.settle(sid, tenant=tenant)
+                # This chunk is appended while the last one is typeset (two cores at work), then the
+                # last one's pages are waited for: a deeper backlog would typeset (and hold) it all at once.
+                memory.settle(sid, tenant=tenant, asked=owed)
+                owed = memory.seals_asked(sid, tenant=tenant)
                 memory.store.import_alive(k, time.time())
                 if progress:
                     progress(len(chunk))

@@ -251,6 +251,36 @@ def test_a_read_waits_for_the_seals_asked_before_it_began_not_for_later_ones():
     sealer.stop(1)
 
 
+def test_a_bulk_writer_waits_for_the_seal_it_asked_before_not_for_the_one_running_now():
+    from optimem.memory.sealer import Sealer
+
+    started, release = [], {1: threading.Event(), 2: threading.Event()}
+
+    def seal(job):
+        started.append(job)
+        release[job].wait(10)
+
+    sealer = Sealer(seal)
+    assert sealer.asked("t") == 0
+    sealer.wait_asked("t", 0)                 # nothing asked: no wait
+    sealer.request("t", 1)
+    mark = sealer.asked("t")
+    while not started:
+        time.sleep(0.01)
+    sealer.request("t", 2)                    # the next chunk, appended while job 1 runs
+    waited = threading.Event()
+    writer = threading.Thread(target=lambda: (sealer.wait_asked("t", mark), waited.set()))
+    writer.start()
+    assert not waited.wait(0.2)               # job 1 still runs: the writer waits
+    release[1].set()
+    assert waited.wait(5)                     # job 1 done: on, though job 2 is owed
+    while len(started) < 2:
+        time.sleep(0.01)
+    assert sealer.pending("t")
+    release[2].set()
+    sealer.stop(1)
+
+
 def test_recall_over_a_text_backlog_reads_only_the_turns_it_asks_about(redis_server, reader, tmp_path, tenant,
                                                                         monkeypatch):
     """Issue 21 item 6 / issue 25 item 3: right after a bulk import the turns are text while the

@@ -258,3 +258,31 @@ def test_an_import_killed_part_way_is_marked_and_a_new_import_of_the_id_replaces
     done = transfer.import_file(memory, out, "copy", tenant="killtenant")
     whole = memory.session("big", tenant="killtenant")
     assert (done.turns, done.pages, done.importing) == (whole.turns, whole.pages, False)
+
+
+def test_an_import_appends_each_chunk_while_the_last_is_sealed_and_keeps_the_backlog_one_chunk_deep(
+        redis_server, reader, tmp_path, chat, monkeypatch):
+    """The replay appends chunk n+1 while chunk n is typeset, then waits for chunk n's pages: the
+    pages come out the same, byte for byte, and the text never holds more than two chunks past
+    the recent budget (a replay that never waited would leave the whole file as text)."""
+    from optimem.memory import transfer
+    from optimem.memory.service import Memory
+
+    monkeypatch.setattr(transfer, "CHUNK", 150)
+    with Memory(settings_for(redis_server, tmp_path, seal_background=True), backend=reader) as m:
+        m.create_session("orig", tenant="overlap")
+        for i in range(0, 900, 150):
+            m.append("orig", chat[i:i + 150], tenant="overlap")
+            m.settle("orig", tenant="overlap")
+        path = tmp_path / "orig.jsonl"
+        path.write_bytes(b"".join(transfer.export(m, "orig", tenant="overlap")))
+        k = SessionKeys("overlap", "copy")
+        backlog = []
+        transfer.import_file(m, path, "copy", tenant="overlap",
+                             progress=lambda n: backlog.append(len(m.store.text_turns(k))))
+        budget_turns = len(m.store.text_turns(SessionKeys("overlap", "orig")))
+        assert len(backlog) == 6 and max(backlog) <= budget_turns + 2 * 150 + 40, backlog
+        pages = m.session("orig", tenant="overlap").pages
+        assert pages >= 8 and m.session("copy", tenant="overlap").pages == pages
+        for page in range(pages):
+            assert m.store.png(SessionKeys("overlap", "orig"), page) == m.store.png(k, page), page
