@@ -45,6 +45,29 @@ def test_append_indexes_turns_at_once_and_paraphrases_find_them(memory, tenant):
         assert found(memory, k, query)[0] == 120, query
 
 
+def test_fuzzy_matching_reads_the_vocabulary_again_only_past_one_percent_more_turns(memory, tenant, monkeypatch):
+    """A question follows every append in a chat: the vocabulary (for typos) is not read again for
+    each one, only once the session has 1% more documents, or fewer (a forget)."""
+    memory.create_session("voc", curve="keep", tenant=tenant)
+    turns = turns_with(300, at=40, content="my storage locker code is 4817-QX")
+    memory.append("voc", turns, tenant=tenant)
+    k = SessionKeys(tenant, "voc")
+    reads = []
+    zrange = memory.store.r.zrange
+    monkeypatch.setattr(memory.store.r, "zrange", lambda key, *a, **kw: (
+        reads.append(key) if key == ix.vocab_key(k.tag) else None) or zrange(key, *a, **kw))
+    assert found(memory, k, "storag lockr cdoe")[0] == 40 and len(reads) == 1
+    memory.append("voc", [{"role": "user", "content": "my neighbour Wilhelmina fixed the boiler"}], tenant=tenant)
+    assert found(memory, k, "storag lockr cdoe")[0] == 40 and len(reads) == 1       # one doc more: cached
+    assert found(memory, k, "Wilhelmina")[0] == 300                                  # exact: found at once
+    memory.append("voc", [{"role": "user", "content": f"turn number {i} about gardening"} for i in range(3)],
+                  tenant=tenant)
+    assert found(memory, k, "Wilhelmna")[0] == 300 and len(reads) == 2              # past 1%: read again
+    memory.forget("voc", 300, tenant=tenant)
+    found(memory, k, "storag lockr")
+    assert len(reads) == 3                                                            # fewer docs: read again
+
+
 def test_chinese_turns_are_found_by_a_phrase_of_them(memory, tenant):
     memory.create_session("zh", curve="keep", tenant=tenant)
     turns = chinese()                       # 22 paragraphs of real Chinese chat
