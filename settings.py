@@ -57,6 +57,7 @@ class Settings:
     # folder, or "words" / "" for words alone
     embed_model: str = "stems"
     read_threads: int = 1          # page reads at once per process (a dedicated pool, off the request threads)
+    ocr_threads: int = 0           # the CPU reader's threads for one read; 0: every core the process may use, at most 4
     recall_concurrency: int = 64   # recalls at once per process, on their own threads (not FastAPI's pool); past it 503
     recall_compute: int = 2        # of those, computing at once (the rest wait for reads or a turn): about the cores
     tenant_recalls: int = 32       # one tenant's recalls at once, across every API process (Redis); past it 429; 0: no cap

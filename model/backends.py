@@ -17,11 +17,12 @@ NAMES = ("rapidocr", "deepseek-ocr2", "vllm")
 
 def load(settings: "Settings") -> Backend:
     """The backend ``settings.backend`` names, built from ``settings`` (model_path, device, dtype,
-    vllm_url, vllm_model, vllm_api_key; family for the rapidocr reader's ladder)."""
+    vllm_url, vllm_model, vllm_api_key; family and ocr_threads for the rapidocr reader)."""
     name = settings.backend
     if name == "rapidocr":
         from optimem.model.rapidocr_backend import RapidOcrBackend
-        return RapidOcrBackend(ladder=ladder_for(settings.family))
+        return RapidOcrBackend(ladder=ladder_for(settings.family),
+                               threads=settings.ocr_threads if settings.ocr_threads > 0 else None)
     if name == "deepseek-ocr2":
         from optimem.model.deepseek_ocr2 import DeepseekOcr2Backend
         compile_ = settings.compile.strip().lower()

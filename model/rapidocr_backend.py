@@ -48,14 +48,16 @@ LINES_PER_TURN_OF_LOCK = 8      # line crops recognised per hold of the engine l
 
 
 def _default_threads() -> int:
-    """Half the cores this process may use (at most 4). The reader works in the background beside
-    the API and Redis; on a busy 2-core machine one thread read a page in less wall and CPU time
-    than two (2.6 vs 4.1 CPU-s), and one page's OCR does not scale past a few threads anyway."""
+    """Every core this process may use (at most 4): reads are one at a time per process (the run
+    lock), and a recall waits on them. With onnxruntime's spin-waiting off (``_reuse_memory``), 2
+    threads on 2 cores answered cold recalls of 30-word turns in p95 0.95 s against 1.63 s with 1,
+    and with another job holding a core 1.79-1.81 s against 1.60-1.88 s (with spinning on, 2
+    threads were worse there: 2.4-2.5 s); bench/RESULTS.md. ``OPTIMEM_OCR_THREADS`` sets fewer."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores // 2, 4))
+    return max(1, min(cores, 4))
 
 
 # Views whose page side is at most this (the mosaic cells) have the dotted zero's probability
@@ -311,8 +313,8 @@ def _best_line(boxes: list[LineBox], piece: _Piece) -> int | None:
 
 
 def _reuse_memory(session: Any, model: Path) -> None:
-    """Reload rapidocr's recogniser session with onnxruntime's memory pattern off and its memory
-    arena on (rapidocr has a setting for neither here). Every line crop is an input width of its
+    """Reload rapidocr's recogniser session with onnxruntime's memory pattern off, its memory
+    arena on and its threads not spinning (rapidocr has a setting for none of them here). Every line crop is an input width of its
     own: with the pattern on, the session kept memory per input shape it had seen (a reader grew
     ~250 MB over its first 250 crops and went on with each new width; issue 10's soak). With the
     arena off, each run's tensors were malloc'ed and freed, and glibc kept the freed memory in
@@ -323,6 +325,9 @@ def _reuse_memory(session: Any, model: Path) -> None:
     options = session.session.get_session_options()
     options.enable_mem_pattern = False
     options.enable_cpu_mem_arena = True
+    # Threads sleep between runs instead of spinning: spinning threads took the cores the API and
+    # another job needed (cold recalls 2.4-2.5 s p95 against 1.8 s with a core taken).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session.session = ort.InferenceSession(str(model), sess_options=options, providers=session.session.get_providers())
 
 

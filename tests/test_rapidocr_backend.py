@@ -259,3 +259,20 @@ def test_a_missing_rapidocr_is_model_unavailable(monkeypatch):
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="lines"):
         RapidOcrBackend(mode="fast")
+
+
+def test_ocr_threads_reach_the_recogniser_and_its_threads_do_not_spin(tmp_path):
+    """OPTIMEM_OCR_THREADS sets the recogniser's threads (0: every core, at most 4); its threads
+    sleep between runs (spinning ones took the cores another job needed: bench/RESULTS.md)."""
+    import os
+
+    from optimem.model.backends import load
+    from optimem.settings import Settings
+
+    cores = min(len(os.sched_getaffinity(0)), 4)
+    assert load(Settings.from_env({}, data_dir=tmp_path)).threads == cores
+    reader = load(Settings.from_env({"OPTIMEM_OCR_THREADS": "1"}, data_dir=tmp_path))
+    assert reader.threads == 1
+    options = reader._load().text_rec.session.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
