@@ -18,10 +18,11 @@
   again, each model with each setting (a sentence model turns expansion off itself);
   ``--vectors`` ranks with another vectors file (``bench/train_word_vectors.py --out``);
   ``--split tune`` prints only the tune half (while tuning).
+- Settings come from the environment (``OPTIMEM_OCR_THREADS=1``, ...) where the bench does not set them.
 - cold: a 700-turn session (chat0, chat1 and the start of chat2 of the set, one after another)
   right after import, ``--e2e`` of its questions through ``Memory.recall`` (index, then reading
   the hit turns' lines off the pages at their tiers, nothing read before): p50/p95 seconds cold
-  and asked again at once (warm).
+  and asked again at once (warm); and 700 long real turns (>= 25 words, 30 on average), cold.
 - scale: sessions of ``--sizes`` turns (real chitchat turns, conversation after conversation):
   index search p50/p95; locating the hit turn's pages by the page index against reading and
   placing every page record (the path before, same run); end-to-end recall p50/p95 of questions on
@@ -216,6 +217,33 @@ def cold(memory: Memory, e2e: int) -> dict:
                for name, at in (("p50", 0.5), ("p95", 0.95))}}
 
 
+def cold_long(memory: Memory, e2e: int, words: int = 25) -> dict:
+    """The cold timing on long turns: 700 real chitchat turns of >= ``words`` words (30 on average,
+    as in chats between friends over months; the set's are 8), in corpus order, imported, then
+    ``e2e`` questions in the person's own words ("what did I say about X and Y?") through
+    ``Memory.recall``, nothing read before each. A long hit turn is more lines to read."""
+    turns: list[dict] = []
+    for _, ts in conversations():
+        turns += [dict(t) for t in ts if len(t["content"].split()) >= words]
+        if len(turns) >= 700:
+            break
+    turns = turns[:700]
+    asked = [(turn, query) for turn, form, query in own_word_questions(turns, e2e, random.Random(3))
+             if form == "question"][:e2e]
+    import_session(memory, "cold700long", turns)
+    k = SessionKeys(TENANT, "cold700long")
+    took, found = [], 0
+    for turn, query in asked:
+        memory.store.r.delete(k.decoded)
+        t0 = time.perf_counter()
+        got = memory.recall("cold700long", query, tenant=TENANT)
+        took.append(time.perf_counter() - t0)
+        found += turn in [h.turn for h in got.hits]
+    return {"turns": len(turns), "words_per_turn": round(sum(len(t["content"].split()) for t in turns) / len(turns), 1),
+            "questions": len(asked), "found_at_5": round(found / max(1, len(asked)), 3),
+            "cold_p50_s": round(pct(took, 0.5), 3), "cold_p95_s": round(pct(took, 0.95), 3)}
+
+
 def scale(memory: Memory, size: int, rng: random.Random, queries: int = 40) -> dict:
     # Real turns, conversation after conversation (no repeats below ~200k turns: a repeated turn
     # would tie with its copies and send recall to the oldest, faded one, reading nothing).
@@ -337,7 +365,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp)).start()
         try:
-            settings = Settings(data_dir=Path(tmp), redis_url=f"unix://{server.socket}", worker=False,
+            settings = Settings.from_env(None, data_dir=Path(tmp), redis_url=f"unix://{server.socket}", worker=False,
                                 read_threads=args.read_threads)
             with Memory(settings) as memory:
                 memory.backend.decode([])     # load the reader's models before timing anything
@@ -350,10 +378,12 @@ def main() -> None:
                 _expand(shipped)
                 memory.settings.embed_model = Settings.embed_model    # the default (the class attribute), for the timings
                 c = cold(memory, args.e2e) if args.e2e else {}
+                c_long = cold_long(memory, args.e2e) if args.e2e else {}
                 sizes = [scale(memory, int(s), rng) for s in args.sizes.split(",") if s]
         finally:
             server.stop()
-    result = {"machine": machine(), "quality": {m: r["summary"] for m, r in q.items()}, "cold": c, "scale": sizes,
+    result = {"machine": machine(), "quality": {m: r["summary"] for m, r in q.items()}, "cold": c,
+              "cold_long_turns": c_long, "scale": sizes,
               "first_question": {m: r["first_question"] for m, r in q.items()}, "read_threads": args.read_threads,
               "questions": {m: r["rows"] for m, r in q.items()}}
     Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
@@ -363,6 +393,7 @@ def main() -> None:
               {name: f["first_question_s"] for name, f in r["first_question"].items()})
     if c:
         print(f"\n700-turn session right after import, through Memory.recall: {json.dumps(c)}")
+        print(f"700 long turns right after import, cold: {json.dumps(c_long)}")
     print("\nscale (real turns repeated; recall = index + reading the hits' lines, nothing read before)")
     for s in sizes:
         print(json.dumps(s))
