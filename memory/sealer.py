@@ -83,25 +83,33 @@ class Sealer(Generic[Job]):
         """For a read: wait for the seals of ``tag`` asked for before now (not those asked later),
         done on the sealer thread, at most ``timeout_s``. The caller's compute turn goes to another
         thread meanwhile. False if it stopped waiting (the read then serves the turns as text)."""
-        with self._cond:
-            owed = self._last.get(tag)
-        return self._wait(tag, owed, time.monotonic() + (READ_WAIT_S if timeout_s is None else timeout_s))
-
-    def wait_asked(self, tag: str, asked: int) -> None:
-        """Wait, as long as it takes, for the seals of ``tag`` asked up to number ``asked`` (taken
-        from ``asked()`` earlier), done on the sealer thread: later ones may still be running. A
-        bulk writer appends its next chunk while the last one is typeset, and waits here for the
-        one before, so the backlog stays one chunk deep."""
-        self._wait(tag, asked or None, None)
-
-    def _wait(self, tag: str, owed: int | None, deadline: float | None) -> bool:
+        deadline = time.monotonic() + (READ_WAIT_S if timeout_s is None else timeout_s)
         with COMPUTE.aside(), self._cond:
+            owed = self._last.get(tag)
             while owed is not None and self._first.get(tag, owed + 1) <= owed:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     return False
                 self._cond.wait(left)
             return True
+
+    def wait_asked(self, tag: str, asked: int) -> None:
+        """Return once the seals of ``tag`` asked up to number ``asked`` (from ``asked()`` earlier)
+        are done, however long that takes; later ones may still be running. A bulk writer appends
+        its next chunk while the sealer thread seals the last one, then waits here for that one,
+        so the backlog stays one chunk deep. A seal still waiting its turn (the sealer thread busy
+        with other sessions) is done on this thread, as ``settle`` does: never behind other tenants."""
+        while True:
+            job = None
+            with COMPUTE.aside(), self._cond:
+                if not asked or self._first.get(tag, asked + 1) > asked:
+                    return
+                if tag in self._pending and tag not in self._running:
+                    job = self._take(tag)
+                else:
+                    self._cond.wait()
+            if job is not None:
+                self._run(tag, job)
 
     def settle(self, tag: str, timeout_s: float | None = None) -> bool:
         """Return once nothing is pending for ``tag`` here: seal it on this thread if it is waiting

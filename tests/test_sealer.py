@@ -281,6 +281,31 @@ def test_a_bulk_writer_waits_for_the_seal_it_asked_before_not_for_the_one_runnin
     sealer.stop(1)
 
 
+def test_a_bulk_writer_never_waits_behind_another_sessions_seal():
+    from optimem.memory.sealer import Sealer
+
+    ran_on, release = {}, threading.Event()
+
+    def seal(job):
+        ran_on[job] = threading.current_thread().name
+        if job == "other":
+            release.wait(10)                  # the sealer thread, busy with another tenant's session
+
+    sealer = Sealer(seal)
+    sealer.request("other", "other")
+    while "other" not in ran_on:
+        time.sleep(0.01)
+    sealer.request("t", "mine")
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (sealer.wait_asked("t", sealer.asked("t")), done.set()),
+                              name="bulk-writer")
+    writer.start()
+    assert done.wait(5)                       # sealed on the writer's own thread, not queued
+    assert ran_on["mine"] == "bulk-writer" and not sealer.pending("t")
+    release.set()
+    sealer.stop(1)
+
+
 def test_recall_over_a_text_backlog_reads_only_the_turns_it_asks_about(redis_server, reader, tmp_path, tenant,
                                                                         monkeypatch):
     """Issue 21 item 6 / issue 25 item 3: right after a bulk import the turns are text while the
