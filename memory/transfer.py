@@ -18,9 +18,9 @@ Why validate the whole file before writing anything: an import either builds the
 leaves nothing. The body is spooled to a temporary file while each line is checked, so memory
 holds one line and one chunk, never the file; only a file that passed every check is replayed,
 through the normal append path (``Memory.append``, 1,000 turns a call), so the pages it seals are
-the pages the session had (rendering is deterministic); each chunk goes in while the one before is
-typeset, and its pages are sealed before the next goes in, so no seal backlog is typeset (and
-held) at once. A forgotten turn's marker is
+the pages the session had (rendering is deterministic); each chunk goes in while the one before it
+is typeset, and that one is sealed before the next goes in, so at most two chunks wait as text and
+no seal backlog is typeset (and held) at once. A forgotten turn's marker is
 appended as a placeholder and forgotten again at the end (its pages then differ from the
 original's: those were typeset with the text later painted over). Should the replay itself fail
 (Redis gone), the session it created is deleted again. A process killed during it cannot clean up:
