@@ -365,8 +365,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp)).start()
         try:
-            settings = Settings.from_env(None, data_dir=Path(tmp), redis_url=f"unix://{server.socket}", worker=False,
-                                read_threads=args.read_threads)
+            settings = Settings.from_env(None, data_dir=Path(tmp), redis_url=f"unix://{server.socket}",
+                                         worker=False, read_threads=args.read_threads)
             with Memory(settings) as memory:
                 memory.backend.decode([])     # load the reader's models before timing anything
                 models = ["words"] + [m for m in args.models.split(",") if m and m != "words"]

@@ -137,11 +137,6 @@ def doc_turn(doc: str) -> tuple[int, int | None]:
 
 
 # -- writes (queued on a pipeline, inside the caller's MULTI) -----------------------------------
-def add(p, tag: str, doc: str, text: str) -> None:
-    """Queue the writes that index ``text`` as ``doc`` (which must not be indexed already)."""
-    add_many(p, tag, [(doc, text)])
-
-
 def add_many(p, tag: str, docs: Iterable[tuple[str, str]]) -> None:
     """Queue the writes that index each (doc, text), none indexed already: one ZADD per term and
     one vocabulary count per term for them all, so a 1,000-turn append queues a few thousand

@@ -93,33 +93,25 @@ class Sealer(Generic[Job]):
                 self._cond.wait(left)
             return True
 
-    def wait_asked(self, tag: str, asked: int) -> None:
-        """Return once the seals of ``tag`` asked up to number ``asked`` (from ``asked()`` earlier)
-        are done, however long that takes; later ones may still be running. A bulk writer appends
-        its next chunk while the sealer thread seals the last one, then waits here for that one,
-        so the backlog stays one chunk deep. A seal still waiting its turn (the sealer thread busy
-        with other sessions) is done on this thread, as ``settle`` does: never behind other tenants."""
-        while True:
-            job = None
-            with COMPUTE.aside(), self._cond:
-                if not asked or self._first.get(tag, asked + 1) > asked:
-                    return
-                if tag in self._pending and tag not in self._running:
-                    job = self._take(tag)
-                else:
-                    self._cond.wait()
-            if job is not None:
-                self._run(tag, job)
-
-    def settle(self, tag: str, timeout_s: float | None = None) -> bool:
+    def settle(self, tag: str, timeout_s: float | None = None, asked: int | None = None) -> bool:
         """Return once nothing is pending for ``tag`` here: seal it on this thread if it is waiting
         its turn, or wait for the sealer thread if that is on it (at most ``timeout_s``; None: as
         long as it takes). For callers that want the pages (``Memory.settle``, closing), not for
-        reads (``wait_owed``). False if it gave up waiting."""
+        reads (``wait_owed``). False if it gave up waiting.
+
+        ``asked`` (a number ``asked()`` gave earlier): return once the seals asked up to it are
+        done; later ones may still run. A bulk writer appends its next chunk while the sealer
+        thread seals the last one, then settles that one, so the backlog stays one chunk deep and
+        a seal still waiting its turn (the thread busy with other sessions) is done on the writer's
+        thread, never behind other tenants."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            with self._cond:
-                while tag in self._running:
+            with COMPUTE.aside(), self._cond:
+                while True:
+                    if asked is not None and self._first.get(tag, asked + 1) > asked:
+                        return True               # the seals asked up to ``asked`` are done
+                    if tag not in self._running:
+                        break
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         log.warning("%s: still sealing after %.0f s", tag, timeout_s)

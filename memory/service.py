@@ -271,13 +271,8 @@ class Memory:
         serves the turns not yet on a page as text). ``asked``: only those owed when
         ``seals_asked`` gave that number; seals asked since may still run (a bulk writer's next
         chunk appended while the last one is typeset)."""
-        if self._sealer is None:
-            return
-        tag = self.keys(session, tenant).tag
-        if asked is None:
-            self._sealer.settle(tag, timeout_s=None)
-        else:
-            self._sealer.wait_asked(tag, asked)
+        if self._sealer is not None:
+            self._sealer.settle(self.keys(session, tenant).tag, timeout_s=None, asked=asked)
 
     def seals_asked(self, session: str, *, tenant: str = DEFAULT_TENANT) -> int:
         """The number of the session's latest seal asked for and not done (0: none), for ``settle``."""

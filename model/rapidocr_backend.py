@@ -314,8 +314,8 @@ def _best_line(boxes: list[LineBox], piece: _Piece) -> int | None:
 
 def _reuse_memory(session: Any, model: Path) -> None:
     """Reload rapidocr's recogniser session with onnxruntime's memory pattern off, its memory
-    arena on and its threads not spinning (rapidocr has a setting for none of them here). Every line crop is an input width of its
-    own: with the pattern on, the session kept memory per input shape it had seen (a reader grew
+    arena on and its threads not spinning (rapidocr has a setting for none of them here). Every
+    line crop is an input width of its own: with the pattern on, the session kept memory per input shape it had seen (a reader grew
     ~250 MB over its first 250 crops and went on with each new width; issue 10's soak). With the
     arena off, each run's tensors were malloc'ed and freed, and glibc kept the freed memory in
     swings of ~100 MB. Pattern off and arena on, the arena grows to one run's peak and is reused:

@@ -262,14 +262,14 @@ def test_a_bulk_writer_waits_for_the_seal_it_asked_before_not_for_the_one_runnin
 
     sealer = Sealer(seal)
     assert sealer.asked("t") == 0
-    sealer.wait_asked("t", 0)                 # nothing asked: no wait
+    sealer.settle("t", asked=0)                 # nothing asked: no wait
     sealer.request("t", 1)
     mark = sealer.asked("t")
     while not started:
         time.sleep(0.01)
     sealer.request("t", 2)                    # the next chunk, appended while job 1 runs
     waited = threading.Event()
-    writer = threading.Thread(target=lambda: (sealer.wait_asked("t", mark), waited.set()))
+    writer = threading.Thread(target=lambda: (sealer.settle("t", asked=mark), waited.set()))
     writer.start()
     assert not waited.wait(0.2)               # job 1 still runs: the writer waits
     release[1].set()
@@ -297,7 +297,7 @@ def test_a_bulk_writer_never_waits_behind_another_sessions_seal():
         time.sleep(0.01)
     sealer.request("t", "mine")
     done = threading.Event()
-    writer = threading.Thread(target=lambda: (sealer.wait_asked("t", sealer.asked("t")), done.set()),
+    writer = threading.Thread(target=lambda: (sealer.settle("t", asked=sealer.asked("t")), done.set()),
                               name="bulk-writer")
     writer.start()
     assert done.wait(5)                       # sealed on the writer's own thread, not queued
