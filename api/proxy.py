@@ -14,9 +14,9 @@ the reply as a turn. Which messages are new:
 
 Memory modes (header X-Optimem-Memory, else OPTIMEM_MEMORY_MODE): ``images`` sends older turns as
 page images (vision models); ``tool`` sends no images and offers the model a ``recall_memory`` tool
-(text-only models, ``recall_tool``); ``both`` does both. With the tool offered the upstream is asked
-without streaming and the caller gets only the final answer (as SSE chunks made from it when it asked
-for a stream). Tool traffic is never stored as turns.
+(text-only models, ``recall_tool``); ``both`` does both. With the tool offered, a stream is streamed
+round by round (``tool_stream``): the answer's words as the upstream writes them, the look-ups in
+between held back. Tool traffic is never stored as turns.
 
 This module is the endpoint; the upstream client and the checks of its answers are ``upstream``, the
 tool loop ``recall_tool``, the SSE events ``sse``.
@@ -40,6 +40,7 @@ from optimem.api.schemas import Responses
 from optimem.api.recall_tool import (MODES, PASSED_THROUGH, RECALL_TOOL_SPEC, Rounds, answer_with_recall,
                                      caller_tools, looking_up, memory_note, with_note)
 from optimem.api.sse import StreamText, sse_events
+from optimem.api.tool_stream import asking, streamed_with_recall
 from optimem.errors import BadRequest, NotFound, SessionExists
 from optimem.memory.context import openai_messages
 from optimem.memory.results import Accounting, OpenAIContext, PageSpans, RawContext
@@ -63,7 +64,8 @@ HEADERS = {name: {"description": text, "schema": {"type": "string"}} for name, t
     "X-Optimem-Pages-Faded": "Pages the budget faded beyond the tier their age gives them.",
     "X-Optimem-Family": "The model family whose views and token costs apply (OPTIMEM_FAMILY).",
     "X-Optimem-Memory": "The memory mode of this call: images, tool or both.",
-    "X-Optimem-Tool-Rounds": "Rounds in which the upstream called recall_memory and optimem answered.",
+    "X-Optimem-Tool-Rounds": "Rounds in which the upstream called recall_memory and optimem answered "
+                             "(with stream=true: those before the answer's first word).",
     "X-Optimem-Tool-Tokens": "Text tokens those rounds added to the conversation (the calls and the recalled "
                              "text), counted with the session tokenizer.",
 }.items()}
@@ -214,6 +216,9 @@ async def chat_completions(
         if pages is None:
             return await images_answer(memory, t, session, client, base, auth, payload, body, headers)
         rounds = Rounds()
+        if body.stream:
+            return await streamed_tool_answer(request, memory, t, session, pages, client, base, auth, payload,
+                                              mode, rounds, headers)
         try:
             answer = await answer_with_recall(
                 lambda asked: upstream.complete(client, base, asked, auth),
@@ -253,6 +258,38 @@ async def forwarded(request: Request, body: ChatCompletionRequest, memory: Memor
         payload["tools"] = [*(tools or []), RECALL_TOOL_SPEC]
         payload["messages"] = with_note(payload["messages"], memory_note(pages, mode))
     return mode, payload, pages, headers
+
+
+async def streamed_tool_answer(request: Request, memory: Memory, t: str, session: str, pages: list[PageSpans],
+                               client: httpx.AsyncClient, base: str, auth: dict[str, str], payload: dict,
+                               mode: str, rounds: Rounds, headers: dict[str, str]) -> Response:
+    """Tool modes, streamed (``tool_stream``): the look-ups before the answer's first word run before
+    the response starts, so their errors are statuses and the X-Optimem-Tool-* headers count them."""
+    said: list[str] = []
+    events = streamed_with_recall(
+        asking(client, base, auth), looking_up(request, memory, t, session, sum(p.tier == "gone" for p in pages)),
+        payload, lambda text: count_tokens(text, memory.settings.tokenizer), mode, rounds, said)
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+    finally:
+        headers.update({"X-Optimem-Tool-Rounds": str(rounds.count), "X-Optimem-Tool-Tokens": str(rounds.tokens)})
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            yield first
+            async for event in events:
+                yield event
+        except ProxyError as exc:   # a later round failed mid-answer: the status is sent; end the stream
+            log.warning("upstream stream for session %s failed mid-answer: %s", session, exc.message)
+        finally:
+            with anyio.CancelScope(shield=True):  # the client may have gone; the reply is still stored
+                await events.aclose()
+                await run_in_threadpool(store_reply, memory, t, session, "".join(said))
+
+    return StreamingResponse(relay(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
 
 
 def whole_or_streamed(answer: dict, body: ChatCompletionRequest, headers: dict[str, str]) -> Response:

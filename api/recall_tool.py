@@ -236,9 +236,13 @@ def add_usage(total: dict, usage: Any) -> None:
                 total[key] = total.get(key, 0) + usage[key]
 
 
-def honest_answer(answer: dict, rounds: int) -> dict:
+def honest_text(rounds: int) -> str:
     """The upstream still wants to look things up past the bound: say so instead of guessing."""
-    text = (f"I looked in my memory of our conversation {rounds} times and could not settle this; I would "
+    return (f"I looked in my memory of our conversation {rounds} times and could not settle this; I would "
             "rather not guess. Could you remind me?")
+
+
+def honest_answer(answer: dict, rounds: int) -> dict:
+    text = honest_text(rounds)
     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
     return {**answer, "choices": [choice]}

@@ -37,26 +37,38 @@ class StreamText:
         return "".join(self.parts)
 
 
-def sse_events(answer: dict, include_usage: bool) -> list[bytes]:
-    """A chat.completion (checked by ``upstream.chat_completion``) as the chat.completion.chunk events
-    a streamed one would have been. ASCII JSON: any text encodes."""
+def encoded(chunk: dict) -> bytes:
+    """One chunk as an SSE event. ASCII JSON: any text encodes."""
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def chunks(answer: dict, include_usage: bool) -> list[dict]:
+    """A chat.completion (checked by ``upstream.chat_completion``) as the chat.completion.chunk
+    objects a streamed one would have been."""
     base = {"id": answer.get("id", "chatcmpl-optimem"), "object": "chat.completion.chunk",
             "created": answer.get("created") or int(time.time()), "model": answer.get("model", "")}
 
-    def event(choices: list, **extra: Any) -> bytes:
-        return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
+    def chunk(choices: list, **extra: Any) -> dict:
+        return {**base, "choices": choices, **extra}
 
     out = []
     for choice in answer.get("choices") or []:
         index, message = choice.get("index", 0), choice.get("message") or {}
-        out.append(event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+        out.append(chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
         for piece in re.findall(r"\S+\s*|\s+", message.get("content") or ""):
-            out.append(event([{"index": index, "delta": {"content": piece}, "finish_reason": None}]))
+            out.append(chunk([{"index": index, "delta": {"content": piece}, "finish_reason": None}]))
         if message.get("tool_calls"):
             calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-            out.append(event([{"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}]))
-        out.append(event([{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]))
+            out.append(chunk([{"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}]))
+        out.append(chunk([{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]))
     if include_usage and answer.get("usage"):
-        out.append(event([], usage=answer["usage"]))
-    out.append(b"data: [DONE]\n\n")
+        out.append(chunk([], usage=answer["usage"]))
     return out
+
+
+def sse_events(answer: dict, include_usage: bool) -> list[bytes]:
+    """A chat.completion as the SSE events of a stream, ``[DONE]`` last."""
+    return [encoded(c) for c in chunks(answer, include_usage)] + [DONE]

@@ -159,12 +159,17 @@ def chat_completion(body: bytes) -> dict:
     return answer
 
 
-def message(value: Any, where: str) -> dict:
+def with_text(value: Any, where: str) -> dict:
+    """A message or a stream's delta: an object whose ``content`` is a string or null."""
     if not isinstance(value, dict):
         raise bad(f"{where} is not an object")
     if value.get("content") is not None and not isinstance(value["content"], str):
         raise bad(f"{where}.content is a {type(value['content']).__name__}, not a string")
-    calls = value.get("tool_calls")
+    return value
+
+
+def message(value: Any, where: str) -> dict:
+    calls = with_text(value, where).get("tool_calls")
     if calls is None:
         return value
     if not isinstance(calls, list):
@@ -181,3 +186,28 @@ def message(value: Any, where: str) -> dict:
         if not isinstance(function.get("arguments", ""), (str, dict)):
             raise bad(f"{at}.function.arguments is not a string")
     return value
+
+
+def chat_chunk(data: bytes) -> dict:
+    """One chat.completion.chunk of a stream, checked where the tool loop reads it: each choice's
+    ``delta``, its ``content`` (a string or null) and its ``tool_calls`` pieces."""
+    chunk = parse(data)
+    if not isinstance(chunk, dict):
+        raise bad(f"a stream event is a JSON {type(chunk).__name__}, not an object")
+    choices = chunk.get("choices") or []      # a usage chunk has none
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise bad("a stream event's 'choices' is not a list of objects")
+    for i, choice in enumerate(choices):
+        where = f"a stream event's choices[{i}].delta"
+        calls = with_text(choice.get("delta") or {}, where).get("tool_calls")
+        if calls is None:
+            continue
+        if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+            raise bad(f"{where}.tool_calls is not a list of objects")
+        for call in calls:
+            function = call.get("function") or {}
+            if (not isinstance(function, dict) or not isinstance(call.get("index", 0), int)
+                    or any(function.get(k) is not None and not isinstance(function[k], str)
+                           for k in ("name", "arguments"))):
+                raise bad(f"{where}.tool_calls holds a call that is not {{index, function: {{name, arguments}}}}")
+    return chunk

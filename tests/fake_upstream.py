@@ -11,17 +11,21 @@ Offered tools, it behaves like a tool-calling model. With the `recall_memory` to
 result it calls the tool with the last user message as the query; given the tool's result it answers
 "From memory: <the result>". A user message containing "ALWAYS RECALL" makes it call the tool every
 time it is offered ("RECALL REGARDLESS": even when it is not); "USE MY TOOL" makes it call the caller's first tool instead; "NO TOOLS" makes it
-refuse any tools with a 400, as vLLM does without --enable-auto-tool-choice.
+refuse any tools with a 400, as vLLM does without --enable-auto-tool-choice. Asked for a stream, it
+streams these messages too, calls in pieces (``streamed``; "HOLD:<path>" holds the answer).
 
 A hostile upstream: a last message containing "HOSTILE:<shape>" gets the answer of that shape (see
 HOSTILE): tool calls that are not a list of calls, arguments nested 100,000 deep, content that is
-not a string, a lone surrogate, a 200 that is not JSON, a 503, or 100 recall_memory calls at once.
+not a string, a lone surrogate, a 200 that is not JSON, a 503, or 100 recall_memory calls at once;
+or (HOSTILE_STREAMS) a stream whose events are of the wrong shape.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -59,8 +63,23 @@ HOSTILE = {   # shape -> the body of a 200 application/json answer; server-error
 }
 
 
+HOSTILE_STREAMS = {   # shape -> the data of each event of a 200 text/event-stream answer
+    "stream-content-number": ['{"choices":[{"index":0,"delta":{"content":42}}]}'],
+    "stream-calls-string": ['{"choices":[{"index":0,"delta":{"tool_calls":"recall_memory"}}]}'],
+    "stream-call-number-name": ['{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":7}}]}}]}'],
+    "stream-not-json": ["<html>a proxy error page</html>"],
+    "stream-list": ["[1, 2]"],
+    "stream-breaks": ['{"choices":[{"index":0,"delta":{"content":"Hello "}}]}',
+                      '{"choices":[{"index":0,"delta":{"content":42}}]}'],
+}
+
+
 def hostile(body: dict) -> Response | None:
     said = str(body["messages"][-1].get("content"))
+    streamed_shape = next((name for name in HOSTILE_STREAMS if f"HOSTILE:{name}" in said), None)
+    if streamed_shape is not None:
+        events = "".join(f"data: {data}\n\n" for data in HOSTILE_STREAMS[streamed_shape]) + "data: [DONE]\n\n"
+        return Response(events, media_type="text/event-stream")
     shape = next((name for name in HOSTILE if f"HOSTILE:{name}" in said), None)
     if shape is None:
         return None
@@ -100,6 +119,48 @@ def tool_answer(body: dict) -> dict | None:
     return None
 
 
+def held_path(body: dict) -> str | None:
+    asked = next((str(m["content"]) for m in reversed(body["messages"]) if m["role"] == "user"), "")
+    return asked.split("HOLD:", 1)[1].split()[0] if "HOLD:" in asked else None
+
+
+async def opened(path: str) -> bool:
+    """Whether the file ``path`` came to exist within 10 s."""
+    for _ in range(100):
+        if Path(path).exists():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def streamed(message: dict, body: dict, created: int):
+    """A tool-calling model's message as a stream: its text word by word, then each call in pieces
+    (id and name first, the arguments in two halves), as OpenAI and vLLM send them. A user message
+    "HOLD:<path>" holds the text after its first word until that file exists (10 s at most, then
+    says "held-too-long"; unstreamed, the whole answer waits): a test's proof that the first word reached it before the last was written."""
+    def event(delta: dict | None, finish: str | None = None, **extra) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return "data: " + json.dumps({"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": created,
+                                      "model": body["model"], "choices": choices, **extra}) + "\n\n"
+
+    hold = held_path(body) if message.get("content") else None
+    yield event({"role": "assistant", "content": ""})
+    for n, word in enumerate((message.get("content") or "").split(" ") if message.get("content") else []):
+        yield event({"content": word + " "})
+        if n == 0 and hold and not await opened(hold):
+            yield event({"content": "held-too-long "})
+    for i, call in enumerate(message.get("tool_calls") or []):
+        arguments = call["function"]["arguments"]
+        yield event({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                     "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        for half in (arguments[:len(arguments) // 2], arguments[len(arguments) // 2:]):
+            yield event({"tool_calls": [{"index": i, "function": {"arguments": half}}]})
+    yield event({}, "tool_calls" if message.get("tool_calls") else "stop")
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield event(None, usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+    yield "data: [DONE]\n\n"
+
+
 def make_app(record: str) -> FastAPI:
     app = FastAPI()
 
@@ -121,7 +182,11 @@ def make_app(record: str) -> FastAPI:
                                  "and --tool-call-parser to be set", "type": "BadRequestError", "code": 400},
                                 status_code=400)
         message = tool_answer(body)
-        if message is not None and not body.get("stream"):
+        if message is not None and body.get("stream"):
+            return StreamingResponse(streamed(message, body, created), media_type="text/event-stream")
+        if message is not None:
+            if message.get("content") and held_path(body) and not await opened(held_path(body)):
+                message["content"] += " held-too-long"    # unstreamed, it waits for the whole text
             return {"id": "chatcmpl-1", "object": "chat.completion", "created": created, "model": body["model"],
                     "choices": [{"index": 0, "message": message,
                                  "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],

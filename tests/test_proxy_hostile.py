@@ -58,6 +58,28 @@ def test_an_answer_of_the_wrong_shape_is_a_502_naming_it_and_keep_alive_survives
             assert connection(r) == connection(first), f"{shape}: the connection was dropped"
 
 
+BAD_STREAMS = [
+    ("stream-content-number", "choices[0].delta.content is a int, not a string"),
+    ("stream-calls-string", "choices[0].delta.tool_calls is not a list of objects"),
+    ("stream-call-number-name", "holds a call that is not"),
+    ("stream-not-json", "not JSON"),
+    ("stream-list", "a stream event is a JSON list"),
+]
+
+
+def test_a_stream_of_the_wrong_shape_in_tool_mode_is_a_502_naming_it(http):
+    """Tool modes read the upstream's stream (the round's calls are in it): checked as it is read."""
+    first = http.get("/v1/models")
+    for shape, says in BAD_STREAMS:
+        r = chat(http, "bad-stream", f"HOSTILE:{shape}", "tool", stream=True)
+        error = openai_error(r, 502)
+        assert error["code"] == "upstream_bad_response" and says in error["message"], shape
+        assert connection(r) == connection(first), f"{shape}: the connection was dropped"
+    # once the answer has begun the status is sent: the stream ends there, without [DONE]
+    r = chat(http, "bad-stream", "HOSTILE:stream-breaks", "tool", stream=True)
+    assert r.status_code == 200 and '"Hello "' in r.text and "[DONE]" not in r.text
+
+
 def test_deeply_nested_arguments_as_text_are_answered_as_a_bad_call(http, upstream):
     r = chat(http, "deep-text", "HOSTILE:deep-text-arguments")
     assert r.status_code == 200, r.text

@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from optimem.memory.lab.corpus import longest
+from tests.live import wait_for
 from tests.test_proxy import SYSTEM, client, optimem, turns_of, upstream  # noqa: F401 (fixtures)
 
 FACT = "By the way, my storage locker code is 4817-QX, please remember it."
@@ -180,3 +181,41 @@ def test_under_a_budget_the_tool_mode_gives_the_whole_budget_to_recent_text(opti
     assert [m["content"] for m in history] == [t.content for t in now.turns][:len(history)]
     assert history[-1]["content"] == "hello again" and len(now.turns) - len(history) <= 1
     assert now.turns[0].index < with_pages.turns[0].index
+
+
+def test_a_streamed_answer_after_a_look_up_reaches_the_caller_word_by_word(optimem, upstream, memory, tenant,
+                                                                           tmp_path):
+    """Each round is asked as a stream and the answer's words are passed on as they come: the caller
+    reads the first word while the upstream still holds back the rest (fake_upstream's HOLD)."""
+    memory.create_session("live", tenant=tenant)
+    memory.append("live", [{"role": "user", "content": FACT}, {"role": "assistant", "content": "Noted."}],
+                  tenant=tenant)
+    pal, gate = client(optimem, tenant, "live"), tmp_path / "go"
+    before = sent(upstream)
+    with pal.chat.completions.with_streaming_response.create(
+            model="fake-vl", stream=True, stream_options={"include_usage": True}, extra_headers=TOOL,
+            messages=[{"role": "user", "content": f"What is my storage locker code? HOLD:{gate}"}]) as response:
+        assert response.headers["x-optimem-tool-rounds"] == "1"
+        assert int(response.headers["x-optimem-tool-tokens"]) > 20
+        chunks = iter(response.parse())
+        first = next(c for c in chunks if c.choices and c.choices[0].delta.content)
+        assert first.choices[0].delta.content == "From "       # while the upstream holds the rest
+        gate.touch()
+        rest = list(chunks)
+    text = "From " + "".join(c.choices[0].delta.content or "" for c in rest if c.choices)
+    assert "4817-QX" in text and "held-too-long" not in text
+    assert rest[-1].choices == [] and rest[-1].usage.total_tokens == 30   # both rounds' usage, once, last
+    assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "stop"
+    assert [body["stream"] for body in requests_since(upstream, before)] == [True, True]
+    assert wait_for(lambda: turns_of(memory, tenant, "live")[-1]["content"] == text, timeout=10)
+    assert not any(t["role"] == "tool" for t in turns_of(memory, tenant, "live"))
+
+    # past the rounds' bound, streamed too: the honest answer, not a guess
+    chunks = list(pal.chat.completions.create(model="fake-vl", stream=True, extra_headers=TOOL,
+                                              messages=[{"role": "user", "content": "RECALL REGARDLESS"}]))
+    assert "could not settle this" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    # an upstream without tool calling: the same 400 as unstreamed, before any event
+    with pytest.raises(openai.BadRequestError) as caught:
+        list(pal.chat.completions.create(model="fake-vl", stream=True, extra_headers=TOOL,
+                                         messages=[{"role": "user", "content": "NO TOOLS here"}]))
+    assert "X-Optimem-Memory: images" in caught.value.message
