@@ -65,6 +65,7 @@ class Settings:
     jobs_max: int = 10_000         # model jobs (read-ahead) the stream holds; past it the oldest are shed (0: no cap)
     shutdown_s: float = 3.0        # on SIGTERM: seconds in-flight requests get to finish before the server stops
     worker: bool = True            # run one model worker in-process
+    retier_sweep_s: float = 60.0   # a worker re-tiers time-curved sessions left alone this often (0: never)
     api_keys: str = ""             # "key:tenant[:read|write|admin],..."; empty = no auth, tenant "default"
     log: str = "WARNING"           # the CLI's logging level
     log_format: str = "text"       # text | json (JSON lines with request id, tenant and session)

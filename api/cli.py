@@ -93,11 +93,14 @@ def worker(args: argparse.Namespace) -> None:
 
     w = Worker(memory.store.r, memory.handle_job, batch=batch_for(settings.worker_batch, memory.encodes()))
     print(f"optimem worker {w.name}: backend {settings.backend}, waiting for jobs", file=sys.stderr)
+    sweeper = memory.sweeping()     # time-based curves re-tiered while their sessions are left alone
     try:
         w.run_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if sweeper:
+            sweeper.stop()
         memory.close(stop_server=False)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -79,7 +79,7 @@ class Round:
 
 
 async def streamed_with_recall(ask: AskStream, look_up: LookUp, payload: dict, count_tokens: Callable[[str], int],
-                               mode: str, done: Rounds, said: list[str]) -> AsyncIterator[bytes]:
+                               mode: str, done: Rounds, said: list[str]) -> AsyncGenerator[bytes, None]:
     """The caller's SSE events: the upstream's text as it comes, over as many rounds as the look-ups
     take. What was sent as text is added to ``said`` (the reply to store)."""
     include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from optimem import renderer
 from optimem.errors import BadRequest, NotFound, SessionExists
-from optimem.memory import (compactor, context, curves, erasure, jobs, locks, recall as recalling, searchable,
+from optimem.memory import (compactor, context, curves, erasure, jobs, locks, recall as recalling, searchable, timed,
                             turns as turn_input)
 from optimem.memory.context import Links, PlacedPage
 from optimem.memory.curves import Curve
@@ -76,6 +76,7 @@ class Memory:
         self.server: EmbeddedRedis | None = None
         self._store: Store | None = None
         self.worker: jobs.Worker | None = None
+        self.sweeper: timed.Sweeper | None = None
         self.rewrite: erasure.FileRewrite | None = None   # Redis' files rewritten after a forget
         self._reader: Reader | None = None
         self._images: PageImages | None = None
@@ -98,9 +99,15 @@ class Memory:
         if self.settings.worker:
             batch = jobs.batch_for(self.settings.worker_batch, self.encodes())
             self.worker = jobs.Worker(client, self.handle_job, batch=batch).start()
+            self.sweeper = self.sweeping()
         if isinstance(self._typeset, Typesetter):
             self._typeset.start()
         return self
+
+    def sweeping(self) -> timed.Sweeper | None:
+        """The time-based curves' sweep (``OPTIMEM_RETIER_SWEEP_S``; 0: none), started."""
+        every = self.settings.retier_sweep_s
+        return timed.Sweeper(self.store.r, self.retier_idle, every).start() if every > 0 else None
 
     def close(self, stop_server: bool = True, timeout_s: float = 30) -> None:
         """Stop the worker (waiting up to ``timeout_s`` for the job in hand: a job is only
@@ -115,6 +122,9 @@ class Memory:
         if self.worker:
             self.worker.stop(timeout_s)
             self.worker = None
+        if self.sweeper:
+            self.sweeper.stop(timeout_s)
+            self.sweeper = None
         if self.rewrite is not None:
             self.rewrite.wait(timeout_s)     # a forget's file rewrite, before the server may stop
         if self._store is not None:
@@ -200,6 +210,7 @@ class Memory:
         loaded = self.curve(curve if curve is not None else self.settings.curve)
         if not self.store.create_session(k, loaded.to_json(), keep_source):
             raise SessionExists(f"session {session!r} already exists")
+        timed.track(self.store.r, k, loaded)
         return self.session(session, tenant=tenant)
 
     def session(self, session: str, *, tenant: str = DEFAULT_TENANT) -> Session:
@@ -213,11 +224,14 @@ class Memory:
         return self.store.sessions(tenant)
 
     def delete_session(self, session: str, *, tenant: str = DEFAULT_TENANT) -> None:
-        self.store.delete_session(self._open(session, tenant).k)
+        k = self._open(session, tenant).k
+        self.store.delete_session(k)
+        timed.untrack(self.store.r, k)
 
     def set_curve(self, session: str, curve: Any, *, tenant: str = DEFAULT_TENANT) -> Session:
         s, loaded = self._open(session, tenant), self.curve(curve)
         self.store.set_curve(s.k, loaded.to_json())
+        timed.track(self.store.r, s.k, loaded)
         self._retier(_Open(s.k, s.meta, loaded), full=True)
         return self.session(session, tenant=tenant)
 
@@ -255,15 +269,26 @@ class Memory:
             with self._locks[k.tag]:
                 sealed = compactor.compact(self.store, k, self.settings.recent_tokens, self.layout, keep_source,
                                            self.settings.tokenizer, typeset=self._typeset)
-        if (sealed or job.retier) and (not keep_source or self.encodes()):
-            try:
-                s = self._open(k.session, k.tenant, settle=False)
-            except NotFound:          # deleted meanwhile
-                return sealed
-            changed = self._retier(s)
-            if not keep_source:   # a page faded out holds nothing: its decoded text leaves the index
-                searchable.drop_gone(self.store, k, changed)
+        if sealed or (job.retier and (not keep_source or self.encodes())):
+            self.retier_idle(k.tenant, k.session, sealed=bool(sealed))
         return sealed
+
+    def retier_idle(self, tenant: str, session: str, sealed: bool = False) -> None:
+        """Send the workers the pages whose tier changed (``jobs.retier``), where read-ahead pays;
+        in a forget-for-real session a page faded out leaves the index. After a seal, and for a
+        time-based curve also while the session is left alone (``timed.Sweeper``)."""
+        try:
+            s = self._open(session, tenant, settle=False)
+        except NotFound:          # deleted meanwhile (or with its tenant): no more sweeps of it
+            timed.untrack(self.store.r, self.keys(session, tenant))
+            return
+        if sealed:
+            timed.track(self.store.r, s.k, s.curve, keep_due=True)   # sessions from before the sweep
+        if s.meta.keep_source and not self.encodes():
+            return
+        changed = self._retier(s)
+        if not s.meta.keep_source:   # a page faded out holds nothing: its decoded text leaves the index
+            searchable.drop_gone(self.store, s.k, changed)
 
     def settle(self, session: str, *, tenant: str = DEFAULT_TENANT, asked: int | None = None) -> None:
         """Wait until the pages this process owes the session are sealed (background sealing),
