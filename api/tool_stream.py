@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import httpx
@@ -26,13 +27,13 @@ from optimem.api.recall_tool import (MAX_TOOL_ROUNDS, RECALL_TOOL, LookUp, Round
                                      tool_round, tools_refused, without_recall_tool)
 from optimem.api.sse import DONE, chunks, encoded
 
-AskStream = Callable[[dict], AsyncIterator[dict]]     # one round: the upstream's checked chunks
+AskStream = Callable[[dict], AsyncGenerator[dict, None]]     # one round: the upstream's checked chunks
 
 
 def asking(client: httpx.AsyncClient, base: str, auth: dict[str, str]) -> AskStream:
     """Rounds asked of this upstream: its stream's chunks (``upstream.chat_chunk``), or a whole
     answer's (``sse.chunks``) when it does not stream."""
-    async def ask(payload: dict) -> AsyncIterator[dict]:
+    async def ask(payload: dict) -> AsyncGenerator[dict, None]:
         request = client.build_request("POST", f"{base}/chat/completions", content=upstream.encode(payload),
                                        headers={**auth, "Content-Type": "application/json"})
         response = await upstream.send(client, request, stream=True)
@@ -92,23 +93,24 @@ async def streamed_with_recall(ask: AskStream, look_up: LookUp, payload: dict, c
         request["messages"] = messages
         this = Round()
         try:
-            async for chunk in ask(request):
-                last_chunk = chunk
-                this.usage = chunk["usage"] if isinstance(chunk.get("usage"), dict) else this.usage
-                choice = next((c for c in chunk.get("choices") or [] if c.get("index", 0) == 0), None)
-                if choice is None:
-                    continue
-                delta = choice.get("delta") or {}
-                this.add_calls(delta.get("tool_calls") or [])
-                if isinstance(choice.get("finish_reason"), str):
-                    this.finish = choice["finish_reason"]
-                if delta.get("content"):
-                    if not started:       # one role chunk for the whole answer, however many rounds
-                        started = True
-                        yield encoded(_like(chunk, {"role": "assistant", "content": ""}))
-                    this.text.append(delta["content"])
-                    said.append(delta["content"])
-                    yield encoded(_like(chunk, {"content": delta["content"]}))
+            async with aclosing(ask(request)) as round_chunks:   # a caller gone mid-round frees the connection now
+                async for chunk in round_chunks:
+                    last_chunk = chunk
+                    this.usage = chunk["usage"] if isinstance(chunk.get("usage"), dict) else this.usage
+                    choice = next((c for c in chunk.get("choices") or [] if c.get("index", 0) == 0), None)
+                    if choice is None:
+                        continue
+                    delta = choice.get("delta") or {}
+                    this.add_calls(delta.get("tool_calls") or [])
+                    if isinstance(choice.get("finish_reason"), str):
+                        this.finish = choice["finish_reason"]
+                    if delta.get("content"):
+                        if not started:       # one role chunk for the whole answer, however many rounds
+                            started = True
+                            yield encoded(_like(chunk, {"role": "assistant", "content": ""}))
+                        this.text.append(delta["content"])
+                        said.append(delta["content"])
+                        yield encoded(_like(chunk, {"content": delta["content"]}))
         except ProxyError as exc:
             if done.count == 0 and exc.status == 400 and "tool" in exc.message.lower():
                 raise tools_refused(exc.message, mode) from None
