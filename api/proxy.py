@@ -39,7 +39,7 @@ from optimem.api.openai_protocol import ChatCompletion, ChatCompletionRequest, C
 from optimem.api.schemas import Responses
 from optimem.api.recall_tool import (MODES, PASSED_THROUGH, RECALL_TOOL_SPEC, Rounds, answer_with_recall,
                                      caller_tools, looking_up, memory_note, with_note)
-from optimem.api.sse import StreamText, sse_events
+from optimem.api.sse import DONE, StreamText, sse_events
 from optimem.api.tool_stream import asking, streamed_with_recall
 from optimem.errors import BadRequest, NotFound, SessionExists
 from optimem.memory.context import openai_messages
@@ -177,6 +177,20 @@ def store_reply(memory: Memory, t: str, session: str, text: str | None) -> None:
         log.warning("reply not stored in session %s: %s", session, exc)
 
 
+class StoredOnce:
+    """A streamed reply, stored once: before the stream's ``[DONE]`` goes out (a client that sends its
+    next message at once finds the reply already stored, so the turns stay in order), or when the
+    stream ends short of it."""
+
+    def __init__(self, memory: Memory, t: str, session: str):
+        self.memory, self.t, self.session, self.done = memory, t, session, False
+
+    async def store(self, text: str) -> None:
+        if not self.done:
+            self.done = True
+            await run_in_threadpool(store_reply, self.memory, self.t, self.session, text)
+
+
 def memory_mode(header: str | None, configured: str) -> str:
     """The call's memory mode: the header's, else the deployment's (OPTIMEM_MEMORY_MODE)."""
     if header is not None:
@@ -278,16 +292,19 @@ async def streamed_tool_answer(request: Request, memory: Memory, t: str, session
         headers.update({"X-Optimem-Tool-Rounds": str(rounds.count), "X-Optimem-Tool-Tokens": str(rounds.tokens)})
 
     async def relay() -> AsyncIterator[bytes]:
+        reply = StoredOnce(memory, t, session)
         try:
             yield first
             async for event in events:
+                if event == DONE:
+                    await reply.store("".join(said))
                 yield event
         except ProxyError as exc:   # a later round failed mid-answer: the status is sent; end the stream
             log.warning("upstream stream for session %s failed mid-answer: %s", session, exc.message)
         finally:
             with anyio.CancelScope(shield=True):  # the client may have gone; the reply is still stored
                 await events.aclose()
-                await run_in_threadpool(store_reply, memory, t, session, "".join(said))
+                await reply.store("".join(said))
 
     return StreamingResponse(relay(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
 
@@ -326,17 +343,19 @@ async def images_answer(memory: Memory, t: str, session: str, client: httpx.Asyn
         return whole_or_streamed(answer, body, headers)
 
     async def relay() -> AsyncIterator[bytes]:
-        seen = StreamText()
+        seen, reply = StreamText(), StoredOnce(memory, t, session)
         try:
             async for chunk in answer_.aiter_bytes():
                 seen.feed(chunk)
+                if seen.done:
+                    await reply.store(seen.text)
                 yield chunk
         except httpx.HTTPError as exc:   # cut off mid-stream: the status is sent; end the stream
             log.warning("upstream stream for session %s cut off: %r", session, exc)
         finally:
             with anyio.CancelScope(shield=True):  # the client may have gone; the reply is still stored
                 await answer_.aclose()
-                await run_in_threadpool(store_reply, memory, t, session, seen.text)
+                await reply.store(seen.text)
 
     return StreamingResponse(relay(), media_type=media, headers={**headers, "Cache-Control": "no-cache"})
 

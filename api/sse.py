@@ -15,13 +15,16 @@ class StreamText:
     def __init__(self) -> None:
         self.buffer = ""
         self.parts: list[str] = []
+        self.done = False            # the stream's "data: [DONE]" has been seen
 
     def feed(self, data: bytes) -> None:
         self.buffer += data.decode(errors="replace")
         *lines, self.buffer = self.buffer.split("\n")
         for line in lines:
             line = line.strip()
-            if not line.startswith("data:") or line == "data: [DONE]":
+            if line.startswith("data:") and line[5:].strip() == "[DONE]":
+                self.done = True
+            if not line.startswith("data:") or self.done:
                 continue
             try:
                 event = json.loads(line[5:])

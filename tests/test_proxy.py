@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -120,8 +121,21 @@ def test_old_turns_reach_the_model_as_pages_recent_as_text_and_the_reply_is_stor
     assert stored[-1]["content"] == raw.parse().choices[0].message.content
 
 
-def test_streaming_passes_chunks_through_and_stores_the_reply_when_done(optimem, upstream, memory, tenant, chat):
+def slow_stores(memory, monkeypatch, seconds: float = 0.5) -> None:
+    """Storing a reply takes ``seconds``: a reply stored after the stream's end would be seen missing."""
+    real = memory.add
+
+    def add(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "add", add)
+
+
+def test_streaming_passes_chunks_through_and_stores_the_reply_before_done(optimem, upstream, memory, tenant, chat,
+                                                                          monkeypatch):
     history = [{"role": t["role"], "content": t["content"]} for t in chat[:200]]
+    slow_stores(memory, monkeypatch)
     pal = client(optimem, tenant)  # no header: the `user` field names the session
     with pal.chat.completions.with_streaming_response.create(model="fake-vl", messages=history, stream=True,
                                                              user="streamer") as response:
@@ -134,8 +148,9 @@ def test_streaming_passes_chunks_through_and_stores_the_reply_when_done(optimem,
     assert text.startswith("I see ") and len(chunks) > 5
     assert received(upstream)["body"]["stream"] is True
 
-    stored = wait_for(lambda: (t := turns_of(memory, tenant, "streamer")) and len(t) == 201 and t, timeout=10)
-    assert stored[-1]["role"] == "assistant" and stored[-1]["content"] == text
+    # stored before [DONE] went out: a client's next message, sent at once, comes after it
+    stored = turns_of(memory, tenant, "streamer")
+    assert len(stored) == 201 and stored[-1]["role"] == "assistant" and stored[-1]["content"] == text
 
 
 def test_upstream_error_comes_back_with_its_status_and_the_turn_is_kept(optimem, memory, tenant):

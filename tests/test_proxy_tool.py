@@ -8,8 +8,7 @@ import openai
 import pytest
 
 from optimem.memory.lab.corpus import longest
-from tests.live import wait_for
-from tests.test_proxy import SYSTEM, client, optimem, turns_of, upstream  # noqa: F401 (fixtures)
+from tests.test_proxy import SYSTEM, client, optimem, slow_stores, turns_of, upstream  # noqa: F401 (fixtures)
 
 FACT = "By the way, my storage locker code is 4817-QX, please remember it."
 TOOL = {"X-Optimem-Memory": "tool"}
@@ -184,13 +183,14 @@ def test_under_a_budget_the_tool_mode_gives_the_whole_budget_to_recent_text(opti
 
 
 def test_a_streamed_answer_after_a_look_up_reaches_the_caller_word_by_word(optimem, upstream, memory, tenant,
-                                                                           tmp_path):
+                                                                           tmp_path, monkeypatch):
     """Each round is asked as a stream and the answer's words are passed on as they come: the caller
     reads the first word while the upstream still holds back the rest (fake_upstream's HOLD)."""
     memory.create_session("live", tenant=tenant)
     memory.append("live", [{"role": "user", "content": FACT}, {"role": "assistant", "content": "Noted."}],
                   tenant=tenant)
     pal, gate = client(optimem, tenant, "live"), tmp_path / "go"
+    slow_stores(memory, monkeypatch)
     before = sent(upstream)
     with pal.chat.completions.with_streaming_response.create(
             model="fake-vl", stream=True, stream_options={"include_usage": True}, extra_headers=TOOL,
@@ -207,7 +207,7 @@ def test_a_streamed_answer_after_a_look_up_reaches_the_caller_word_by_word(optim
     assert rest[-1].choices == [] and rest[-1].usage.total_tokens == 30   # both rounds' usage, once, last
     assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "stop"
     assert [body["stream"] for body in requests_since(upstream, before)] == [True, True]
-    assert wait_for(lambda: turns_of(memory, tenant, "live")[-1]["content"] == text, timeout=10)
+    assert turns_of(memory, tenant, "live")[-1]["content"] == text      # stored before [DONE] went out
     assert not any(t["role"] == "tool" for t in turns_of(memory, tenant, "live"))
 
     # past the rounds' bound, streamed too: the honest answer, not a guess
