@@ -9,7 +9,8 @@ round ends. Then, as without a stream: a round that called only ``recall_memory`
 those on, ``recall_memory``'s dropped; past MAX_TOOL_ROUNDS the honest answer is sent; a round
 without calls was the answer. An upstream that answers a stream request with a whole
 chat.completion is read as that answer's chunks. Usage is summed over the rounds and sent once, at
-the end, when the caller asked for it (``stream_options.include_usage``).
+the end, when the caller asked for it (``stream_options.include_usage``). Only the first choice is
+streamed (with ``n`` > 1 the others are dropped; the unstreamed loop also reads only the first).
 """
 from __future__ import annotations
 
