@@ -107,7 +107,7 @@ class Memory:
     def sweeping(self) -> timed.Sweeper | None:
         """The time-based curves' sweep (``OPTIMEM_RETIER_SWEEP_S``; 0: none), started."""
         every = self.settings.retier_sweep_s
-        return timed.Sweeper(self.store.r, self.retier_idle, every).start() if every > 0 else None
+        return timed.Sweeper(self.store.r, self.retier_session, every).start() if every > 0 else None
 
     def close(self, stop_server: bool = True, timeout_s: float = 30) -> None:
         """Stop the worker (waiting up to ``timeout_s`` for the job in hand: a job is only
@@ -270,10 +270,10 @@ class Memory:
                 sealed = compactor.compact(self.store, k, self.settings.recent_tokens, self.layout, keep_source,
                                            self.settings.tokenizer, typeset=self._typeset)
         if sealed or (job.retier and (not keep_source or self.encodes())):
-            self.retier_idle(k.tenant, k.session, sealed=bool(sealed))
+            self.retier_session(k.tenant, k.session, sealed=bool(sealed))
         return sealed
 
-    def retier_idle(self, tenant: str, session: str, sealed: bool = False) -> None:
+    def retier_session(self, tenant: str, session: str, sealed: bool = False) -> None:
         """Send the workers the pages whose tier changed (``jobs.retier``), where read-ahead pays;
         in a forget-for-real session a page faded out leaves the index. After a seal, and for a
         time-based curve also while the session is left alone (``timed.Sweeper``)."""

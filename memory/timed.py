@@ -1,7 +1,7 @@
 """Time-based curves (``unit: seconds``) fade pages as time passes, with no append to say so. The
 sessions that have one are kept in one sorted set (TIMED; score: when each is next due), and every
 process that runs a model worker sweeps it (``Sweeper``): each due session is re-tiered
-(``Memory.retier_idle``), so read-ahead, and in a forget-for-real session the index, follow a page's
+(``Memory.retier_session``), so read-ahead, and in a forget-for-real session the index, follow a page's
 tier while the session is left alone. Without it a page's new tier was only sent on the next append.
 
 One key for every tenant (a single key in a Redis Cluster too); a session is claimed for a sweep by

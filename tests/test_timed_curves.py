@@ -53,4 +53,4 @@ def test_only_time_curves_are_swept_each_by_one_sweeper_and_deleted_sessions_lea
     memory.set_curve("by-turns", "daily", tenant=tenant)          # and this one counts seconds
     memory.delete_session("by-turns", tenant=tenant)
     assert not [due for due in timed.claim_due(r, every, now=later + 3 * every) if due[0] == tenant]
-    memory.retier_idle(tenant, "by-turns")                       # a sweep of a deleted session: nothing
+    memory.retier_session(tenant, "by-turns")                       # a sweep of a deleted session: nothing
