@@ -15,7 +15,8 @@ class _Open(BaseModel):
 
 
 class ContentPart(_Open):
-    type: str = Field(description="'text' (stored); other part types are refused: optimem keeps text turns.")
+    type: str = Field(description="'text' (stored), or 'image_url' (sent upstream with this call, stored as "
+                                  "'[image]'); other part types are refused: optimem keeps text turns.")
     text: Optional[str] = None
 
 

@@ -74,17 +74,34 @@ SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "header
                       "passed through; this call's token accounting in the X-Optimem-* headers."}
 
 
+IMAGE_MARK = "[image]"     # where a caller's image was, in the stored turn
+
+
 def turn_of(message: ChatMessage, position: int) -> dict[str, Any]:
-    """A message as a stored turn: its text, spoken by its role (a user's name, when given)."""
+    """A message as a stored turn: its text, spoken by its role (a user's name, when given). An image
+    part is kept as IMAGE_MARK: memory holds text (the picture itself goes upstream with this call only)."""
     content = message.content
     if isinstance(content, list):
-        kinds = {part.type for part in content} - {"text"}
+        kinds = {part.type for part in content} - {"text", "image_url"}
         if kinds:
-            raise ProxyError(400, f"messages[{position}] has {sorted(kinds)} parts; optimem keeps text turns, "
-                                  "send text parts only")
-        content = "\n".join(part.text or "" for part in content)
+            raise ProxyError(400, f"messages[{position}] has {sorted(kinds)} parts; optimem keeps text turns "
+                                  "and passes images on: send text and image_url parts only")
+        content = "\n".join(part.text or "" if part.type == "text" else IMAGE_MARK for part in content)
     role = message.name if message.role == "user" and message.name else message.role
     return {"role": role, "content": content or ""}
+
+
+def with_callers_images(sent: list[dict], asked: list[ChatMessage]) -> list[dict]:
+    """The caller's newest message, when it holds images, goes upstream as it came in place of its
+    stored text (the newest turn of the context): the model sees the picture it is asked about; the
+    older turns' pictures are only their marks."""
+    newest = next((m for m in reversed(asked) if m.role not in PASSED_THROUGH), None)
+    if (newest is None or not isinstance(newest.content, list) or not sent
+            or not any(part.type == "image_url" for part in newest.content)):
+        return sent
+    if sent[-1]["content"] != turn_of(newest, len(asked) - 1)["content"]:
+        return sent      # the budget cut the newest turn short: its text goes as it is
+    return [*sent[:-1], {**sent[-1], "content": [part.model_dump(exclude_none=True) for part in newest.content]}]
 
 
 def new_turns(messages: list[ChatMessage], memory: Memory, t: str, session: str, held: int) -> list[dict]:
@@ -267,7 +284,7 @@ async def forwarded(request: Request, body: ChatCompletionRequest, memory: Memor
                "X-Optimem-Memory": mode, "X-Optimem-Tool-Rounds": "0", "X-Optimem-Tool-Tokens": "0"}
     system = [m.model_dump(exclude_none=True) for m in body.messages if m.role in PASSED_THROUGH]
     payload = body.model_dump(exclude_unset=True)
-    payload["messages"] = upstream_messages(system, ctx)
+    payload["messages"] = with_callers_images(upstream_messages(system, ctx), body.messages)
     if pages is not None:
         payload["tools"] = [*(tools or []), RECALL_TOOL_SPEC]
         payload["messages"] = with_note(payload["messages"], memory_note(pages, mode))

@@ -180,7 +180,8 @@ def test_without_an_upstream_the_answer_names_the_setting(memory, tenant):
 @pytest.mark.parametrize("session, messages, headers, words", [
     (None, [{"role": "user", "content": "hi"}], {}, "X-Optimem-Session"),
     ("bad id!", [{"role": "user", "content": "hi"}], {}, "session id"),
-    ("s", [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}], {}, "text parts"),
+    ("s", [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}], {},
+     "text and image_url parts"),
     ("s", [{"role": "user", "content": "hi there, a long enough turn"}], {"X-Optimem-Budget": "1"}, "budget"),
     ("s", [SYSTEM], {}, "nothing to answer"),
 ])
@@ -188,6 +189,29 @@ def test_bad_calls_get_a_400_that_says_what_to_fix(optimem, tenant, session, mes
     with pytest.raises(openai.BadRequestError) as caught:
         client(optimem, tenant, session).chat.completions.create(model="m", messages=messages, extra_headers=headers)
     assert words in caught.value.message
+
+
+PICTURE = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg=="
+
+
+def test_a_callers_image_goes_upstream_with_its_message_and_memory_keeps_its_place(optimem, upstream, memory,
+                                                                                   tenant):
+    pal = client(optimem, tenant, "photo")
+    asked = [{"type": "text", "text": "What breed is the dog in this photo?"},
+             {"type": "image_url", "image_url": {"url": PICTURE, "detail": "low"}}]
+    pal.chat.completions.create(model="fake-vl", messages=[SYSTEM, {"role": "user", "content": asked}])
+    newest = received(upstream)["body"]["messages"][-1]
+    assert newest == {"role": "user", "content": asked}          # as the caller sent it, picture and all
+    stored = turns_of(memory, tenant, "photo")
+    assert stored[0]["content"] == "What breed is the dog in this photo?\n[image]"
+    assert stored[1]["role"] == "assistant"
+
+    # a later call: the old picture is only its mark in memory's context, the new text goes as text
+    pal.chat.completions.create(model="fake-vl", messages=[{"role": "user", "content": "And its name?"}])
+    sent = received(upstream)["body"]["messages"]
+    assert sent[-1] == {"role": "user", "content": "And its name?"}
+    assert "What breed is the dog in this photo?\n[image]" in [m["content"] for m in sent]
+    assert PICTURE not in json.dumps(sent)
 
 
 def test_an_unknown_key_is_refused(optimem):
