@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from typing import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,17 +218,22 @@ def cold(memory: Memory, e2e: int) -> dict:
                for name, at in (("p50", 0.5), ("p95", 0.95))}}
 
 
+def real_turns(count: int, keep: Callable[[dict], bool] = lambda turn: True) -> list[dict]:
+    """The first ``count`` real chitchat turns that ``keep`` takes, conversation after conversation."""
+    out: list[dict] = []
+    for _, ts in conversations():
+        out += [dict(t) for t in ts if keep(t)]
+        if len(out) >= count:
+            break
+    return out[:count]
+
+
 def cold_long(memory: Memory, e2e: int, words: int = 25) -> dict:
     """The cold timing on long turns: 700 real chitchat turns of >= ``words`` words (30 on average,
     as in chats between friends over months; the set's are 8), in corpus order, imported, then
     ``e2e`` questions in the person's own words ("what did I say about X and Y?") through
     ``Memory.recall``, nothing read before each. A long hit turn is more lines to read."""
-    turns: list[dict] = []
-    for _, ts in conversations():
-        turns += [dict(t) for t in ts if len(t["content"].split()) >= words]
-        if len(turns) >= 700:
-            break
-    turns = turns[:700]
+    turns = real_turns(700, lambda t: len(t["content"].split()) >= words)
     asked = [(turn, query) for turn, form, query in own_word_questions(turns, e2e, random.Random(3))
              if form == "question"][:e2e]
     import_session(memory, "cold700long", turns)
@@ -247,11 +253,7 @@ def cold_long(memory: Memory, e2e: int, words: int = 25) -> dict:
 def scale(memory: Memory, size: int, rng: random.Random, queries: int = 40) -> dict:
     # Real turns, conversation after conversation (no repeats below ~200k turns: a repeated turn
     # would tie with its copies and send recall to the oldest, faded one, reading nothing).
-    source = []
-    for _, ts in conversations():
-        source += ts
-        if len(source) >= size + 200:
-            break
+    source = real_turns(size + 200)
     turns = [dict(source[i % len(source)]) for i in range(size)]
     session = f"s{size}"
     memory.create_session(session, tenant=TENANT)
