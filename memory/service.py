@@ -269,7 +269,7 @@ class Memory:
             with self._locks[k.tag]:
                 sealed = compactor.compact(self.store, k, self.settings.recent_tokens, self.layout, keep_source,
                                            self.settings.tokenizer, typeset=self._typeset)
-        if sealed or (job.retier and (not keep_source or self.encodes())):
+        if (sealed or job.retier) and (not keep_source or self.encodes()):   # where read-ahead pays
             self.retier_session(k.tenant, k.session, sealed=bool(sealed))
         return sealed
 
@@ -282,8 +282,8 @@ class Memory:
         except NotFound:          # deleted meanwhile (or with its tenant): no more sweeps of it
             timed.untrack(self.store.r, self.keys(session, tenant))
             return
-        if sealed:
-            timed.track(self.store.r, s.k, s.curve, keep_due=True)   # sessions from before the sweep
+        if sealed:   # a session from before the sweep joins it (a keep-source one on the CPU reader need not)
+            timed.track(self.store.r, s.k, s.curve, keep_due=True)
         if s.meta.keep_source and not self.encodes():
             return
         changed = self._retier(s)
