@@ -347,22 +347,16 @@ async def images_answer(memory: Memory, t: str, session: str, client: httpx.Asyn
         answer = await upstream.complete(client, base, payload, auth)
         await run_in_threadpool(store_reply, memory, t, session, answer["choices"][0]["message"].get("content"))
         return SafeJSON(answer, headers=headers)
-    request = client.build_request("POST", f"{base}/chat/completions", content=upstream.encode(payload),
-                                   headers={**auth, "Content-Type": "application/json"})
-    answer_ = await upstream.send(client, request, stream=True)
-    media = answer_.headers.get("content-type", "")
-    if answer_.status_code >= 400 or not media.startswith("text/event-stream"):
-        raw = await upstream.read(answer_)
-        if answer_.status_code >= 400:
-            raise upstream.refusal(answer_, raw)
-        answer = upstream.chat_completion(raw)   # a whole answer to a stream request: checked, then as events
-        await run_in_threadpool(store_reply, memory, t, session, answer["choices"][0]["message"].get("content"))
-        return whole_or_streamed(answer, body, headers)
+    opened = await upstream.open_stream(client, base, payload, auth)
+    if isinstance(opened, dict):    # a whole answer to a stream request: checked, then as events
+        await run_in_threadpool(store_reply, memory, t, session, opened["choices"][0]["message"].get("content"))
+        return whole_or_streamed(opened, body, headers)
+    media = opened.headers["content-type"]
 
     async def relay() -> AsyncIterator[bytes]:
         seen, reply = StreamText(), StoredOnce(memory, t, session)
         try:
-            async for chunk in answer_.aiter_bytes():
+            async for chunk in opened.aiter_bytes():
                 seen.feed(chunk)
                 if seen.done:
                     await reply.store(seen.text)
@@ -371,7 +365,7 @@ async def images_answer(memory: Memory, t: str, session: str, client: httpx.Asyn
             log.warning("upstream stream for session %s cut off: %r", session, exc)
         finally:
             with anyio.CancelScope(shield=True):  # the client may have gone; the reply is still stored
-                await answer_.aclose()
+                await opened.aclose()
                 await reply.store(seen.text)
 
     return StreamingResponse(relay(), media_type=media, headers={**headers, "Cache-Control": "no-cache"})

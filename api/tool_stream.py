@@ -35,14 +35,9 @@ def asking(client: httpx.AsyncClient, base: str, auth: dict[str, str]) -> AskStr
     """Rounds asked of this upstream: its stream's chunks (``upstream.chat_chunk``), or a whole
     answer's (``sse.chunks``) when it does not stream."""
     async def ask(payload: dict) -> AsyncGenerator[dict, None]:
-        request = client.build_request("POST", f"{base}/chat/completions", content=upstream.encode(payload),
-                                       headers={**auth, "Content-Type": "application/json"})
-        response = await upstream.send(client, request, stream=True)
-        if response.status_code >= 400 or not response.headers.get("content-type", "").startswith("text/event-stream"):
-            raw = await upstream.read(response)
-            if response.status_code >= 400:
-                raise upstream.refusal(response, raw)
-            for chunk in chunks(upstream.chat_completion(raw), include_usage=True):
+        response = await upstream.open_stream(client, base, payload, auth)
+        if isinstance(response, dict):
+            for chunk in chunks(response, include_usage=True):
                 yield chunk
             return
         try:

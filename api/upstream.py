@@ -89,6 +89,21 @@ async def complete(client: httpx.AsyncClient, base: str, payload: dict, headers:
     return chat_completion(response.content)
 
 
+async def open_stream(client: httpx.AsyncClient, base: str, payload: dict,
+                      headers: dict[str, str]) -> httpx.Response | dict:
+    """A chat completion asked as a stream: the open response when the upstream streams (the caller
+    closes it), else its whole answer, checked (``chat_completion``); ``ProxyError`` on an error."""
+    request = client.build_request("POST", f"{base}/chat/completions", content=encode(payload),
+                                   headers={**headers, "Content-Type": "application/json"})
+    response = await send(client, request, stream=True)
+    if response.status_code < 400 and response.headers.get("content-type", "").startswith("text/event-stream"):
+        return response
+    raw = await read(response)
+    if response.status_code >= 400:
+        raise refusal(response, raw)
+    return chat_completion(raw)
+
+
 def refusal(response: httpx.Response, body: bytes) -> ProxyError:
     """The upstream's error as optimem answers it: 4xx as it came, 5xx as 502, in OpenAI's shape."""
     status = response.status_code if response.status_code < 500 else 502
