@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request
 
@@ -80,31 +80,46 @@ async def answer_with_recall(ask: Ask, look_up: LookUp, payload: dict, count_tok
         if last:   # the look-ups are spent: ask for the answer without offering the tool again
             request = without_recall_tool(request)
         request["messages"] = messages
-        answer = await ask_once(ask, request, mode, first=done.count == 0)
+        try:
+            answer = await ask(request)
+        except ProxyError as exc:
+            raise refusal(exc, mode, first=done.count == 0) from None
         add_usage(done.usage, answer.get("usage"))
         message = answer["choices"][0]["message"]
-        calls = message.get("tool_calls") or []
-        ours = [c for c in calls if c["function"]["name"] == RECALL_TOOL]
-        if ours and len(ours) < len(calls):   # the caller's tools too: those are the caller's to run
-            message["tool_calls"] = [c for c in calls if c not in ours]
-        elif ours and last:
-            answer = honest_answer(answer, done.count)
-        elif ours:
+        step, ours, theirs = next_step(message.get("tool_calls") or [], last)
+        if step == "look up":
             done.count += 1
             messages += await tool_round(message, ours, look_up, count_tokens, done)
             continue
+        if step == "their tools":
+            message["tool_calls"] = theirs
+        elif step == "honest":
+            answer = honest_answer(answer, done.count)
         if done.usage:
             answer["usage"] = {**(answer.get("usage") or {}), **done.usage}
         return answer
 
 
-async def ask_once(ask: Ask, request: dict, mode: str, first: bool) -> dict:
-    try:
-        return await ask(request)
-    except ProxyError as exc:
-        if first and exc.status == 400 and "tool" in exc.message.lower():
-            raise tools_refused(exc.message, mode) from None
-        raise
+Step = Literal["look up", "their tools", "honest", "answer"]
+
+
+def next_step(calls: list[dict], last: bool) -> tuple[Step, list[dict], list[dict]]:
+    """What a finished round means, streamed or not, with its calls split into ours and the caller's:
+    the caller's tools called ("their tools": theirs to run; a recall_memory call beside them is
+    dropped), only ours within the bound ("look up": answer them, ask again), only ours past it
+    ("honest"), or no calls ("answer")."""
+    ours = [c for c in calls if c["function"]["name"] == RECALL_TOOL]
+    theirs = [c for c in calls if c not in ours]
+    step: Step = "their tools" if theirs else "honest" if ours and last else "look up" if ours else "answer"
+    return step, ours, theirs
+
+
+def refusal(exc: ProxyError, mode: str, first: bool) -> ProxyError:
+    """An upstream's error as the caller should see it: a 400 about tools on the first ask means it does
+    not take them (say which memory mode works without); anything else as it came."""
+    if first and exc.status == 400 and "tool" in exc.message.lower():
+        return tools_refused(exc.message, mode)
+    return exc
 
 
 async def tool_round(message: dict, calls: list[dict], look_up: LookUp, count_tokens: Callable[[str], int],

@@ -4,10 +4,10 @@ writes it, not after the look-ups as a whole.
 
 Per round, the upstream's chunks are read as they come. Text is passed on at once (a model that says
 "let me check" before it calls the tool is heard saying it); tool-call pieces are held until the
-round ends. Then, as without a stream: a round that called only ``recall_memory`` is answered
-(``tool_round``) and the upstream asked again; one that also called the caller's tools passes
-those on, ``recall_memory``'s dropped; past MAX_TOOL_ROUNDS the honest answer is sent; a round
-without calls was the answer. An upstream that answers a stream request with a whole
+round ends. Then ``recall_tool.next_step`` says what the round meant, as without a stream: only
+``recall_memory`` called, it is answered (``tool_round``) and the upstream asked again; the caller's
+tools called, they are passed on (``recall_memory``'s dropped); past MAX_TOOL_ROUNDS the honest
+answer is sent; no calls, that was the answer. An upstream that answers a stream request with a whole
 chat.completion is read as that answer's chunks. Usage is summed over the rounds and sent once, at
 the end, when the caller asked for it (``stream_options.include_usage``). Only the first choice is
 streamed (with ``n`` > 1 the others are dropped; the unstreamed loop also reads only the first).
@@ -24,8 +24,8 @@ import httpx
 
 from optimem.api import upstream
 from optimem.api.errors import ProxyError
-from optimem.api.recall_tool import (MAX_TOOL_ROUNDS, RECALL_TOOL, LookUp, Rounds, add_usage, honest_text,
-                                     tool_round, tools_refused, without_recall_tool)
+from optimem.api.recall_tool import (MAX_TOOL_ROUNDS, LookUp, Rounds, add_usage, honest_text, next_step, refusal,
+                                     tool_round, without_recall_tool)
 from optimem.api.sse import DONE, chunks, encoded
 
 AskStream = Callable[[dict], AsyncGenerator[dict, None]]     # one round: the upstream's checked chunks
@@ -74,6 +74,25 @@ class Round:
             call["function"]["arguments"] += (json.dumps(arguments) if isinstance(arguments, dict)
                                               else arguments or "")
 
+    def take(self, chunk: dict) -> str:
+        """One chunk of the round: its first choice's tool-call pieces, finish and usage kept; its
+        text returned (and kept)."""
+        self.usage = chunk["usage"] if isinstance(chunk.get("usage"), dict) else self.usage
+        choice = next((c for c in chunk.get("choices") or [] if c.get("index", 0) == 0), None)
+        if choice is None:
+            return ""
+        delta = choice.get("delta") or {}
+        self.add_calls(delta.get("tool_calls") or [])
+        if isinstance(choice.get("finish_reason"), str):
+            self.finish = choice["finish_reason"]
+        text = delta.get("content") or ""
+        if text:
+            self.text.append(text)
+        return text
+
+    def calls_in_order(self) -> list[dict]:
+        return [self.calls[i] for i in sorted(self.calls)]
+
 
 async def streamed_with_recall(ask: AskStream, look_up: LookUp, payload: dict, count_tokens: Callable[[str], int],
                                mode: str, done: Rounds, said: list[str]) -> AsyncGenerator[bytes, None]:
@@ -91,38 +110,25 @@ async def streamed_with_recall(ask: AskStream, look_up: LookUp, payload: dict, c
         try:
             async with aclosing(ask(request)) as round_chunks:   # a caller gone mid-round frees the connection now
                 async for chunk in round_chunks:
-                    last_chunk = chunk
-                    this.usage = chunk["usage"] if isinstance(chunk.get("usage"), dict) else this.usage
-                    choice = next((c for c in chunk.get("choices") or [] if c.get("index", 0) == 0), None)
-                    if choice is None:
-                        continue
-                    delta = choice.get("delta") or {}
-                    this.add_calls(delta.get("tool_calls") or [])
-                    if isinstance(choice.get("finish_reason"), str):
-                        this.finish = choice["finish_reason"]
-                    if delta.get("content"):
-                        if not started:       # one role chunk for the whole answer, however many rounds
-                            started = True
-                            yield encoded(_like(chunk, {"role": "assistant", "content": ""}))
-                        this.text.append(delta["content"])
-                        said.append(delta["content"])
-                        yield encoded(_like(chunk, {"content": delta["content"]}))
+                    last_chunk, text = chunk, this.take(chunk)
+                    if text and not started:    # one role chunk for the whole answer, however many rounds
+                        started = True
+                        yield encoded(_like(chunk, {"role": "assistant", "content": ""}))
+                    if text:
+                        said.append(text)
+                        yield encoded(_like(chunk, {"content": text}))
         except ProxyError as exc:
-            if done.count == 0 and exc.status == 400 and "tool" in exc.message.lower():
-                raise tools_refused(exc.message, mode) from None
-            raise
+            raise refusal(exc, mode, first=done.count == 0) from None
         add_usage(done.usage, this.usage)
-        calls = [this.calls[i] for i in sorted(this.calls)]
-        ours = [c for c in calls if c["function"]["name"] == RECALL_TOOL]
-        theirs = [c for c in calls if c not in ours]
-        if ours and not theirs and not last:
+        step, ours, theirs = next_step(this.calls_in_order(), last)
+        if step == "look up":
             done.count += 1
             messages += await tool_round({"content": "".join(this.text) or None}, ours, look_up, count_tokens, done)
             continue
-        if theirs:   # the caller's tools are the caller's to run (a recall_memory call beside them is dropped)
+        if step == "their tools":
             ending = [_like(last_chunk, {"tool_calls": [{"index": i, **c} for i, c in enumerate(theirs)]}),
                       _like(last_chunk, {}, "tool_calls")]
-        elif ours:
+        elif step == "honest":
             said.append(honest_text(done.count))
             ending = [_like(last_chunk, {"content": said[-1]}), _like(last_chunk, {}, "stop")]
         else:
