@@ -55,6 +55,7 @@ VEC_TTL_S = 7 * 86_400
 # least recently asked dropped first past CACHE_BYTES (a 20,000-turn session's rows are 10 MB)
 _cache: OrderedDict[tuple[str, str], tuple[int, bytes, np.ndarray]] = OrderedDict()
 CACHE_BYTES = 128 << 20
+_cache_bytes = 0            # the rows' bytes in _cache
 GENERATION = "forgets"      # the vectors key's field the first build sets and a forget moves (``forget``)
 _lock = threading.Lock()
 
@@ -252,12 +253,20 @@ def _matrix(store: Store, k: SessionKeys, turns: int, model: Embedder) -> np.nda
         return generation, np.concatenate(rows).astype(np.float32)
 
     generation, matrix = store._transaction(build, k.vectors)
-    with _lock:
-        _cache[(k.tag, model.name)] = (turns, generation, matrix)
-        _cache.move_to_end((k.tag, model.name))
-        while len(_cache) > 1 and sum(rows.nbytes for _, _, rows in _cache.values()) > CACHE_BYTES:
-            _cache.popitem(last=False)
+    _keep(k.tag, model.name, (turns, generation, matrix))
     return matrix
+
+
+def _keep(tag: str, model: str, entry: tuple[int, bytes, np.ndarray]) -> None:
+    """Keep a session's rows in this process, the least recently asked dropped past CACHE_BYTES."""
+    global _cache_bytes
+    with _lock:
+        old = _cache.pop((tag, model), None)
+        _cache_bytes -= old[2].nbytes if old is not None else 0
+        _cache[(tag, model)] = entry
+        _cache_bytes += entry[2].nbytes
+        while len(_cache) > 1 and _cache_bytes > CACHE_BYTES:
+            _cache_bytes -= _cache.popitem(last=False)[1][2].nbytes
 
 
 def _load(r: Any, k: SessionKeys, name: str) -> dict[int, np.ndarray]:

@@ -123,5 +123,6 @@ def test_this_process_keeps_vectors_within_its_byte_budget_least_recently_asked_
     kept = {tag for tag, _ in vectors._cache}
     assert SessionKeys(tenant, "lru-a").tag in kept and SessionKeys(tenant, "lru-c").tag in kept
     assert SessionKeys(tenant, "lru-b").tag not in kept
-    assert sum(rows.nbytes for _, _, rows in vectors._cache.values()) <= 2 * row_bytes
+    held = sum(rows.nbytes for _, _, rows in vectors._cache.values())
+    assert held <= 2 * row_bytes and vectors._cache_bytes == held      # the running total is the rows' sum
     assert recall(api, "lru-b", query=QUESTION, limit=1)[0]["turn"] == 0     # dropped copies are rebuilt
