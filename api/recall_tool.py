@@ -83,7 +83,7 @@ async def answer_with_recall(ask: Ask, look_up: LookUp, payload: dict, count_tok
         try:
             answer = await ask(request)
         except ProxyError as exc:
-            raise refusal(exc, mode, first=done.count == 0) from None
+            raise caller_error(exc, mode, first=done.count == 0) from None
         add_usage(done.usage, answer.get("usage"))
         message = answer["choices"][0]["message"]
         step, ours, theirs = next_step(message.get("tool_calls") or [], last)
@@ -114,7 +114,7 @@ def next_step(calls: list[dict], last: bool) -> tuple[Step, list[dict], list[dic
     return step, ours, theirs
 
 
-def refusal(exc: ProxyError, mode: str, first: bool) -> ProxyError:
+def caller_error(exc: ProxyError, mode: str, first: bool) -> ProxyError:
     """An upstream's error as the caller should see it: a 400 about tools on the first ask means it does
     not take them (say which memory mode works without); anything else as it came."""
     if first and exc.status == 400 and "tool" in exc.message.lower():

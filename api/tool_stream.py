@@ -24,8 +24,8 @@ import httpx
 
 from optimem.api import upstream
 from optimem.api.errors import ProxyError
-from optimem.api.recall_tool import (MAX_TOOL_ROUNDS, LookUp, Rounds, add_usage, honest_text, next_step, refusal,
-                                     tool_round, without_recall_tool)
+from optimem.api.recall_tool import (MAX_TOOL_ROUNDS, LookUp, Rounds, add_usage, caller_error, honest_text,
+                                     next_step, tool_round, without_recall_tool)
 from optimem.api.sse import DONE, chunks, encoded
 
 AskStream = Callable[[dict], AsyncGenerator[dict, None]]     # one round: the upstream's checked chunks
@@ -118,7 +118,7 @@ async def streamed_with_recall(ask: AskStream, look_up: LookUp, payload: dict, c
                         said.append(text)
                         yield encoded(_like(chunk, {"content": text}))
         except ProxyError as exc:
-            raise refusal(exc, mode, first=done.count == 0) from None
+            raise caller_error(exc, mode, first=done.count == 0) from None
         add_usage(done.usage, this.usage)
         step, ours, theirs = next_step(this.calls_in_order(), last)
         if step == "look up":

@@ -210,8 +210,7 @@ class Memory:
         loaded = self.curve(curve if curve is not None else self.settings.curve)
         if not self.store.create_session(k, loaded.to_json(), keep_source):
             raise SessionExists(f"session {session!r} already exists")
-        if loaded.unit == "seconds":     # a new session is in the sweep's set only when time fades it
-            timed.track(self.store.r, k, loaded)
+        timed.track(self.store.r, k, loaded)
         return self.session(session, tenant=tenant)
 
     def session(self, session: str, *, tenant: str = DEFAULT_TENANT) -> Session:
