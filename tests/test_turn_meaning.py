@@ -126,3 +126,6 @@ def test_this_process_keeps_vectors_within_its_byte_budget_least_recently_asked_
     held = sum(rows.nbytes for _, _, rows in vectors._cache.values())
     assert held <= 2 * row_bytes and vectors._cache_bytes == held      # the running total is the rows' sum
     assert recall(api, "lru-b", query=QUESTION, limit=1)[0]["turn"] == 0     # dropped copies are rebuilt
+    api.post("/v1/sessions/lru-b/turns", json={"turns": MARRIED[:1]})     # b grows: its copy is replaced
+    recall(api, "lru-b", query=QUESTION, limit=1)
+    assert vectors._cache_bytes == sum(rows.nbytes for _, _, rows in vectors._cache.values())
